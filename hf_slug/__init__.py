@@ -1,0 +1,50 @@
+"""hf_slug: targeted unlearning for Hugging Face models with SLUG (Single Layer Unlearning Gradient).
+
+Example:
+    >>> from hf_slug import SLUGConfig, unlearn, ConceptDelta
+"""
+
+__version__ = "0.1.0"
+
+from .config import SLUGConfig, UnlearningConfig
+from .data import ImageTextPairs, load_pairs
+from .delta import ConceptDelta
+from .errors import (
+    AdapterError,
+    DeltaFormatError,
+    EmptyDatasetError,
+    FingerprintMismatchError,
+    HubError,
+    MissingCaptionError,
+    NonFiniteGradientError,
+    SLUGError,
+    UnknownLayerError,
+    UnsupportedModelError,
+)
+from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
+from .unlearn import UnlearningResult, unlearn
+
+__all__ = [
+    "__version__",
+    "AdapterError",
+    "CallableEvaluator",
+    "ConceptDelta",
+    "DeltaFormatError",
+    "EmptyDatasetError",
+    "Evaluator",
+    "FingerprintMismatchError",
+    "HubError",
+    "ImageTextPairs",
+    "MissingCaptionError",
+    "NonFiniteGradientError",
+    "SLUGConfig",
+    "SLUGError",
+    "UnknownLayerError",
+    "UnlearningConfig",
+    "UnlearningResult",
+    "UnsupportedModelError",
+    "ZeroShotEvaluator",
+    "ZeroShotTask",
+    "load_pairs",
+    "unlearn",
+]

@@ -1,0 +1,215 @@
+"""Image–text pairs for the forget and retain sets, and their batches.
+
+A pair source can be a folder of images with captions, a `datasets.Dataset`, in-memory lists, or
+an `ImageTextPairs` already built. `load_pairs` turns any of them into `ImageTextPairs`; images in
+a folder stay on disk until a batch needs them.
+
+Example:
+    >>> from PIL import Image
+    >>> pairs = load_pairs(([Image.new("RGB", (8, 8))], ["a black square"]))
+    >>> len(pairs), pairs.texts[0]
+    (1, 'a black square')
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import torch
+from PIL import Image
+
+from .errors import EmptyDatasetError, MissingCaptionError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+CaptionMode = Literal["original", "concept_name"]
+ImageLike = Union[Image.Image, str, Path]
+
+
+@dataclass(frozen=True)
+class ImageTextPairs:
+    """An ordered list of (image, caption) pairs; images are PIL images or paths on disk."""
+
+    images: tuple[ImageLike, ...]
+    texts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.texts):
+            raise MissingCaptionError(
+                f"{len(self.images)} images but {len(self.texts)} captions: give exactly one "
+                "caption per image."
+            )
+        for i, text in enumerate(self.texts):
+            if not isinstance(text, str) or not text.strip():
+                raise MissingCaptionError(
+                    f"pair {i} ({_describe(self.images[i])}) has an empty or non-string caption "
+                    f"{text!r}: give every image a non-empty caption."
+                )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def image(self, index: int) -> Image.Image:
+        """The `index`-th image as an RGB PIL image (opened from disk when it is a path)."""
+        item = self.images[index]
+        if isinstance(item, Image.Image):
+            return item.convert("RGB") if item.mode != "RGB" else item
+        with Image.open(item) as opened:
+            return opened.convert("RGB")
+
+    def with_captions(self, mode: CaptionMode, concept: str | None) -> ImageTextPairs:
+        """These pairs with captions per `mode`: kept (`original`) or all set to `concept`."""
+        if mode == "original":
+            return self
+        if mode == "concept_name":
+            if not concept:
+                raise ValueError("caption mode 'concept_name' needs the concept's name: pass concept=.")
+            return ImageTextPairs(self.images, (concept,) * len(self))
+        raise ValueError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
+
+    def signature(self) -> str:
+        """A sha256 over the captions and image identities (paths, or pixels of PIL images)."""
+        digest = hashlib.sha256()
+        for image, text in zip(self.images, self.texts):
+            digest.update(text.encode())
+            if isinstance(image, Image.Image):
+                digest.update(image.tobytes())
+            else:
+                digest.update(str(image).encode())
+        return digest.hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> ImageTextPairs:
+        """The pairs at `indices`, in that order."""
+        return ImageTextPairs(
+            tuple(self.images[i] for i in indices), tuple(self.texts[i] for i in indices)
+        )
+
+
+PairSource = Union[
+    ImageTextPairs, str, Path, "datasets.Dataset", tuple, list  # noqa: F821
+]
+
+
+def load_pairs(
+    source: PairSource, *, image_column: str = "image", text_column: str = "text", name: str = "set"
+) -> ImageTextPairs:
+    """Build `ImageTextPairs` from a folder, a `datasets.Dataset`, `(images, texts)` or pairs.
+
+    Folders follow `datasets`' imagefolder: a `metadata.jsonl` or `metadata.csv` with a
+    `file_name` column and a caption column (`text_column`, or `caption`/`text`), or one `.txt`
+    beside each image. `name` only labels error messages ("forget set", "retain set").
+    """
+    if isinstance(source, ImageTextPairs):
+        pairs = source
+    elif isinstance(source, (str, Path)):
+        pairs = _from_folder(Path(source), text_column)
+    elif _is_hf_dataset(source):
+        pairs = _from_dataset(source, image_column, text_column)
+    elif isinstance(source, tuple) and len(source) == 2 and not isinstance(source[0], str):
+        images, texts = source
+        pairs = ImageTextPairs(tuple(images), tuple(texts))
+    elif isinstance(source, list):
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in source):
+            raise TypeError(
+                f"the {name} is a list, so each item must be an (image, caption) pair; "
+                "or pass a tuple (images, captions)."
+            )
+        pairs = ImageTextPairs(tuple(p[0] for p in source), tuple(p[1] for p in source))
+    else:
+        raise TypeError(
+            f"cannot read the {name} from a {type(source).__name__}: pass a folder path, a "
+            "datasets.Dataset, a tuple (images, captions), a list of (image, caption) pairs or "
+            "ImageTextPairs."
+        )
+    if len(pairs) == 0:
+        raise EmptyDatasetError(
+            f"the {name} is empty: it needs at least one image–text pair ({_describe(source)})."
+        )
+    return pairs
+
+
+def batches(
+    pairs: ImageTextPairs, processor: Any, batch_size: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """Yield `(n, inputs)` per batch: `inputs` holds `pixel_values`, `input_ids`, `attention_mask`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    for start in range(0, len(pairs), batch_size):
+        stop = min(start + batch_size, len(pairs))
+        images = [pairs.image(i) for i in range(start, stop)]
+        texts = list(pairs.texts[start:stop])
+        yield stop - start, dict(processor(text=texts, images=images, **PROCESSOR_KWARGS))
+
+
+PROCESSOR_KWARGS: dict[str, Any] = {"return_tensors": "pt", "padding": True, "truncation": True}
+
+
+def _from_folder(folder: Path, text_column: str) -> ImageTextPairs:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} is not a folder: pass a folder of images with captions, or in-memory data."
+        )
+    for meta_name in ("metadata.jsonl", "metadata.csv"):
+        meta = folder / meta_name
+        if meta.exists():
+            return _from_metadata(folder, meta, text_column)
+    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    texts = []
+    for path in images:
+        caption_file = path.with_suffix(".txt")
+        if not caption_file.exists():
+            raise MissingCaptionError(
+                f"{path} has no caption: write it in {caption_file.name} beside the image, or "
+                "list all captions in a metadata.jsonl with file_name and text columns."
+            )
+        texts.append(caption_file.read_text(encoding="utf-8").strip())
+    return ImageTextPairs(tuple(images), tuple(texts))
+
+
+def _from_metadata(folder: Path, meta: Path, text_column: str) -> ImageTextPairs:
+    if meta.suffix == ".jsonl":
+        lines = meta.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    else:
+        with meta.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    images, texts = [], []
+    for i, row in enumerate(rows):
+        if "file_name" not in row:
+            raise MissingCaptionError(f"row {i} of {meta} has no 'file_name' column.")
+        caption = next((row[c] for c in (text_column, "text", "caption") if row.get(c)), None)
+        if caption is None:
+            raise MissingCaptionError(
+                f"{row['file_name']} has no caption in {meta.name}: fill its '{text_column}' column."
+            )
+        path = folder / row["file_name"]
+        if not path.exists():
+            raise FileNotFoundError(f"{meta.name} lists {row['file_name']}, which is not in {folder}.")
+        images.append(path)
+        texts.append(str(caption).strip())
+    return ImageTextPairs(tuple(images), tuple(texts))
+
+
+def _is_hf_dataset(source: object) -> bool:
+    return type(source).__module__.startswith("datasets.") and hasattr(source, "column_names")
+
+
+def _from_dataset(dataset: Any, image_column: str, text_column: str) -> ImageTextPairs:
+    for column in (image_column, text_column):
+        if column not in dataset.column_names:
+            raise KeyError(
+                f"the dataset has no column {column!r} (it has {dataset.column_names}): pass "
+                "image_column= and text_column= to name yours."
+            )
+    return ImageTextPairs(tuple(dataset[image_column]), tuple(dataset[text_column]))
+
+
+def _describe(item: object) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return type(item).__name__

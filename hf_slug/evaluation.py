@@ -1,0 +1,285 @@
+"""Evaluators for the step search and for reports: zero-shot classification on CLIP.
+
+An evaluator is called with the model and returns named metrics. The built-in
+`ZeroShotEvaluator` is made cheap for the search: between `begin(model, names)` and `end()` it
+keeps the features of the tower that is not edited, and for the edited tower the hidden states
+entering the edited block, so a trial recomputes only the blocks from the edit upwards.
+
+Example:
+    >>> task = ZeroShotTask("forget", images, ["Ada Byron"] * len(images),  # doctest: +SKIP
+    ...                     label_names=names, templates=("{}.",))
+    >>> evaluator = ZeroShotEvaluator(processor, [task, retain_task])  # doctest: +SKIP
+    >>> evaluator(model)  # doctest: +SKIP
+    {'forget_acc': 0.93, 'forget_acc@5': 1.0, 'retain_acc': 0.88, 'retain_acc@5': 0.99, ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .data import PROCESSOR_KWARGS
+from .families.clip import Tower, block_index, encode_images, encode_texts, find_towers
+
+Metrics = dict[str, float]
+
+
+class Evaluator:
+    """Base class: `__call__(model) -> metrics`. `begin`/`end` bracket trials on one unit."""
+
+    def __call__(self, model: nn.Module) -> Metrics:
+        raise NotImplementedError
+
+    def begin(self, model: nn.Module, names: Sequence[str]) -> None:
+        """Called at the original weights before trials that edit only `names`."""
+
+    def end(self) -> None:
+        """Called after the trials of one unit."""
+
+
+class CallableEvaluator(Evaluator):
+    """Wrap any `fn(model) -> dict[str, float]` as an evaluator."""
+
+    def __init__(self, fn: Callable[[nn.Module], Mapping[str, float]]):
+        self.fn = fn
+
+    def __call__(self, model: nn.Module) -> Metrics:
+        return {k: float(v) for k, v in self.fn(model).items()}
+
+
+def as_evaluator(evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]]) -> Evaluator:
+    """An `Evaluator` as is, or a plain callable wrapped in `CallableEvaluator`."""
+    if isinstance(evaluator, Evaluator):
+        return evaluator
+    if callable(evaluator):
+        return CallableEvaluator(evaluator)
+    raise TypeError(
+        f"an evaluator must be an hf_slug Evaluator or a callable model -> dict, got "
+        f"{type(evaluator).__name__}."
+    )
+
+
+@dataclass
+class ZeroShotTask:
+    """Images with their true labels, classified among `label_names` by prompt ensembles.
+
+    Metrics are named `{name}_acc` (top-1) and `{name}_acc@5` (top-5).
+    """
+
+    name: str
+    images: Sequence[Image.Image]
+    labels: Sequence[str]
+    label_names: Sequence[str]
+    templates: Sequence[str] = ("{}",)
+    prompts: Mapping[str, Sequence[str]] | None = None  # label -> prompts; overrides templates
+    counts_for_utility: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.labels) - set(self.label_names))
+        if unknown:
+            raise ValueError(f"task {self.name!r}: labels {unknown[:3]} are not in label_names.")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"task {self.name!r}: {len(self.images)} images, {len(self.labels)} labels.")
+
+    def texts(self) -> tuple[list[str], list[int]]:
+        """Every prompt, and the label index each belongs to."""
+        texts, owners = [], []
+        for i, label in enumerate(self.label_names):
+            prompts = self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
+            texts += list(prompts)
+            owners += [i] * len(prompts)
+        return texts, owners
+
+
+@dataclass
+class _Inputs:
+    """One modality's preprocessed batches, their features at θ⁰, and replay caches."""
+
+    kind: str
+    batches: list[dict[str, torch.Tensor]]
+    base: torch.Tensor | None = None
+    replay: list[Any] = field(default_factory=list)
+
+
+class ZeroShotEvaluator(Evaluator):
+    """Top-1/top-5 zero-shot accuracy per task, plus `utility`: the mean top-1 of utility tasks.
+
+    `utility` averages the tasks with `counts_for_utility=True` (by default all but one named
+    `forget`).
+    """
+
+    def __init__(self, processor: Any, tasks: Sequence[ZeroShotTask], batch_size: int = 64):
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}.")
+        self.tasks = list(tasks)
+        self.batch_size = batch_size
+        self._images: list[_Inputs] = []
+        self._texts: list[_Inputs] = []
+        self._owners: list[torch.Tensor] = []
+        self._truth: list[torch.Tensor] = []
+        for task in self.tasks:
+            images = [processor(images=list(task.images[i : i + batch_size]), return_tensors="pt")
+                      for i in range(0, len(task.images), batch_size)]
+            texts, owners = task.texts()
+            tokens = [dict(processor(text=texts[i : i + batch_size], **_TEXT_KWARGS))
+                      for i in range(0, len(texts), batch_size)]
+            self._images.append(_Inputs("vision", [dict(b) for b in images]))
+            self._texts.append(_Inputs("text", tokens))
+            self._owners.append(torch.tensor(owners))
+            index = {n: i for i, n in enumerate(task.label_names)}
+            self._truth.append(torch.tensor([index[label] for label in task.labels]))
+        self._edit: tuple[str, int] | None = None
+
+    # -- the search protocol -------------------------------------------------------------
+    def begin(self, model: nn.Module, names: Sequence[str]) -> None:
+        tower = _tower_for(model, names[0])
+        first_block = min((block_index(n) or (len(tower.layers), ""))[0] for n in names)
+        self._edit = (tower.kind, first_block)
+        for inputs in self._images + self._texts:
+            edited = inputs.kind == tower.kind and first_block > 0
+            block = tower.layers[first_block - 1] if edited else None
+            inputs.base, inputs.replay = self._features_and_replay(model, inputs, block)
+
+    def end(self) -> None:
+        self._edit = None
+        for inputs in self._images + self._texts:
+            inputs.base, inputs.replay = None, []
+
+    def __call__(self, model: nn.Module) -> Metrics:
+        metrics: Metrics = {}
+        utility = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for i, task in enumerate(self.tasks):
+                    image_f = self._current(model, self._images[i])
+                    text_f = self._current(model, self._texts[i])
+                    top1, top5 = _accuracy(image_f, text_f, self._owners[i], self._truth[i],
+                                           len(task.label_names))
+                    metrics[f"{task.name}_acc"] = top1
+                    metrics[f"{task.name}_acc@5"] = top5
+                    if task.counts_for_utility and task.name != "forget":
+                        utility.append(top1)
+        finally:
+            model.train(was_training)
+        if utility:
+            metrics["utility"] = sum(utility) / len(utility)
+        return metrics
+
+    def similarity(self, model: nn.Module, task: str) -> torch.Tensor:
+        """Cosine similarity of each image of `task` to each label's (prompt-averaged) text."""
+        i = [t.name for t in self.tasks].index(task)
+        with torch.no_grad():
+            image_f = self._features(model, self._images[i])
+            text_f = _label_embeddings(self._features(model, self._texts[i]), self._owners[i],
+                                       len(self.tasks[i].label_names))
+        return image_f @ text_f.T
+
+    # -- features --------------------------------------------------------------------------
+    def _current(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
+        if self._edit is None or inputs.base is None:
+            return self._features(model, inputs)
+        kind, first_block = self._edit
+        if inputs.kind != kind:
+            return inputs.base  # an edit in one tower leaves the other tower's features unchanged
+        if not inputs.replay:
+            return self._features(model, inputs)
+        tower = next(t for t in find_towers(model) if t.kind == kind)
+        parts = []
+        with _replaying(tower, first_block) as replay:
+            for batch, cached in zip(inputs.batches, inputs.replay):
+                replay.output = cached
+                parts.append(self._encode(model, inputs.kind, batch))
+        return torch.cat(parts)
+
+    def _features(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
+        return self._features_and_replay(model, inputs, None)[0]
+
+    def _features_and_replay(
+        self, model: nn.Module, inputs: _Inputs, block: nn.Module | None
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """Features of every batch; with `block`, also each batch's output of that block."""
+        captured: list[Any] = []
+
+        def keep(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output.detach() if torch.is_tensor(output) else output)
+
+        handle = block.register_forward_hook(keep) if block is not None else None
+        try:
+            with torch.no_grad():
+                features = torch.cat([self._encode(model, inputs.kind, b) for b in inputs.batches])
+        finally:
+            if handle is not None:
+                handle.remove()
+        return features, captured
+
+    @staticmethod
+    def _encode(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if kind == "vision":
+            features = encode_images(model, batch["pixel_values"])
+        else:
+            features = encode_texts(model, batch["input_ids"], batch.get("attention_mask"))
+        return F.normalize(features.float(), dim=-1).cpu()
+
+
+_TEXT_KWARGS = dict(PROCESSOR_KWARGS)
+
+
+def _tower_for(model: nn.Module, name: str) -> Tower:
+    towers = find_towers(model)
+    for tower in towers:
+        if tower.path and name.startswith(tower.path + "."):
+            return tower
+    kind = "vision" if "visual" in name else "text"
+    return next(t for t in towers if t.kind == kind)
+
+
+def _label_embeddings(text_f: torch.Tensor, owners: torch.Tensor, n_labels: int) -> torch.Tensor:
+    sums = torch.zeros(n_labels, text_f.shape[1]).index_add_(0, owners, text_f)
+    return F.normalize(sums, dim=-1)
+
+
+def _accuracy(
+    image_f: torch.Tensor, text_f: torch.Tensor, owners: torch.Tensor, truth: torch.Tensor,
+    n_labels: int,
+) -> tuple[float, float]:
+    logits = image_f @ _label_embeddings(text_f, owners, n_labels).T
+    k = min(5, n_labels)
+    top = logits.topk(k, dim=-1).indices
+    top1 = (top[:, 0] == truth).float().mean().item()
+    top5 = (top == truth[:, None]).any(dim=-1).float().mean().item()
+    return top1, top5
+
+
+class _Replay(nn.Module):
+    """Stands in for the blocks below an edit: returns the cached output of the block below."""
+
+    output: Any = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
+
+
+@contextlib.contextmanager
+def _replaying(tower: Tower, first_block: int) -> Iterator[_Replay]:
+    """Temporarily run only blocks `first_block…` of `tower`, fed by a `_Replay`."""
+    encoder = tower.module.encoder
+    original = encoder.layers
+    replay = _Replay()
+    encoder.layers = nn.ModuleList([replay, *list(original)[first_block:]])
+    try:
+        yield replay
+    finally:
+        encoder.layers = original
+

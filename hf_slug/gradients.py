@@ -1,0 +1,172 @@
+"""SLUG's one gradient computation: `G_f` on the forget set and `G_r` on the retain set.
+
+Both are taken once at the original weights, batch by batch, each batch's gradient weighted by
+its size and summed in fp32 (a fresh `torch.autograd.grad` per batch, so nothing accumulates
+across batches by accident). Only the candidate tensors get gradients: every other parameter is
+frozen for the pass, and a tower without candidates runs without autograd at all. The model's
+parameters, `requires_grad` flags, `.grad` fields and train/eval mode are left as they were.
+
+Example:
+    >>> grads = compute_gradients(model, processor, forget_pairs, "forget", names)  # doctest: +SKIP
+    >>> save_gradients("retain.safetensors", grads, model)  # reuse for the next concept
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import ImageTextPairs, batches
+from .errors import DeltaFormatError, NonFiniteGradientError
+from .families.clip import encode_images, encode_texts, require_clip, tower_kind_of
+from .io import fingerprint, read_safetensors, read_safetensors_metadata, write_safetensors
+from .losses import forget_loss, retain_loss
+
+LossKind = Literal["forget", "retain"]
+
+
+def compute_gradients(
+    model: nn.Module,
+    processor: Any,
+    pairs: ImageTextPairs,
+    loss: LossKind,
+    names: Sequence[str],
+    *,
+    batch_size: int = 32,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The mean gradient of the `loss` over `pairs` for each named tensor, in fp32 on the CPU.
+
+    `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward in mixed precision; the gradient is
+    still accumulated in fp32.
+    """
+    require_clip(model)
+    if loss not in ("forget", "retain"):
+        raise ValueError(f"loss must be 'forget' or 'retain', got {loss!r}.")
+    params = dict(model.named_parameters())
+    targets = [params[n] for n in names]
+    kinds = {tower_kind_of(model, n) for n in names}
+    device = next(model.parameters()).device
+    sums = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in targets]
+    total = 0
+    with _only_these_require_grad(model, targets):
+        bar = tqdm(
+            batches(pairs, processor, batch_size),
+            total=-(-len(pairs) // batch_size),
+            desc=f"{loss} gradients",
+            unit="batch",
+            disable=not progress,
+        )
+        for n, inputs in bar:
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with _autocast(device, autocast_dtype):
+                value = _loss(model, inputs, loss, kinds)
+            for acc, grad in zip(sums, torch.autograd.grad(value, targets)):
+                acc.add_(grad.float(), alpha=n)
+            total += n
+    grads = {name: (acc / total).cpu() for name, acc in zip(names, sums)}
+    check_finite(grads, what=f"{loss} gradient")
+    return grads
+
+
+def _loss(model: nn.Module, inputs: dict, loss: LossKind, kinds: set[str]) -> torch.Tensor:
+    with torch.set_grad_enabled("vision" in kinds):
+        images = encode_images(model, inputs["pixel_values"])
+    with torch.set_grad_enabled("text" in kinds):
+        texts = encode_texts(model, inputs["input_ids"], inputs.get("attention_mask"))
+    if loss == "forget":
+        return forget_loss(images, texts)
+    return retain_loss(images, texts, model.logit_scale)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise `NonFiniteGradientError` naming every tensor that holds NaN or inf."""
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteGradientError(
+            f"the {what} of {len(bad)} tensor(s) holds NaN/inf (first: {bad[0]}). Check the "
+            "inputs for NaN pixels, run the model in float32 (or pass autocast_dtype=None), "
+            "and check that the weights themselves are finite."
+        )
+
+
+@contextlib.contextmanager
+def _only_these_require_grad(model: nn.Module, targets: list[nn.Parameter]) -> Iterator[None]:
+    """Freeze every parameter but `targets` and switch to eval mode; restore both afterwards."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    keep = {id(p) for p in targets}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        model.eval()
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def model_fingerprint(model: nn.Module, names: Sequence[str]) -> str:
+    """One sha256 over the fingerprints of the named tensors (to tie cached gradients to weights)."""
+    params = dict(model.named_parameters())
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(f"{name}:{fingerprint(params[name])};".encode())
+    return digest.hexdigest()
+
+
+def save_gradients(
+    path: str | Path, grads: dict[str, torch.Tensor], model: nn.Module, data_signature: str = ""
+) -> None:
+    """Cache gradients as safetensors, tied to the model's tensors and the data's signature."""
+    metadata = {
+        "hf_slug": "gradients",
+        "model_fingerprint": model_fingerprint(model, list(grads)),
+        "data_signature": data_signature,
+    }
+    write_safetensors(path, grads, metadata)
+
+
+def load_gradients(
+    path: str | Path,
+    model: nn.Module,
+    names: Sequence[str] | None = None,
+    data_signature: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load cached gradients; refuse them if the model's tensors or the data changed since."""
+    grads = read_safetensors(path)
+    metadata = read_safetensors_metadata(path)
+    wanted = list(names) if names is not None else list(grads)
+    missing = [n for n in wanted if n not in grads]
+    if missing or metadata.get("hf_slug") != "gradients":
+        raise DeltaFormatError(
+            f"{path} is not a gradient cache for these layers (missing {missing[:3]}): compute "
+            "the gradients again with the same candidate layers."
+        )
+    expected = metadata.get("model_fingerprint")
+    actual = model_fingerprint(model, list(grads))
+    if expected != actual:
+        raise DeltaFormatError(
+            f"{path} was computed on different weights (fingerprint {expected!s:.12} vs this "
+            f"model's {actual:.12}): recompute the gradients on this model."
+        )
+    if data_signature is not None and metadata.get("data_signature") != data_signature:
+        raise DeltaFormatError(
+            f"{path} was computed on other data than the set given now: recompute the gradients."
+        )
+    return {n: grads[n] for n in wanted}

@@ -1,0 +1,206 @@
+"""The one-step update, its step-size search, and the choice of layer (SLUG.md §4).
+
+`θ_l = θ_l⁰ + s · (‖θ_l⁰‖ / ‖G_f,l‖) · G_f,l`: ascent on the forget loss with `‖Δθ_l‖ = s‖θ_l⁰‖`.
+The search starts at `s₀`, doubles `s` until the forget criterion is met, then bisects, keeping
+the smallest `s` that meets it. Every trial starts from θ⁰.
+
+Example:
+    >>> deltas = update(model, ("vision_model.encoder.layers.0.mlp.fc1.weight",),  # doctest: +SKIP
+    ...                 forget_grads, step=0.5)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .evaluation import Evaluator, Metrics
+from .families.clip import short_name
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """When a trial has forgotten enough, and (optionally) how much utility it may cost."""
+
+    forget_metric: str = "forget_acc"
+    forget_target: float = 0.0
+    utility_metric: str = "utility"
+    utility_tolerance: float | None = None  # reject steps losing more than this (absolute)
+
+    def forgets(self, metrics: Metrics) -> bool:
+        if self.forget_metric not in metrics:
+            raise KeyError(
+                f"the evaluator returned no {self.forget_metric!r} metric (it returned "
+                f"{sorted(metrics)}): return it, or set forget_metric to one of those."
+            )
+        return metrics[self.forget_metric] <= self.forget_target + 1e-9
+
+    def keeps_utility(self, metrics: Metrics, before: Metrics) -> bool:
+        if self.utility_tolerance is None or self.utility_metric not in before:
+            return True
+        return metrics[self.utility_metric] >= before[self.utility_metric] - self.utility_tolerance
+
+
+@dataclass
+class Trial:
+    """One evaluation of one unit at one step."""
+
+    label: str
+    step: float
+    metrics: Metrics
+    forgets: bool
+
+    def to_dict(self) -> dict:
+        return {"layer": self.label, "step": self.step, "forgets": self.forgets, **self.metrics}
+
+
+@dataclass
+class LayerSearch:
+    """The search on one unit: its trials and the smallest step that met the criterion."""
+
+    names: tuple[str, ...]
+    trials: list[Trial] = field(default_factory=list)
+    step: float | None = None
+    metrics: Metrics | None = None
+    status: str = "not searched"
+
+    @property
+    def label(self) -> str:
+        return short_name(self.names)
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "met"
+
+
+def step_scales(
+    model: nn.Module, names: Sequence[str], forget_grads: Mapping[str, torch.Tensor], step: float
+) -> dict[str, float]:
+    """The raw scale `s · ‖θ⁰‖ / ‖G_f‖` multiplying each named tensor's forget gradient."""
+    params = dict(model.named_parameters())
+    return {
+        n: step * float(params[n].detach().float().norm())
+        / max(float(forget_grads[n].float().norm()), 1e-30)
+        for n in names
+    }
+
+
+def update(
+    model: nn.Module, names: Sequence[str], forget_grads: Mapping[str, torch.Tensor], step: float
+) -> dict[str, torch.Tensor]:
+    """The fp32 deltas `s · ‖θ⁰‖/‖G_f‖ · G_f` of each named tensor at relative step `step`."""
+    scales = step_scales(model, names, forget_grads, step)
+    return {n: forget_grads[n].float() * scales[n] for n in names}
+
+
+@contextlib.contextmanager
+def edited(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Add `deltas` to the model's tensors for the duration; restore the exact originals after."""
+    params = dict(model.named_parameters())
+    originals = {name: params[name].detach().clone() for name in deltas}
+    try:
+        with torch.no_grad():
+            for name, delta in deltas.items():
+                p = params[name]
+                p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, original in originals.items():
+                params[name].copy_(original)
+
+
+def search_step(
+    model: nn.Module,
+    names: tuple[str, ...],
+    forget_grads: Mapping[str, torch.Tensor],
+    evaluator: Evaluator,
+    criterion: Criterion,
+    before: Metrics,
+    *,
+    initial_step: float = 0.1,
+    max_evaluations: int = 10,
+    rel_tolerance: float = 0.05,
+) -> LayerSearch:
+    """Double `s` from `initial_step` until the criterion is met, then bisect; ≤ `max_evaluations`."""
+    if initial_step <= 0 or max_evaluations < 1:
+        raise ValueError("initial_step must be > 0 and max_evaluations >= 1.")
+    result = LayerSearch(names)
+    low, high = 0.0, None  # the largest step known to fail, the smallest known to succeed
+    step = initial_step
+    evaluator.begin(model, names)
+    try:
+        for _ in range(max_evaluations):
+            with edited(model, update(model, names, forget_grads, step)):
+                metrics = evaluator(model)
+            forgets = criterion.forgets(metrics)
+            result.trials.append(Trial(short_name(names), step, metrics, forgets))
+            if forgets:
+                high, result.step, result.metrics = step, step, metrics
+            else:
+                low = step
+            if high is not None and (high - low) <= rel_tolerance * high:
+                break
+            step = step * 2 if high is None else (low + high) / 2
+    finally:
+        evaluator.end()
+    if high is None:
+        result.status = f"largest step reached: s={low:g} did not meet the criterion"
+    elif not criterion.keeps_utility(result.metrics, before):
+        result.status = (
+            f"utility guard: at s={high:g} {criterion.utility_metric} fell from "
+            f"{before[criterion.utility_metric]:.4f} to {result.metrics[criterion.utility_metric]:.4f}"
+        )
+    else:
+        result.status = "met"
+    return result
+
+
+CHOICE_RULE = (
+    "among searched layers whose smallest passing step met the forget criterion{guard}, the one "
+    "with the highest validation {utility}; ties go to the smaller step"
+)
+
+
+def choose(searches: Sequence[LayerSearch], criterion: Criterion) -> tuple[LayerSearch | None, str]:
+    """The chosen search and the rule, written out, that chose it."""
+    guard = (
+        f" and kept {criterion.utility_metric} within {criterion.utility_tolerance} of the original"
+        if criterion.utility_tolerance is not None
+        else ""
+    )
+    rule = CHOICE_RULE.format(guard=guard, utility=criterion.utility_metric)
+    usable = [s for s in searches if s.usable]
+    if not usable:
+        return None, rule
+    best = max(usable, key=lambda s: (s.metrics.get(criterion.utility_metric, 0.0), -s.step))
+    return best, rule
+
+
+def search_layers(
+    model: nn.Module,
+    units: Sequence[tuple[str, ...]],
+    forget_grads: Mapping[str, torch.Tensor],
+    evaluator: Evaluator,
+    criterion: Criterion,
+    before: Metrics,
+    *,
+    initial_step: float = 0.1,
+    max_evaluations: int = 10,
+    progress: bool = True,
+) -> list[LayerSearch]:
+    """Run `search_step` on each unit, with a progress bar over units."""
+    searches = []
+    bar = tqdm(units, desc="step search", unit="layer", disable=not progress)
+    for unit in bar:
+        bar.set_postfix_str(short_name(unit))
+        searches.append(
+            search_step(model, unit, forget_grads, evaluator, criterion, before,
+                        initial_step=initial_step, max_evaluations=max_evaluations)
+        )
+    return searches

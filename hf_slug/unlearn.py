@@ -1,0 +1,273 @@
+"""`unlearn`: SLUG end to end on a CLIPModel — gradients, metrics, search, choice, result.
+
+Example:
+    >>> from transformers import CLIPModel, CLIPProcessor
+    >>> from hf_slug import SLUGConfig, unlearn
+    >>> model = CLIPModel.from_pretrained("hf_slug/demo/embedded_clip")  # doctest: +SKIP
+    >>> processor = CLIPProcessor.from_pretrained("hf_slug/demo/embedded_clip")  # doctest: +SKIP
+    >>> result = unlearn(model, processor, forget_pairs, retain_pairs,  # doctest: +SKIP
+    ...                  SLUGConfig(concept="Ada Byron", candidate_labels=names))
+    >>> print(result.report())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import SLUGConfig
+from .data import PairSource, load_pairs
+from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
+from .families.clip import candidate_names, group_layers, require_clip, resolve_names
+from .errors import DeltaFormatError
+from .gradients import compute_gradients, load_gradients, save_gradients
+from .io import fingerprint
+from .search import Criterion, LayerSearch, choose, edited, search_layers, step_scales, update
+from .selection import LayerScore, score_layers
+
+
+@dataclass
+class UnlearningResult:
+    """What `unlearn` found: scores, searches, the chosen layer and step, and its delta."""
+
+    config: SLUGConfig
+    layers: list[LayerScore]
+    searches: list[LayerSearch]
+    chosen: LayerSearch | None
+    rule: str
+    deltas: dict[str, torch.Tensor]
+    before: Metrics
+    after: Metrics
+    base_tensors: dict[str, dict[str, Any]]  # name -> shape, dtype, sha256, tower
+    scales: dict[str, float] = field(default_factory=dict)  # name -> s‖θ⁰‖/‖G_f‖
+    base_model_name_or_path: str | None = None
+    base_model_revision: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        """True when some searched layer met the forget criterion (and the utility guard)."""
+        return self.chosen is not None
+
+    @property
+    def chosen_names(self) -> tuple[str, ...]:
+        return self.chosen.names if self.chosen else ()
+
+    @property
+    def step(self) -> float | None:
+        return self.chosen.step if self.chosen else None
+
+    @property
+    def trials(self) -> list[dict]:
+        """Every trial of every searched layer, as flat dicts (the per-trial log)."""
+        return [t.to_dict() for s in self.searches for t in s.trials]
+
+    def apply(self, model: nn.Module, weight: float = 1.0) -> nn.Module:
+        """Add `weight` × the delta to `model`'s tensors in place; return the model."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, delta in self.deltas.items():
+                p = params[name]
+                p.copy_((p.float() + weight * delta.to(p.device)).to(p.dtype))
+        return model
+
+    def plot_pareto(self, path: str | Path) -> Path:
+        """Save the Pareto-front plot (alignment vs importance, chosen layer circled)."""
+        from .plots import plot_pareto
+
+        return plot_pareto(self.layers, self.chosen_names, path)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary: chosen layer, step, rule, before/after metrics, timings."""
+        return {
+            "concept": self.config.concept,
+            "converged": self.converged,
+            "layer": list(self.chosen_names),
+            "step": self.step,
+            "rule": self.rule,
+            "before": self.before,
+            "after": self.after,
+            "front": [s.label for s in self.layers if s.on_front],
+            "searched": [{"layer": s.label, "status": s.status, "step": s.step}
+                         for s in self.searches],
+            "timings_s": self.timings,
+        }
+
+    def report(self) -> str:
+        """A plain-text before/after table with the chosen layer and step."""
+        lines = [f"SLUG: unlearn {self.config.concept!r}"]
+        if self.chosen is None:
+            lines.append("no searched layer met the criterion:")
+            lines += [f"  {s.label}: {s.status}" for s in self.searches]
+            return "\n".join(lines)
+        lines.append(f"layer: {self.chosen.label}   step s = {self.step:.4g}")
+        lines.append(f"{'metric':<18}{'before':>10}{'after':>10}")
+        for key in self.before:
+            lines.append(f"{key:<18}{self.before[key]:>10.4f}{self.after.get(key, float('nan')):>10.4f}")
+        return "\n".join(lines)
+
+
+def default_evaluator(
+    processor: Any, forget, retain, config: SLUGConfig
+) -> ZeroShotEvaluator:
+    """Forget images classified among `config.candidate_labels`; retain image→caption retrieval."""
+    if not config.candidate_labels or config.concept not in config.candidate_labels:
+        raise ValueError(
+            "the default evaluator classifies forget images among config.candidate_labels, "
+            f"which must include the concept {config.concept!r}: pass candidate_labels=[...] "
+            "(e.g. all identity names), or pass your own evaluator=."
+        )
+    forget_images = [forget.image(i) for i in range(len(forget))]
+    retain_images = [retain.image(i) for i in range(len(retain))]
+    captions = list(dict.fromkeys(retain.texts))
+    return ZeroShotEvaluator(processor, [
+        ZeroShotTask("forget", forget_images, [config.concept] * len(forget_images),
+                     config.candidate_labels),
+        ZeroShotTask("retain", retain_images, list(retain.texts), captions),
+    ])
+
+
+def unlearn(
+    model: nn.Module,
+    processor: Any,
+    forget: PairSource,
+    retain: PairSource,
+    config: SLUGConfig,
+    *,
+    evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]] | None = None,
+    forget_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
+    retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
+    cache_dir: str | Path | None = None,
+    inplace: bool = False,
+    progress: bool = True,
+) -> UnlearningResult:
+    """Unlearn `config.concept` from a CLIPModel with SLUG; return the result (model untouched).
+
+    `evaluator` scores each trial (default: zero-shot on the forget set among
+    `config.candidate_labels`, and retrieval on the retain set); score on validation data of its
+    own, never on the data final numbers come from. Gradients may be given (tensors or a cached
+    safetensors file); with `cache_dir` they are written there as `forget_gradients.safetensors`
+    and `retain_gradients.safetensors` for the next concept. `inplace=True` applies the delta.
+    """
+    require_clip(model)
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+    forget_pairs = load_pairs(forget, name="forget set").with_captions(
+        config.caption_mode, config.concept
+    )
+    retain_pairs = load_pairs(retain, name="retain set")
+    all_names = candidate_names(model, config.towers, include_projections=config.include_projections)
+    names = all_names
+    if config.layer != "auto":
+        wanted = [config.layer] if isinstance(config.layer, str) else list(config.layer)
+        names = resolve_names(model, wanted, all_names)
+    units = group_layers(names, config.group)
+    names = [n for unit in units for n in unit]
+
+    grads = {}
+    for kind, source, pairs in (("forget", forget_gradients, forget_pairs),
+                                ("retain", retain_gradients, retain_pairs)):
+        start = time.perf_counter()
+        grads[kind] = _gradients(model, processor, pairs, kind, names, source, cache_dir,
+                                 config.batch_size, progress, config.concept)
+        timings[f"{kind}_gradients"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    scores = score_layers(model, units, grads["forget"], grads["retain"])
+    timings["metrics"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    evaluator = as_evaluator(evaluator) if evaluator is not None else default_evaluator(
+        processor, forget_pairs, retain_pairs, config
+    )
+    criterion = Criterion(config.forget_metric, config.forget_target, config.utility_metric,
+                          config.utility_tolerance)
+    before = evaluator(model)
+    searched = _units_to_search(scores, config)
+    searches = search_layers(model, searched, grads["forget"], evaluator, criterion, before,
+                             initial_step=config.initial_step,
+                             max_evaluations=config.max_evaluations, progress=progress)
+    chosen, rule = choose(searches, criterion)
+    deltas = update(model, chosen.names, grads["forget"], chosen.step) if chosen else {}
+    after = chosen.metrics if chosen else {}
+    timings["search"] = time.perf_counter() - start
+    timings["total"] = time.perf_counter() - clock
+    if chosen is None:
+        warnings.warn(
+            f"SLUG found no layer that forgets {config.concept!r} to {config.forget_metric} <= "
+            f"{config.forget_target}: raise max_evaluations or initial_step, add the other tower, "
+            "or give more forget data. See result.searches for each layer's status.",
+            stacklevel=2,
+        )
+    params = dict(model.named_parameters())
+    result = UnlearningResult(
+        config=config,
+        layers=scores,
+        searches=searches,
+        chosen=chosen,
+        rule=rule,
+        deltas=deltas,
+        before=before,
+        after=after,
+        base_tensors={
+            n: {"shape": list(params[n].shape), "dtype": str(params[n].dtype).removeprefix("torch."),
+                "sha256": fingerprint(params[n]),
+                "tower": next(s.tower for s in scores if n in s.names)}
+            for n in deltas
+        },
+        scales=step_scales(model, chosen.names, grads["forget"], chosen.step) if chosen else {},
+        base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        base_model_revision=getattr(getattr(model, "config", None), "_commit_hash", None),
+        timings=timings,
+    )
+    if inplace and chosen is not None:
+        result.apply(model)
+    return result
+
+
+def _gradients(model, processor, pairs, kind, names, source, cache_dir, batch_size, progress,
+               concept):
+    if isinstance(source, Mapping):
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise KeyError(f"the given {kind} gradients lack {missing[:3]}: compute them again.")
+        return {n: source[n].float() for n in names}
+    signature = pairs.signature()
+    if source is not None:
+        return load_gradients(source, model, names, signature)
+    cached = None
+    if cache_dir is not None:
+        suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", concept)
+        cached = Path(cache_dir) / f"{kind}_gradients{suffix}.safetensors"
+    if cached is not None and cached.exists():
+        try:
+            return load_gradients(cached, model, names, signature)
+        except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
+            warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
+    grads = compute_gradients(model, processor, pairs, kind, names, batch_size=batch_size,
+                              progress=progress)
+    if cached is not None:
+        save_gradients(cached, grads, model, signature)
+    return grads
+
+
+def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:
+    if config.layer != "auto":
+        return [s.names for s in scores]
+    picked = []
+    for tower in config.towers:
+        front = sorted((s for s in scores if s.tower == tower and s.on_front),
+                       key=lambda s: -s.importance)
+        picked += [s.names for s in (front[: config.top_k] if config.top_k else front)]
+    return picked
+
+
+__all__ = ["UnlearningResult", "unlearn", "default_evaluator", "edited"]
