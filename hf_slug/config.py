@@ -147,7 +147,9 @@ class UnlearningConfig:
     def from_dict(cls, data: dict[str, Any]) -> UnlearningConfig:
         """Build from a dict: unknown keys warn and are ignored, missing required keys raise."""
         if not isinstance(data, dict):
-            raise DeltaFormatError(f"a slug config must be a JSON object, got {type(data).__name__}.")
+            raise DeltaFormatError(
+                f"a slug config must be a JSON object, got {type(data).__name__}."
+            )
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise DeltaFormatError(
@@ -165,7 +167,9 @@ class UnlearningConfig:
         try:
             kwargs["targets"] = {n: TargetInfo(**t) for n, t in data["targets"].items()}
         except (TypeError, AttributeError) as error:
-            raise DeltaFormatError(f"the slug config's 'targets' are malformed: {error}.") from error
+            raise DeltaFormatError(
+                f"the slug config's 'targets' are malformed: {error}."
+            ) from error
         return cls(**kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:

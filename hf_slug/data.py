@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -28,7 +28,7 @@ from .errors import EmptyDatasetError, MissingCaptionError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CaptionMode = Literal["original", "concept_name"]
-ImageLike = Union[Image.Image, str, Path]
+ImageLike = Image.Image | str | Path
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,9 @@ class ImageTextPairs:
             return self
         if mode == "concept_name":
             if not concept:
-                raise ValueError("caption mode 'concept_name' needs the concept's name: pass concept=.")
+                raise ValueError(
+                    "caption mode 'concept_name' needs the concept's name: pass concept=."
+                )
             return ImageTextPairs(self.images, (concept,) * len(self))
         raise ValueError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
 
@@ -90,9 +92,8 @@ class ImageTextPairs:
         )
 
 
-PairSource = Union[
-    ImageTextPairs, str, Path, "datasets.Dataset", tuple, list  # noqa: F821
-]
+# A folder path, a `datasets.Dataset`, `(images, texts)`, a list of pairs, or ImageTextPairs.
+PairSource = Any
 
 
 def load_pairs(
@@ -189,7 +190,9 @@ def _from_metadata(folder: Path, meta: Path, text_column: str) -> ImageTextPairs
             )
         path = folder / row["file_name"]
         if not path.exists():
-            raise FileNotFoundError(f"{meta.name} lists {row['file_name']}, which is not in {folder}.")
+            raise FileNotFoundError(
+                f"{meta.name} lists {row['file_name']}, which is not in {folder}."
+            )
         images.append(path)
         texts.append(str(caption).strip())
     return ImageTextPairs(tuple(images), tuple(texts))

@@ -69,9 +69,7 @@ class ConceptDelta:
                 "to keep; see result.searches, or force a layer and step."
             )
         rename = dict(rename or {})
-        targets = {
-            rename.get(n, n): TargetInfo(**info) for n, info in result.base_tensors.items()
-        }
+        targets = {rename.get(n, n): TargetInfo(**info) for n, info in result.base_tensors.items()}
         config = UnlearningConfig(
             concept=result.config.concept,
             step=float(result.step),
@@ -97,8 +95,10 @@ class ConceptDelta:
     def dense(self) -> dict[str, torch.Tensor]:
         """Target name -> the full fp32 delta (low-rank factors multiplied out)."""
         if self.config.delta_format == "lowrank":
-            return {n: (self.tensors[n + UP].float() @ self.tensors[n + DOWN].float())
-                    for n in self.names}
+            return {
+                n: (self.tensors[n + UP].float() @ self.tensors[n + DOWN].float())
+                for n in self.names
+            }
         return {n: self.tensors[n].float() for n in self.names}
 
     def nbytes(self) -> int:
@@ -120,8 +120,13 @@ class ConceptDelta:
         return ConceptDelta(config, tensors), errors
 
     # -- checks and application -----------------------------------------------------------
-    def check_base(self, model: nn.Module, *, check_fingerprint: bool = True,
-                   base_tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def check_base(
+        self,
+        model: nn.Module,
+        *,
+        check_fingerprint: bool = True,
+        base_tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """Raise unless every target exists in `model` with the recorded shape and values.
 
         `base_tensors` gives the original values to check when the model's own tensors already
@@ -156,8 +161,9 @@ class ConceptDelta:
                     "check_fingerprint=False if you know the weights are equivalent."
                 )
 
-    def apply_to(self, model: nn.Module, weight: float = 1.0, *, check_fingerprint: bool = True
-                 ) -> nn.Module:
+    def apply_to(
+        self, model: nn.Module, weight: float = 1.0, *, check_fingerprint: bool = True
+    ) -> nn.Module:
         """Add `weight` × this delta into `model` in place (after `check_base`); return it."""
         self.check_base(model, check_fingerprint=check_fingerprint)
         params = dict(model.named_parameters())
@@ -178,7 +184,9 @@ class ConceptDelta:
                 f"the delta for {self.config.concept!r} holds NaN/inf (after casting to "
                 f"{dtype}): save it in float32 or recompute it."
             )
-        stored = str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else "float32"
+        stored = (
+            str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else "float32"
+        )
         config = replace(self.config, delta_dtype=stored)
         from safetensors.torch import save_file
 

@@ -86,13 +86,17 @@ class ZeroShotTask:
         if unknown:
             raise ValueError(f"task {self.name!r}: labels {unknown[:3]} are not in label_names.")
         if len(self.images) != len(self.labels):
-            raise ValueError(f"task {self.name!r}: {len(self.images)} images, {len(self.labels)} labels.")
+            raise ValueError(
+                f"task {self.name!r}: {len(self.images)} images, {len(self.labels)} labels."
+            )
 
     def texts(self) -> tuple[list[str], list[int]]:
         """Every prompt, and the label index each belongs to."""
         texts, owners = [], []
         for i, label in enumerate(self.label_names):
-            prompts = self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
+            prompts = (
+                self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
+            )
             texts += list(prompts)
             owners += [i] * len(prompts)
         return texts, owners
@@ -126,11 +130,15 @@ class ZeroShotEvaluator(Evaluator):
         self._owners: list[torch.Tensor] = []
         self._truth: list[torch.Tensor] = []
         for task in self.tasks:
-            images = [processor(images=list(task.images[i : i + batch_size]), return_tensors="pt")
-                      for i in range(0, len(task.images), batch_size)]
+            images = [
+                processor(images=list(task.images[i : i + batch_size]), return_tensors="pt")
+                for i in range(0, len(task.images), batch_size)
+            ]
             texts, owners = task.texts()
-            tokens = [dict(processor(text=texts[i : i + batch_size], **_TEXT_KWARGS))
-                      for i in range(0, len(texts), batch_size)]
+            tokens = [
+                dict(processor(text=texts[i : i + batch_size], **_TEXT_KWARGS))
+                for i in range(0, len(texts), batch_size)
+            ]
             self._images.append(_Inputs("vision", [dict(b) for b in images]))
             self._texts.append(_Inputs("text", tokens))
             self._owners.append(torch.tensor(owners))
@@ -163,8 +171,9 @@ class ZeroShotEvaluator(Evaluator):
                 for i, task in enumerate(self.tasks):
                     image_f = self._current(model, self._images[i])
                     text_f = self._current(model, self._texts[i])
-                    top1, top5 = _accuracy(image_f, text_f, self._owners[i], self._truth[i],
-                                           len(task.label_names))
+                    top1, top5 = _accuracy(
+                        image_f, text_f, self._owners[i], self._truth[i], len(task.label_names)
+                    )
                     metrics[f"{task.name}_acc"] = top1
                     metrics[f"{task.name}_acc@5"] = top5
                     if task.counts_for_utility and task.name != "forget":
@@ -180,8 +189,11 @@ class ZeroShotEvaluator(Evaluator):
         i = [t.name for t in self.tasks].index(task)
         with torch.no_grad():
             image_f = self._features(model, self._images[i])
-            text_f = _label_embeddings(self._features(model, self._texts[i]), self._owners[i],
-                                       len(self.tasks[i].label_names))
+            text_f = _label_embeddings(
+                self._features(model, self._texts[i]),
+                self._owners[i],
+                len(self.tasks[i].label_names),
+            )
         return image_f @ text_f.T
 
     # -- features --------------------------------------------------------------------------
@@ -251,7 +263,10 @@ def _label_embeddings(text_f: torch.Tensor, owners: torch.Tensor, n_labels: int)
 
 
 def _accuracy(
-    image_f: torch.Tensor, text_f: torch.Tensor, owners: torch.Tensor, truth: torch.Tensor,
+    image_f: torch.Tensor,
+    text_f: torch.Tensor,
+    owners: torch.Tensor,
+    truth: torch.Tensor,
     n_labels: int,
 ) -> tuple[float, float]:
     logits = image_f @ _label_embeddings(text_f, owners, n_labels).T
@@ -282,4 +297,3 @@ def _replaying(tower: Tower, first_block: int) -> Iterator[_Replay]:
         yield replay
     finally:
         encoder.layers = original
-

@@ -45,17 +45,40 @@ def plot_pareto(
         members = [s for s in scores if s.tower == tower]
         rest = [s for s in members if not s.on_front]
         front = sorted((s for s in members if s.on_front), key=lambda s: s.alignment)
-        ax.scatter([s.alignment for s in rest], [s.importance for s in rest], s=18, c="0.65",
-                   label="candidate layers")
-        ax.plot([s.alignment for s in front], [s.importance for s in front], "o-", c="tab:red",
-                ms=6, label="Pareto front")
+        ax.scatter(
+            [s.alignment for s in rest],
+            [s.importance for s in rest],
+            s=18,
+            c="0.65",
+            label="candidate layers",
+        )
+        ax.plot(
+            [s.alignment for s in front],
+            [s.importance for s in front],
+            "o-",
+            c="tab:red",
+            ms=6,
+            label="Pareto front",
+        )
         for s in front:
-            ax.annotate(s.label.split(".", 1)[1], (s.alignment, s.importance), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                s.label.split(".", 1)[1],
+                (s.alignment, s.importance),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         for s in members:
             if s.names == chosen:
-                ax.scatter([s.alignment], [s.importance], s=160, facecolors="none",
-                           edgecolors="tab:blue", linewidths=2, label=f"chosen: {s.label}")
+                ax.scatter(
+                    [s.alignment],
+                    [s.importance],
+                    s=160,
+                    facecolors="none",
+                    edgecolors="tab:blue",
+                    linewidths=2,
+                    label=f"chosen: {s.label}",
+                )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("gradient alignment |cos(G_f, G_r)|")
@@ -76,7 +99,9 @@ def plot_similarity(
 ) -> Path:
     """Two heat maps side by side: similarity of images (rows) to texts (columns), before/after."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(2.0 + 1.1 * len(col_labels) * 2, 1.5 + 0.6 * len(row_labels)))
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2.0 + 1.1 * len(col_labels) * 2, 1.5 + 0.6 * len(row_labels))
+    )
     low = float(min(before.min(), after.min()))
     high = float(max(before.max(), after.max()))
     for ax, matrix, name in zip(axes, (before, after), ("before", "after")):
@@ -85,15 +110,24 @@ def plot_similarity(
         ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
-                ax.text(j, i, f"{float(matrix[i, j]):.2f}", ha="center", va="center",
-                        fontsize=7, color="white" if matrix[i, j] < (low + high) / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{float(matrix[i, j]):.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if matrix[i, j] < (low + high) / 2 else "black",
+                )
         ax.set_title(f"{title} — {name}", fontsize=9)
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     return _save(fig, path)
 
 
 def image_grid(
-    rows: Sequence[Sequence[Image.Image]], path: str | Path, row_labels: Sequence[str] = (),
+    rows: Sequence[Sequence[Image.Image]],
+    path: str | Path,
+    row_labels: Sequence[str] = (),
     col_labels: Sequence[str] = (),
 ) -> Path:
     """A labelled grid of images (e.g. generations before/after, one prompt per row)."""

@@ -84,7 +84,8 @@ def step_scales(
     """The raw scale `s · ‖θ⁰‖ / ‖G_f‖` multiplying each named tensor's forget gradient."""
     params = dict(model.named_parameters())
     return {
-        n: step * float(params[n].detach().float().norm())
+        n: step
+        * float(params[n].detach().float().norm())
         / max(float(forget_grads[n].float().norm()), 1e-30)
         for n in names
     }
@@ -200,7 +201,15 @@ def search_layers(
     for unit in bar:
         bar.set_postfix_str(short_name(unit))
         searches.append(
-            search_step(model, unit, forget_grads, evaluator, criterion, before,
-                        initial_step=initial_step, max_evaluations=max_evaluations)
+            search_step(
+                model,
+                unit,
+                forget_grads,
+                evaluator,
+                criterion,
+                before,
+                initial_step=initial_step,
+                max_evaluations=max_evaluations,
+            )
         )
     return searches

@@ -25,9 +25,9 @@ from torch import nn
 
 from .config import SLUGConfig
 from .data import PairSource, load_pairs
+from .errors import DeltaFormatError
 from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
 from .families.clip import candidate_names, group_layers, require_clip, resolve_names
-from .errors import DeltaFormatError
 from .gradients import compute_gradients, load_gradients, save_gradients
 from .io import fingerprint
 from .search import Criterion, LayerSearch, choose, edited, search_layers, step_scales, update
@@ -96,8 +96,9 @@ class UnlearningResult:
             "before": self.before,
             "after": self.after,
             "front": [s.label for s in self.layers if s.on_front],
-            "searched": [{"layer": s.label, "status": s.status, "step": s.step}
-                         for s in self.searches],
+            "searched": [
+                {"layer": s.label, "status": s.status, "step": s.step} for s in self.searches
+            ],
             "timings_s": self.timings,
         }
 
@@ -111,13 +112,13 @@ class UnlearningResult:
         lines.append(f"layer: {self.chosen.label}   step s = {self.step:.4g}")
         lines.append(f"{'metric':<18}{'before':>10}{'after':>10}")
         for key in self.before:
-            lines.append(f"{key:<18}{self.before[key]:>10.4f}{self.after.get(key, float('nan')):>10.4f}")
+            lines.append(
+                f"{key:<18}{self.before[key]:>10.4f}{self.after.get(key, float('nan')):>10.4f}"
+            )
         return "\n".join(lines)
 
 
-def default_evaluator(
-    processor: Any, forget, retain, config: SLUGConfig
-) -> ZeroShotEvaluator:
+def default_evaluator(processor: Any, forget, retain, config: SLUGConfig) -> ZeroShotEvaluator:
     """Forget images classified among `config.candidate_labels`; retain image→caption retrieval."""
     if not config.candidate_labels or config.concept not in config.candidate_labels:
         raise ValueError(
@@ -128,11 +129,18 @@ def default_evaluator(
     forget_images = [forget.image(i) for i in range(len(forget))]
     retain_images = [retain.image(i) for i in range(len(retain))]
     captions = list(dict.fromkeys(retain.texts))
-    return ZeroShotEvaluator(processor, [
-        ZeroShotTask("forget", forget_images, [config.concept] * len(forget_images),
-                     config.candidate_labels),
-        ZeroShotTask("retain", retain_images, list(retain.texts), captions),
-    ])
+    return ZeroShotEvaluator(
+        processor,
+        [
+            ZeroShotTask(
+                "forget",
+                forget_images,
+                [config.concept] * len(forget_images),
+                config.candidate_labels,
+            ),
+            ZeroShotTask("retain", retain_images, list(retain.texts), captions),
+        ],
+    )
 
 
 def unlearn(
@@ -164,20 +172,34 @@ def unlearn(
         config.caption_mode, config.concept
     )
     retain_pairs = load_pairs(retain, name="retain set")
-    all_names = candidate_names(model, config.towers, include_projections=config.include_projections)
-    names = all_names
+    all_names = candidate_names(
+        model, config.towers, include_projections=config.include_projections
+    )
+    units = group_layers(all_names, config.group)
     if config.layer != "auto":
         wanted = [config.layer] if isinstance(config.layer, str) else list(config.layer)
-        names = resolve_names(model, wanted, all_names)
-    units = group_layers(names, config.group)
+        named = set(resolve_names(model, wanted, all_names))
+        units = [unit for unit in units if named & set(unit)]  # a named member brings its group
     names = [n for unit in units for n in unit]
 
     grads = {}
-    for kind, source, pairs in (("forget", forget_gradients, forget_pairs),
-                                ("retain", retain_gradients, retain_pairs)):
+    for kind, source, pairs in (
+        ("forget", forget_gradients, forget_pairs),
+        ("retain", retain_gradients, retain_pairs),
+    ):
         start = time.perf_counter()
-        grads[kind] = _gradients(model, processor, pairs, kind, names, source, cache_dir,
-                                 config.batch_size, progress, config.concept)
+        grads[kind] = _gradients(
+            model,
+            processor,
+            pairs,
+            kind,
+            names,
+            source,
+            cache_dir,
+            config.batch_size,
+            progress,
+            config.concept,
+        )
         timings[f"{kind}_gradients"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -185,16 +207,27 @@ def unlearn(
     timings["metrics"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    evaluator = as_evaluator(evaluator) if evaluator is not None else default_evaluator(
-        processor, forget_pairs, retain_pairs, config
+    evaluator = (
+        as_evaluator(evaluator)
+        if evaluator is not None
+        else default_evaluator(processor, forget_pairs, retain_pairs, config)
     )
-    criterion = Criterion(config.forget_metric, config.forget_target, config.utility_metric,
-                          config.utility_tolerance)
+    criterion = Criterion(
+        config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
+    )
     before = evaluator(model)
     searched = _units_to_search(scores, config)
-    searches = search_layers(model, searched, grads["forget"], evaluator, criterion, before,
-                             initial_step=config.initial_step,
-                             max_evaluations=config.max_evaluations, progress=progress)
+    searches = search_layers(
+        model,
+        searched,
+        grads["forget"],
+        evaluator,
+        criterion,
+        before,
+        initial_step=config.initial_step,
+        max_evaluations=config.max_evaluations,
+        progress=progress,
+    )
     chosen, rule = choose(searches, criterion)
     deltas = update(model, chosen.names, grads["forget"], chosen.step) if chosen else {}
     after = chosen.metrics if chosen else {}
@@ -218,13 +251,17 @@ def unlearn(
         before=before,
         after=after,
         base_tensors={
-            n: {"shape": list(params[n].shape), "dtype": str(params[n].dtype).removeprefix("torch."),
+            n: {
+                "shape": list(params[n].shape),
+                "dtype": str(params[n].dtype).removeprefix("torch."),
                 "sha256": fingerprint(params[n]),
-                "tower": next(s.tower for s in scores if n in s.names)}
+                "tower": next(s.tower for s in scores if n in s.names),
+            }
             for n in deltas
         },
         scales=step_scales(model, chosen.names, grads["forget"], chosen.step) if chosen else {},
-        base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None) or None,
+        base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None)
+        or None,
         base_model_revision=getattr(getattr(model, "config", None), "_commit_hash", None),
         timings=timings,
     )
@@ -233,8 +270,9 @@ def unlearn(
     return result
 
 
-def _gradients(model, processor, pairs, kind, names, source, cache_dir, batch_size, progress,
-               concept):
+def _gradients(
+    model, processor, pairs, kind, names, source, cache_dir, batch_size, progress, concept
+):
     if isinstance(source, Mapping):
         missing = [n for n in names if n not in source]
         if missing:
@@ -252,8 +290,9 @@ def _gradients(model, processor, pairs, kind, names, source, cache_dir, batch_si
             return load_gradients(cached, model, names, signature)
         except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
             warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
-    grads = compute_gradients(model, processor, pairs, kind, names, batch_size=batch_size,
-                              progress=progress)
+    grads = compute_gradients(
+        model, processor, pairs, kind, names, batch_size=batch_size, progress=progress
+    )
     if cached is not None:
         save_gradients(cached, grads, model, signature)
     return grads
@@ -264,8 +303,9 @@ def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple
         return [s.names for s in scores]
     picked = []
     for tower in config.towers:
-        front = sorted((s for s in scores if s.tower == tower and s.on_front),
-                       key=lambda s: -s.importance)
+        front = sorted(
+            (s for s in scores if s.tower == tower and s.on_front), key=lambda s: -s.importance
+        )
         picked += [s.names for s in (front[: config.top_k] if config.top_k else front)]
     return picked
 

@@ -31,14 +31,17 @@ def byte_level_alphabet() -> list[str]:
 
 
 def main(bpe_gz: str, out_dir: str) -> None:
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1 : N_MERGES + 1]
     alphabet = byte_level_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False))
+    (out / "vocab.json").write_text(
+        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False)
+    )
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     print(f"wrote {len(tokens)} tokens and {len(merges)} merges to {out}")
 

@@ -197,9 +197,7 @@ def short_name(unit: Sequence[str] | str) -> str:
 def require_clip(model: nn.Module) -> None:
     """Raise unless `model` is a two-tower CLIP with projections and a logit scale."""
     missing = [
-        a
-        for a in ("visual_projection", "text_projection", "logit_scale")
-        if not hasattr(model, a)
+        a for a in ("visual_projection", "text_projection", "logit_scale") if not hasattr(model, a)
     ]
     kinds = {t.kind for t in find_towers(model)}
     if missing or kinds != {"vision", "text"}:

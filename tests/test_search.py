@@ -1,0 +1,153 @@
+"""The update's sign, the step search, the layer choice, cached-prefix evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_images
+
+from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, load_pairs, unlearn
+from hf_slug.evaluation import CallableEvaluator
+from hf_slug.families.clip import candidate_names, encode_images, encode_texts
+from hf_slug.gradients import compute_gradients
+from hf_slug.search import Criterion, edited, search_step, update
+
+NAMES = ["Ada Byron", "Bob Stone", "Cy Young"]
+
+
+@pytest.fixture
+def forget():
+    return load_pairs((random_images(6, seed=1), ["a photo of Ada Byron"] * 6))
+
+
+def mean_forget_cosine(model, processor, pairs):
+    inputs = processor(
+        text=list(pairs.texts),
+        images=[pairs.image(i) for i in range(len(pairs))],
+        return_tensors="pt",
+        padding=True,
+    )
+    with torch.no_grad():
+        v = encode_images(model, inputs["pixel_values"])
+        t = encode_texts(model, inputs["input_ids"], inputs["attention_mask"])
+    return float(F.cosine_similarity(v, t).mean())
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("weight", ["mlp.fc1.weight", "self_attn.v_proj.weight"])
+@pytest.mark.parametrize("tower", ["vision_model", "text_model"])
+def test_update_lowers_mean_forget_cosine(model, processor, forget, tower, layer, weight):
+    name = f"{tower}.encoder.layers.{layer}.{weight}"
+    grads = compute_gradients(model, processor, forget, "forget", [name], progress=False)
+    before = mean_forget_cosine(model, processor, forget)
+    deltas = update(model, (name,), grads, step=0.05)
+    assert float(deltas[name].norm()) == pytest.approx(
+        0.05 * float(dict(model.named_parameters())[name].detach().norm()), rel=1e-5
+    )
+    with edited(model, deltas):
+        after = mean_forget_cosine(model, processor, forget)
+    assert after < before
+    assert mean_forget_cosine(model, processor, forget) == pytest.approx(before, abs=1e-7)
+
+
+def step_of(model, name, original):
+    """The relative size of the current edit: ‖θ − θ⁰‖ / ‖θ⁰‖ (what a synthetic evaluator sees)."""
+    current = dict(model.named_parameters())[name]
+    return float((current.detach() - original).norm() / original.norm())
+
+
+@pytest.mark.parametrize("threshold", [0.013, 0.1, 0.37, 3.0])
+def test_search_meets_a_monotone_criterion_within_ten_evaluations(model, threshold):
+    name = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    original = dict(model.named_parameters())[name].detach().clone()
+    grads = {name: torch.randn_like(original)}
+    calls = []
+
+    def evaluator(m):
+        s = step_of(m, name, original)
+        calls.append(s)
+        return {"forget_acc": 1.0 if s < threshold else 0.0, "utility": 1.0 - s}
+
+    search = search_step(
+        model,
+        (name,),
+        grads,
+        CallableEvaluator(evaluator),
+        Criterion(),
+        {"forget_acc": 1.0, "utility": 1.0},
+    )
+    assert search.usable and len(calls) <= 10
+    assert threshold <= search.step <= threshold * 1.10  # smallest passing step, to bisection width
+    assert all(s >= threshold for s in [t.step for t in search.trials if t.forgets])
+    assert torch.equal(dict(model.named_parameters())[name], original)  # trials never accumulate
+
+
+def test_search_says_clearly_when_it_cannot(model):
+    name = "text_model.encoder.layers.0.mlp.fc2.weight"
+    grads = {name: torch.randn_like(dict(model.named_parameters())[name])}
+    search = search_step(
+        model,
+        (name,),
+        grads,
+        CallableEvaluator(lambda m: {"forget_acc": 1.0}),
+        Criterion(),
+        {},
+        max_evaluations=5,
+    )
+    assert not search.usable
+    assert search.status.startswith("largest step reached: s=1.6")
+
+
+def test_utility_guard_rejects_a_costly_step(model):
+    name = "text_model.encoder.layers.0.mlp.fc2.weight"
+    original = dict(model.named_parameters())[name].detach().clone()
+    grads = {name: torch.randn_like(original)}
+
+    def evaluator(m):
+        s = step_of(m, name, original)
+        return {"forget_acc": float(s < 0.5), "utility": 0.9 - s}
+
+    search = search_step(
+        model,
+        (name,),
+        grads,
+        CallableEvaluator(evaluator),
+        Criterion(utility_tolerance=0.01),
+        {"utility": 0.9},
+    )
+    assert search.status.startswith("utility guard")
+
+
+def test_cached_prefix_evaluation_equals_a_full_forward(model, processor):
+    tasks = [
+        ZeroShotTask("forget", random_images(5, seed=4), ["Ada Byron"] * 5, NAMES),
+        ZeroShotTask("retain", random_images(7, seed=5), ["Bob Stone"] * 7, NAMES),
+    ]
+    fast = ZeroShotEvaluator(processor, tasks, batch_size=3)
+    slow = ZeroShotEvaluator(processor, tasks, batch_size=3)
+    for name in candidate_names(model):
+        deltas = {name: torch.randn_like(dict(model.named_parameters())[name]) * 0.5}
+        fast.begin(model, [name])
+        with edited(model, deltas):
+            cached = fast(model)
+            full = slow(model)
+        fast.end()
+        assert cached == pytest.approx(full, abs=1e-6), name
+
+
+def test_unlearn_with_a_named_layer_and_grouping(model, processor, forget):
+    retain = load_pairs((random_images(8, seed=2), [f"thing {i}" for i in range(8)]))
+    config = SLUGConfig(
+        concept="Ada Byron", layer="vision.L1.q_proj", group="qkv", candidate_labels=NAMES
+    )
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = unlearn(model, processor, forget, retain, config, progress=False)
+    assert result.converged
+    assert {n.split(".")[-2] for n in result.deltas} == {"q_proj", "k_proj", "v_proj"}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # not mutated
+    assert result.after["forget_acc"] == 0.0
+    assert "highest validation utility" in result.rule
+    result.apply(model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(result.deltas)
