@@ -1,0 +1,486 @@
+"""SLUGModel: named concept deltas attached to a model or pipeline — stack, weight, merge, save.
+
+Unmerged, each targeted `nn.Linear` gets a forward hook adding `x @ (Σₐ wₐ·Δₐ)ᵀ` to its output,
+so the base weights stay untouched and the forward equals that of `base + Σ wₐ·Δₐ`. Merged, the
+sum is written into the weights (in fp32) and the originals are kept to unmerge exactly.
+
+Every added adapter is active at its weight until `set_adapters`, `delete_adapter` or
+`disable_adapters` says otherwise: nothing is deactivated silently.
+
+Example:
+    >>> slug = SLUGModel(model)  # doctest: +SKIP
+    >>> slug.add_adapter("ada", result)  # an UnlearningResult or a ConceptDelta
+    >>> slug.load_adapter("deltas/bob", adapter_name="bob")
+    >>> slug.set_adapters(["ada", "bob"], [1.0, 0.5])
+    >>> merged = slug.merge_and_unload()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TargetInfo, UnlearningConfig
+from .delta import ConceptDelta
+from .errors import AdapterError, DeltaFormatError, NonFiniteGradientError
+from .export import ExportReport, export_peft_lora
+from .families.clip import block_index, find_towers
+from .io import write_json
+
+STACK_NAME = "slug_stack.json"
+
+
+def module_tree(host: Any) -> nn.Module:
+    """The module tree of a model (itself) or a diffusers pipeline (its nn.Module components)."""
+    if isinstance(host, nn.Module):
+        return host
+    components = getattr(host, "components", None)
+    if isinstance(components, dict):
+        return nn.ModuleDict({k: v for k, v in components.items() if isinstance(v, nn.Module)})
+    raise TypeError(
+        f"SLUGModel wraps a torch model or a diffusers pipeline, got {type(host).__name__}."
+    )
+
+
+class SLUGModel:
+    """A model (or pipeline) plus named concept deltas. The wrapped object is `.model`."""
+
+    def __init__(self, model: Any):
+        if isinstance(model, SLUGModel):
+            raise TypeError("this model is already wrapped: use it, or its .model, directly.")
+        self.model = model
+        self.adapters: dict[str, ConceptDelta] = {}
+        self.weights: dict[str, float] = {}
+        self.targets: dict[str, dict[str, str]] = {}  # adapter -> delta key -> host name
+        self._active: list[str] = []
+        self._base: dict[str, torch.Tensor] = {}  # original values of every targeted tensor
+        self._hooks: dict[str, Any] = {}
+        self._combined: dict[str, torch.Tensor] = {}
+        self._merged = False
+        self._disabled = False
+
+    # -- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: Any,
+        path: str | Path,
+        adapter_name: str | None = None,
+        weight: float = 1.0,
+        *,
+        check_fingerprint: bool = True,
+        **hub_kwargs: Any,
+    ) -> SLUGModel:
+        """Wrap `model` and load the delta (or saved stack of deltas) at `path` or repo id."""
+        slug = cls(model)
+        slug.load_adapter(
+            path, adapter_name, weight, check_fingerprint=check_fingerprint, **hub_kwargs
+        )
+        return slug
+
+    def load_adapter(
+        self,
+        path: str | Path,
+        adapter_name: str | None = None,
+        weight: float = 1.0,
+        *,
+        check_fingerprint: bool = True,
+        **hub_kwargs: Any,
+    ) -> list[str]:
+        """Load a delta folder, a saved stack, or a Hub repo; return the adapter names added."""
+        stack = _find_stack(path, hub_kwargs)
+        if stack is not None:
+            folder, entries = stack
+            if adapter_name is not None:
+                entries = [e for e in entries if e["name"] == adapter_name]
+                if not entries:
+                    raise AdapterError(f"{path} holds no adapter named {adapter_name!r}.")
+            added = []
+            for entry in entries:
+                delta = ConceptDelta.from_pretrained(folder / entry["name"])
+                self.add_adapter(
+                    entry["name"],
+                    delta,
+                    entry.get("weight", 1.0) * weight,
+                    active=entry.get("active", True),
+                    check_fingerprint=check_fingerprint,
+                )
+                added.append(entry["name"])
+            return added
+        delta = ConceptDelta.from_pretrained(path, **hub_kwargs)
+        name = adapter_name or _name_for(delta.config.concept)
+        self.add_adapter(name, delta, weight, check_fingerprint=check_fingerprint)
+        return [name]
+
+    def add_adapter(
+        self,
+        adapter_name: str,
+        delta: Any,
+        weight: float = 1.0,
+        *,
+        active: bool = True,
+        check_fingerprint: bool = True,
+    ) -> None:
+        """Attach a `ConceptDelta` (or an `UnlearningResult`) under `adapter_name`."""
+        if not isinstance(delta, ConceptDelta):
+            delta = ConceptDelta.from_result(delta)
+        if adapter_name in self.adapters:
+            raise AdapterError(
+                f"an adapter named {adapter_name!r} exists: delete_adapter it first or pick "
+                "another adapter_name."
+            )
+        root = module_tree(self.model)
+        params = dict(root.named_parameters())
+        mapping = {
+            key: _resolve(root, params, key, info, delta.config)
+            for key, info in delta.config.targets.items()
+        }
+        for host in mapping.values():
+            if not isinstance(_owner(root, host), nn.Linear):
+                raise DeltaFormatError(f"{host} is not the weight of an nn.Linear layer.")
+        renamed = _renamed(delta, mapping)
+        base = {host: self._base.get(host, params[host]) for host in mapping.values()}
+        renamed.check_base(root, check_fingerprint=check_fingerprint, base_tensors=base)
+        active_hosts = {h for a in self.active_adapters for h in self.targets[a].values()}
+        shared = active_hosts & set(mapping.values())
+        if active and shared:
+            warnings.warn(
+                f"{adapter_name!r} edits {sorted(shared)}, which active adapters edit too; "
+                "their deltas add up.",
+                stacklevel=2,
+            )
+        for host in mapping.values():
+            self._base.setdefault(host, params[host].detach().clone())
+        self.adapters[adapter_name] = renamed
+        self.targets[adapter_name] = {h: h for h in mapping.values()}
+        self.weights[adapter_name] = float(weight)
+        if active:
+            self._active.append(adapter_name)
+        self._refresh()
+
+    # -- which adapters act ----------------------------------------------------------------
+    @property
+    def active_adapters(self) -> list[str]:
+        """The adapters currently applied (empty inside `disable_adapters()`)."""
+        return [] if self._disabled else list(self._active)
+
+    def set_adapters(
+        self, adapter_names: str | Sequence[str], weights: float | Sequence[float] | None = None
+    ) -> None:
+        """Make exactly these adapters active, with these weights (default: their current)."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self._require(names)
+        if weights is None:
+            weights = [self.weights[n] for n in names]
+        elif isinstance(weights, (int, float)):
+            weights = [float(weights)] * len(names)
+        if len(weights) != len(names):
+            raise AdapterError(f"{len(names)} adapters but {len(weights)} weights.")
+        for name, w in zip(names, weights):
+            self.weights[name] = float(w)
+        self._active = names
+        self._refresh()
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make `adapter_name` the only active adapter."""
+        self.set_adapters([adapter_name])
+
+    @contextlib.contextmanager
+    def disable_adapters(self) -> Iterator[None]:
+        """Within the block the model behaves as the base model."""
+        previous = self._disabled
+        self._disabled = True
+        self._refresh()
+        try:
+            yield
+        finally:
+            self._disabled = previous
+            self._refresh()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter and every trace of it (its hooks and base copies if unused)."""
+        self._require([adapter_name])
+        del self.adapters[adapter_name], self.weights[adapter_name]
+        hosts = set(self.targets.pop(adapter_name).values())
+        self._active = [n for n in self._active if n != adapter_name]
+        self._refresh()
+        still = {h for a in self.targets.values() for h in a.values()}
+        for host in hosts - still:
+            del self._base[host]
+
+    # -- merging ---------------------------------------------------------------------------
+    @property
+    def merged(self) -> bool:
+        return self._merged
+
+    def merge_adapter(self, *, safe_merge: bool = False) -> None:
+        """Write `base + Σ wₐ·Δₐ` of the active adapters into the weights (fp32 sum)."""
+        if safe_merge:
+            self._check_finite()
+        self._merged = True
+        self._refresh()
+
+    def unmerge_adapter(self) -> None:
+        """Restore the base weights exactly; the active adapters act through hooks again."""
+        self._merged = False
+        self._refresh()
+
+    def merge_and_unload(self, *, safe_merge: bool = False) -> Any:
+        """Merge the active adapters for good, drop all adapter state, return the model."""
+        if safe_merge:
+            self._check_finite()
+        self._remove_hooks()
+        self._write_weights(self._sum())
+        self._forget_all()
+        return self.model
+
+    def unload(self) -> Any:
+        """Drop every adapter and return the base model, unchanged."""
+        self._remove_hooks()
+        self._write_weights({})
+        self._forget_all()
+        return self.model
+
+    def add_weighted_adapter(
+        self,
+        adapter_names: Sequence[str],
+        weights: Sequence[float],
+        adapter_name: str,
+        *,
+        active: bool = False,
+    ) -> None:
+        """A new adapter equal to `Σ wₐ·Δₐ` (dense), added inactive unless `active=True`."""
+        self._require(adapter_names)
+        if len(adapter_names) != len(weights):
+            raise AdapterError(f"{len(adapter_names)} adapters but {len(weights)} weights.")
+        tensors: dict[str, torch.Tensor] = {}
+        targets: dict[str, TargetInfo] = {}
+        for name, w in zip(adapter_names, weights):
+            delta = self.adapters[name]
+            for key, value in delta.dense().items():
+                tensors[key] = tensors.get(key, 0) + w * value
+                targets[key] = delta.config.targets[key]
+        first = self.adapters[adapter_names[0]].config
+        config = replace(
+            first,
+            concept=" + ".join(self.adapters[n].config.concept for n in adapter_names),
+            targets=targets,
+            scales={},
+            delta_format="dense",
+            rank=None,
+            metrics={"combined": {n: w for n, w in zip(adapter_names, weights)}},
+        )
+        self.add_adapter(adapter_name, ConceptDelta(config, tensors), active=active)
+
+    # -- saving and reporting ------------------------------------------------------------
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        selected_adapters: Sequence[str] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
+    ) -> Path:
+        """One sub-folder per adapter plus `slug_stack.json` (names, weights, active)."""
+        names = list(selected_adapters) if selected_adapters is not None else list(self.adapters)
+        self._require(names)
+        directory = Path(directory)
+        for name in names:
+            self.adapters[name].save_pretrained(directory / name, dtype=dtype)
+        entries = [
+            {"name": n, "weight": self.weights[n], "active": n in self._active} for n in names
+        ]
+        write_json(directory / STACK_NAME, {"adapters": entries})
+        return directory
+
+    def to_peft_lora(
+        self,
+        directory: str | Path,
+        rank: int | float | None = None,
+        adapter_names: Sequence[str] | None = None,
+    ) -> ExportReport:
+        """Export `Σ wₐ·Δₐ` of the active adapters (or of `adapter_names`) as one PEFT LoRA."""
+        names = list(adapter_names) if adapter_names is not None else self.active_adapters
+        self._require(names)
+        if not names:
+            raise AdapterError("no adapter to export: add or activate one first.")
+        total = self._sum(names)
+        base = self.adapters[names[0]].config.base_model_name_or_path
+        return export_peft_lora(total, directory, rank=rank, base_model_name_or_path=base)
+
+    def status(self) -> dict[str, Any]:
+        """Which adapters, which tensors, weights, active or not, merged or not, sizes."""
+        return {
+            "merged": self._merged,
+            "disabled": self._disabled,
+            "adapters": {
+                name: {
+                    "concept": delta.config.concept,
+                    "active": name in self.active_adapters,
+                    "weight": self.weights[name],
+                    "targets": list(self.targets[name].values()),
+                    "format": delta.config.delta_format,
+                    "bytes": delta.nbytes(),
+                }
+                for name, delta in self.adapters.items()
+            },
+        }
+
+    def __repr__(self) -> str:
+        lines = [f"SLUGModel({type(self.model).__name__}, merged={self._merged})"]
+        for name, info in self.status()["adapters"].items():
+            flag = "active" if info["active"] else "inactive"
+            lines.append(
+                f"  {name}: {info['concept']!r} w={info['weight']:g} {flag} "
+                f"{len(info['targets'])} tensor(s) {info['bytes'] / 1e6:.2f} MB"
+            )
+        return "\n".join(lines)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the wrapped model or pipeline."""
+        return self.model(*args, **kwargs)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _require(self, names: Sequence[str]) -> None:
+        unknown = [n for n in names if n not in self.adapters]
+        if unknown:
+            raise AdapterError(
+                f"no adapter named {unknown}: the loaded adapters are {sorted(self.adapters)}."
+            )
+
+    def _sum(self, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """host name -> Σ over the active adapters (or `names`) of wₐ·Δₐ (fp32)."""
+        total: dict[str, torch.Tensor] = {}
+        for name in self.active_adapters if names is None else names:
+            w = self.weights[name]
+            for key, value in self.adapters[name].dense().items():
+                host = self.targets[name][key]
+                total[host] = total.get(host, 0) + w * value
+        return total
+
+    def _check_finite(self) -> None:
+        bad = [h for h, d in self._sum().items() if not torch.isfinite(d).all()]
+        if bad:
+            raise NonFiniteGradientError(
+                f"refusing to merge: the summed delta of {bad[0]} holds NaN/inf. Delete the "
+                "adapter that carries it (see status()) or reload it from a good copy."
+            )
+
+    def _refresh(self) -> None:
+        """Bring weights and hooks in line with the merged flag, active set and weights."""
+        self._remove_hooks()
+        total = self._sum()
+        if self._merged:
+            self._write_weights(total)
+            return
+        self._write_weights({})
+        root = module_tree(self.model)
+        for host, delta in total.items():
+            module = _owner(root, host)
+            self._combined[host] = delta
+            self._hooks[host] = module.register_forward_hook(_adder(self._combined, host))
+
+    def _write_weights(self, total: dict[str, torch.Tensor]) -> None:
+        """Set every targeted tensor to its base value plus `total`'s entry (if any)."""
+        params = dict(module_tree(self.model).named_parameters())
+        with torch.no_grad():
+            for host, base in self._base.items():
+                value = base.float() + total[host].to(base.device) if host in total else base
+                params[host].copy_(value.to(params[host].dtype))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks.clear()
+        self._combined.clear()
+
+    def _forget_all(self) -> None:
+        self.adapters.clear()
+        self.weights.clear()
+        self.targets.clear()
+        self._active.clear()
+        self._base.clear()
+        self._merged = False
+
+
+def _adder(combined: dict[str, torch.Tensor], host: str):
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        delta = combined[host].to(device=output.device, dtype=output.dtype)
+        return output + torch.nn.functional.linear(args[0], delta)
+
+    return hook
+
+
+def _owner(root: nn.Module, param_name: str) -> nn.Module:
+    return root.get_submodule(param_name.rsplit(".", 1)[0])
+
+
+def _resolve(
+    root: nn.Module, params: dict, key: str, info: TargetInfo, config: UnlearningConfig
+) -> str:
+    """Where a delta's tensor lives in this host: the same name, or the same block by structure.
+
+    A delta computed on a `CLIPModel` (`text_model.encoder.layers.3…`) finds its tensor in a
+    pipeline's `text_encoder.encoder.layers.3…` or a VLM's vision tower; the fingerprint check
+    then proves it is the same tensor.
+    """
+    if key in params:
+        return key
+    found = block_index(key)
+    towers = [t for t in find_towers(root) if info.tower in (None, t.kind)]
+    if config.component:
+        towers = [t for t in towers if t.path.split(".")[0] == config.component] or towers
+    if found is not None:
+        block, weight = found
+        hits = [t.name(f"encoder.layers.{block}.{weight}") for t in towers]
+        hits = [h for h in hits if h in params]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise DeltaFormatError(
+                f"the delta's {key} matches several towers here ({hits}): the delta must name its "
+                "component (e.g. text_encoder or text_encoder_2)."
+            )
+    raise DeltaFormatError(
+        f"the delta for {config.concept!r} targets {key}, which this "
+        f"{type(root).__name__} does not have (no {info.tower or 'CLIP'} tower with that block). "
+        f"Load it onto the model family it was made for ({config.model_family}, base "
+        f"{config.base_model_name_or_path})."
+    )
+
+
+def _renamed(delta: ConceptDelta, mapping: dict[str, str]) -> ConceptDelta:
+    if all(k == v for k, v in mapping.items()):
+        return delta
+    suffixes = ("", ".up", ".down")
+    tensors = {}
+    for key, value in delta.tensors.items():
+        base = next(k for k in mapping for s in suffixes if key == k + s)
+        tensors[mapping[base] + key[len(base) :]] = value
+    targets = {mapping[k]: v for k, v in delta.config.targets.items()}
+    scales = {mapping.get(k, k): v for k, v in delta.config.scales.items()}
+    return ConceptDelta(replace(delta.config, targets=targets, scales=scales), tensors)
+
+
+def _name_for(concept: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", concept.lower()).strip("_") or "default"
+
+
+def _find_stack(path: str | Path, hub_kwargs: dict) -> tuple[Path, list[dict]] | None:
+    """A saved stack (`slug_stack.json`) at a local path, or None."""
+    folder = Path(path)
+    if hub_kwargs.get("subfolder"):
+        folder = folder / hub_kwargs["subfolder"]
+    index = folder / STACK_NAME
+    if not index.is_file():
+        return None
+    import json
+
+    return folder, json.loads(index.read_text(encoding="utf-8"))["adapters"]
