@@ -173,9 +173,20 @@ class SLUGModel:
         return [] if self._disabled else list(self._active)
 
     def set_adapters(
-        self, adapter_names: str | Sequence[str], weights: float | Sequence[float] | None = None
+        self,
+        adapter_names: str | Sequence[str],
+        weights: float | Sequence[float] | None = None,
+        *,
+        adapter_weights: float | Sequence[float] | None = None,
     ) -> None:
-        """Make exactly these adapters active, with these weights (default: their current)."""
+        """Make exactly these adapters active, with these weights (default: their current).
+
+        `adapter_weights=` is the same as `weights=`, in diffusers' vocabulary.
+        """
+        if adapter_weights is not None:
+            if weights is not None:
+                raise AdapterError("pass weights= or adapter_weights=, not both.")
+            weights = adapter_weights
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         self._require(names)
         if weights is None:
@@ -232,6 +243,14 @@ class SLUGModel:
         """Restore the base weights exactly; the active adapters act through hooks again."""
         self._merged = False
         self._refresh()
+
+    def fuse(self, *, safe_merge: bool = False) -> None:
+        """`merge_adapter`, in diffusers' vocabulary (`fuse_lora`)."""
+        self.merge_adapter(safe_merge=safe_merge)
+
+    def unfuse(self) -> None:
+        """`unmerge_adapter`, in diffusers' vocabulary (`unfuse_lora`)."""
+        self.unmerge_adapter()
 
     def merge_and_unload(self, *, safe_merge: bool = False) -> Any:
         """Merge the active adapters for good, drop all adapter state, return the model."""

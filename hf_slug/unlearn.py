@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import SLUGConfig
 from .data import PairSource, load_pairs
-from .errors import DeltaFormatError
+from .errors import DeltaFormatError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
 from .families.clip import candidate_names, group_layers, require_clip, resolve_names
 from .gradients import compute_gradients, load_gradients, save_gradients
@@ -154,6 +154,7 @@ def unlearn(
     forget_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     cache_dir: str | Path | None = None,
+    candidates: Sequence[str] | None = None,
     inplace: bool = False,
     progress: bool = True,
 ) -> UnlearningResult:
@@ -163,7 +164,9 @@ def unlearn(
     `config.candidate_labels`, and retrieval on the retain set); score on validation data of its
     own, never on the data final numbers come from. Gradients may be given (tensors or a cached
     safetensors file); with `cache_dir` they are written there as `forget_gradients.safetensors`
-    and `retain_gradients.safetensors` for the next concept. `inplace=True` applies the delta.
+    and `retain_gradients.safetensors` for the next concept. `candidates` narrows the candidate
+    tensors (model-family code uses it, e.g. the vision blocks whose output reaches a VLM's
+    language model). `inplace=True` applies the delta.
     """
     require_clip(model)
     clock = time.perf_counter()
@@ -175,6 +178,13 @@ def unlearn(
     all_names = candidate_names(
         model, config.towers, include_projections=config.include_projections
     )
+    if candidates is not None:
+        all_names = [n for n in all_names if n in set(candidates)]
+        if not all_names:
+            raise UnknownLayerError(
+                f"none of the given candidates is a candidate weight of the {config.towers} "
+                "tower(s); check the names against hf_slug.families.clip.candidate_names(model)."
+            )
     units = group_layers(all_names, config.group)
     if config.layer != "auto":
         wanted = [config.layer] if isinstance(config.layer, str) else list(config.layer)
