@@ -26,6 +26,7 @@ from .io import write_json
 
 CONFIG_NAME = "slug_config.json"
 WEIGHTS_NAME = "slug_model.safetensors"
+STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, active flags
 
 
 def _version() -> str:

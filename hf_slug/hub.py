@@ -1,23 +1,34 @@
-"""The Hub: resolve a delta by local path or repo id, push delta folders with a model card.
+"""The Hub: resolve deltas by local path or repo id, write model cards, push delta folders.
 
 Loading goes through `huggingface_hub.snapshot_download`, so it honours `revision`, `subfolder`,
 `token`, `cache_dir` and `HF_HUB_OFFLINE=1` (a populated cache then works with no network).
+Pushing goes through `HfApi.create_repo(exist_ok=True)` and `HfApi.upload_folder`.
 
 Example:
     >>> folder = resolve_delta_folder("my-org/clip-forget-ada", revision="main")  # doctest: +SKIP
+    >>> push_to_hub("deltas/ada", "my-org/clip-forget-ada", private=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import string
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from .config import CONFIG_NAME, WEIGHTS_NAME
+from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, UnlearningConfig
 from .errors import DeltaFormatError, HubError
 
 PEFT_CONFIG = "adapter_config.json"
+CARD_NAME = "README.md"
+TEMPLATE = Path(__file__).parent / "templates" / "delta_card_template.md"
+BEGIN, END = "<!-- hf_slug:begin", "<!-- hf_slug:end -->"
 
 
-def resolve_delta_folder(
+def resolve_folder(
     path_or_repo_id: str | Path,
     *,
     subfolder: str | None = None,
@@ -25,22 +36,22 @@ def resolve_delta_folder(
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """A local folder holding `slug_config.json`, downloading from the Hub when given a repo id."""
+    """A local folder for a path, or for a Hub repo id (downloaded, or read from the cache)."""
     local = Path(path_or_repo_id)
     if local.exists():
         folder = local / subfolder if subfolder else local
         if not folder.is_dir():
             raise DeltaFormatError(f"{folder} is not a folder: pass the delta folder itself.")
-        return _check_folder(folder, str(path_or_repo_id))
+        return folder
     repo_id = str(path_or_repo_id)
-    if repo_id.count("/") > 1 or repo_id.startswith((".", "/")):
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
         raise DeltaFormatError(
             f"{repo_id} is neither an existing folder nor a Hub repo id (org/name): check the path."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    pattern = f"{subfolder.strip('/')}/*" if subfolder else "*"
+    patterns = [f"{subfolder.strip('/')}/**", "*.json", "*.md"] if subfolder else None
     try:
         snapshot = Path(
             snapshot_download(
@@ -48,7 +59,7 @@ def resolve_delta_folder(
                 revision=revision,
                 token=token,
                 cache_dir=cache_dir,
-                allow_patterns=[pattern, "*.md"],
+                allow_patterns=patterns,
             )
         )
     except LocalEntryNotFoundError as error:
@@ -60,26 +71,164 @@ def resolve_delta_folder(
     except HfHubHTTPError as error:
         raise HubError(f"cannot download {repo_id} from the Hub: {error}") from error
     folder = snapshot / subfolder if subfolder else snapshot
-    return _check_folder(folder, repo_id)
+    if not folder.is_dir():
+        raise HubError(
+            f"{repo_id} has no sub-folder {subfolder!r} at revision {revision or 'main'}."
+        )
+    return folder
 
 
-def _check_folder(folder: Path, source: str) -> Path:
+def resolve_delta_folder(path_or_repo_id: str | Path, **hub_kwargs: Any) -> Path:
+    """Like `resolve_folder`, and check that the folder holds one hf_slug delta."""
+    folder = resolve_folder(path_or_repo_id, **hub_kwargs)
     if (folder / CONFIG_NAME).is_file():
         return folder
     subfolders = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))
     if subfolders:
         raise DeltaFormatError(
-            f"{source} holds several hf_slug deltas in sub-folders {subfolders}: pass "
-            f"subfolder= one of them (or load them all with SLUGModel.from_pretrained)."
+            f"{path_or_repo_id} holds several hf_slug deltas in sub-folders {subfolders}: pass "
+            "subfolder= one of them, or load them all with SLUGModel.from_pretrained."
         )
     if (folder / PEFT_CONFIG).is_file():
         raise DeltaFormatError(
-            f"{source} holds a PEFT adapter ({PEFT_CONFIG}), not an hf_slug delta: load it with "
-            "peft.PeftModel.from_pretrained(model, ...) instead."
+            f"{path_or_repo_id} holds a PEFT adapter ({PEFT_CONFIG}), not an hf_slug delta: load "
+            "it with peft.PeftModel.from_pretrained(model, ...) instead."
         )
     raise DeltaFormatError(
-        f"{source} holds no hf_slug delta: a delta folder has {CONFIG_NAME} and {WEIGHTS_NAME}."
+        f"{path_or_repo_id} holds no hf_slug delta: a delta folder has {CONFIG_NAME} and "
+        f"{WEIGHTS_NAME}."
     )
 
 
-__all__ = ["resolve_delta_folder", "HubError"]
+# -- model cards ----------------------------------------------------------------------------
+def delta_configs(folder: Path) -> dict[str, UnlearningConfig]:
+    """The delta configs in a folder: itself (name "") or its stack's sub-folders."""
+    if (folder / CONFIG_NAME).is_file():
+        return {"": UnlearningConfig.from_pretrained(folder)}
+    index = folder / STACK_NAME
+    if index.is_file():
+        names = [e["name"] for e in json.loads(index.read_text(encoding="utf-8"))["adapters"]]
+        return {n: UnlearningConfig.from_pretrained(folder / n) for n in names}
+    raise DeltaFormatError(
+        f"{folder} holds no hf_slug delta ({CONFIG_NAME}) or stack ({STACK_NAME}): save one "
+        "with ConceptDelta.save_pretrained or SLUGModel.save_pretrained first."
+    )
+
+
+def model_card(folder: str | Path, repo_id: str | None = None) -> str:
+    """The card for a delta (or stack) folder; an existing README.md keeps its user-written text."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(folder)
+    configs = delta_configs(folder)
+    first = next(iter(configs.values()))
+    section = _card_section(folder, configs, repo_id)
+    kinds = sorted({c.concept_kind for c in configs.values()})
+    tags = ["unlearning", "slug", "hf_slug", *kinds, first.model_family]
+    existing = folder / CARD_NAME
+    if existing.is_file():
+        try:
+            card = ModelCard.load(existing)
+        except Exception as error:  # huggingface_hub raises ValueError / YAML errors
+            raise HubError(
+                f"{existing} has a malformed model card header ({error}): fix its YAML block "
+                "between the --- lines, or delete the file to start a new card."
+            ) from error
+        data = card.data.to_dict()
+        data["tags"] = sorted(set(data.get("tags") or []) | set(tags))
+        data.setdefault("library_name", "hf_slug")
+        if first.base_model_name_or_path:
+            data.setdefault("base_model", first.base_model_name_or_path)
+        text = _replace_section(card.text, section)
+        return str(ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n{text}"))
+    data = ModelCardData(
+        library_name="hf_slug",
+        base_model=first.base_model_name_or_path,
+        tags=tags,
+    )
+    return f"---\n{data.to_yaml()}\n---\n{section}\n"
+
+
+def _replace_section(text: str, section: str) -> str:
+    start, end = text.find(BEGIN), text.find(END)
+    if start == -1 or end == -1:
+        return f"{section}\n\n{text.strip()}\n"
+    return text[:start] + section + text[end + len(END) :]
+
+
+def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: str | None) -> str:
+    first = next(iter(configs.values()))
+    concepts = [c.concept for c in configs.values()]
+    metrics = first.metrics or {}
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    rows = ["| metric | before | after |", "|---|---|---|"]
+    rows += [f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |" for k in before]
+    pareto = next((p for p in ("pareto.png", "pareto_front.png") if (folder / p).exists()), None)
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    source = repo_id or "path/to/this/folder"
+    if len(configs) == 1:
+        usage = (
+            f"from hf_slug import SLUGModel\n\nslug = SLUGModel.from_pretrained(base_model, "
+            f'"{source}")  # base_model: the model named above\n'
+            "merged = slug.merge_and_unload()  # or keep it unmerged and stack more concepts"
+        )
+    else:
+        usage = (
+            f'from hf_slug import SLUGModel\n\nslug = SLUGModel.from_pretrained(base_model, "{source}")\n'
+            f"slug.set_adapters({list(configs)!r}, adapter_weights=[1.0] * {len(configs)})"
+        )
+    values = {
+        "title": f"SLUG unlearning delta: {', '.join(concepts)}",
+        "concept": ", ".join(concepts),
+        "concept_kind": ", ".join(sorted({c.concept_kind for c in configs.values()})),
+        "base_model": f"`{first.base_model_name_or_path}`"
+        if first.base_model_name_or_path
+        else "its base model (not recorded)",
+        "model_family": first.model_family,
+        "component": first.component or "—",
+        "targets": "<br>".join(f"`{t}`" for c in configs.values() for t in c.targets),
+        "step": ", ".join(f"{c.step:.4g}" for c in configs.values()),
+        "delta_format": first.delta_format,
+        "delta_dtype": first.delta_dtype,
+        "size": f"{size / 1e6:.2f} MB",
+        "rule": metrics.get("rule", "named by the user"),
+        "metrics_table": "\n".join(rows) if before else "(no metrics recorded)",
+        "pareto": f"![Pareto front: importance vs alignment]({pareto})" if pareto else "",
+        "usage": usage,
+        "evaluated": "Evaluated: " + ", ".join(sorted(before)) + "." if before else "",
+    }
+    return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+
+
+# -- pushing ----------------------------------------------------------------------------------
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str | None = None,
+) -> Any:
+    """Upload a delta (or stack) folder with a fresh model card; return the commit info."""
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    configs = delta_configs(folder)
+    card = model_card(folder, repo_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    if revision is not None:
+        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory(prefix="hf_slug_push_") as staging:
+        staged = Path(staging) / "upload"
+        shutil.copytree(folder, staged)
+        (staged / CARD_NAME).write_text(card, encoding="utf-8")
+        concepts = ", ".join(c.concept for c in configs.values())
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=staged,
+            commit_message=commit_message or f"Upload SLUG unlearning delta: {concepts}",
+            revision=revision,
+            repo_type="model",
+        )

@@ -18,7 +18,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -28,14 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TargetInfo, UnlearningConfig
+from .config import CONFIG_NAME, STACK_NAME, TargetInfo, UnlearningConfig
 from .delta import ConceptDelta
 from .errors import AdapterError, DeltaFormatError, NonFiniteGradientError
 from .export import ExportReport, export_peft_lora
 from .families.clip import block_index, find_towers
+from .hub import push_to_hub, resolve_folder
 from .io import write_json
-
-STACK_NAME = "slug_stack.json"
 
 
 def module_tree(host: Any) -> nn.Module:
@@ -96,9 +97,9 @@ class SLUGModel:
         **hub_kwargs: Any,
     ) -> list[str]:
         """Load a delta folder, a saved stack, or a Hub repo; return the adapter names added."""
-        stack = _find_stack(path, hub_kwargs)
-        if stack is not None:
-            folder, entries = stack
+        folder = resolve_folder(path, **hub_kwargs)
+        entries = _stack_entries(folder)
+        if entries is not None:
             if adapter_name is not None:
                 entries = [e for e in entries if e["name"] == adapter_name]
                 if not entries:
@@ -115,7 +116,7 @@ class SLUGModel:
                 )
                 added.append(entry["name"])
             return added
-        delta = ConceptDelta.from_pretrained(path, **hub_kwargs)
+        delta = ConceptDelta.from_pretrained(folder)
         name = adapter_name or _name_for(delta.config.concept)
         self.add_adapter(name, delta, weight, check_fingerprint=check_fingerprint)
         return [name]
@@ -334,6 +335,34 @@ class SLUGModel:
         base = self.adapters[names[0]].config.base_model_name_or_path
         return export_peft_lora(total, directory, rank=rank, base_model_name_or_path=base)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        selected_adapters: Sequence[str] | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        revision: str | None = None,
+    ) -> Any:
+        """Upload the adapters with a model card (one adapter at the repo root, else a stack)."""
+        names = list(selected_adapters) if selected_adapters is not None else list(self.adapters)
+        self._require(names)
+        with tempfile.TemporaryDirectory(prefix="hf_slug_") as tmp:
+            folder = Path(tmp) / "delta"
+            if len(names) == 1:
+                self.adapters[names[0]].save_pretrained(folder)
+            else:
+                self.save_pretrained(folder, names)
+            return push_to_hub(
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                commit_message=commit_message,
+                revision=revision,
+            )
+
     def status(self) -> dict[str, Any]:
         """Which adapters, which tensors, weights, active or not, merged or not, sizes."""
         return {
@@ -492,14 +521,12 @@ def _name_for(concept: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", concept.lower()).strip("_") or "default"
 
 
-def _find_stack(path: str | Path, hub_kwargs: dict) -> tuple[Path, list[dict]] | None:
-    """A saved stack (`slug_stack.json`) at a local path, or None."""
-    folder = Path(path)
-    if hub_kwargs.get("subfolder"):
-        folder = folder / hub_kwargs["subfolder"]
+def _stack_entries(folder: Path) -> list[dict] | None:
+    """The entries of a saved stack (`slug_stack.json`) in `folder`, or None for one delta."""
     index = folder / STACK_NAME
-    if not index.is_file():
+    if (folder / CONFIG_NAME).is_file() or not index.is_file():
         return None
-    import json
-
-    return folder, json.loads(index.read_text(encoding="utf-8"))["adapters"]
+    try:
+        return json.loads(index.read_text(encoding="utf-8"))["adapters"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise DeltaFormatError(f"{index} is malformed ({error}); save the stack again.") from error
