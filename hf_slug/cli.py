@@ -1,0 +1,306 @@
+"""The `hf-slug` command line.
+
+    hf-slug demo                                   # the embedded model, end to end
+    hf-slug unlearn --model DIR_OR_ID --concept "Ada Byron" --forget DIR --retain DIR \\
+        --labels-file names.txt --out deltas/ada
+    hf-slug inspect deltas/ada
+    hf-slug eval --model M --delta deltas/ada --data DIR --labels-file names.txt
+    hf-slug merge --model M --delta deltas/ada --out merged/
+    hf-slug export-lora deltas/ada --out lora/ --rank 8
+    hf-slug push deltas/ada --repo-id me/clip-forget-ada
+
+Exit codes: 0 success, 1 the work failed (bad data, a delta that does not fit, no convergence),
+2 bad command-line usage or a path that does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `hf-slug`; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import SLUGError
+
+    try:
+        return args.handler(args) or EXIT_OK
+    except (FileNotFoundError, NotADirectoryError) as error:
+        print(f"hf-slug: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SLUGError, ValueError, KeyError, TypeError, OSError) as error:
+        print(f"hf-slug: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-slug",
+        description="Targeted unlearning with SLUG: remove one concept from a CLIP model (or a "
+        "Stable Diffusion / LLaVA model's CLIP tower) by a one-step update of a single layer, "
+        "stored as a small delta you can load, stack, merge and share.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `hf-slug demo` first to see the whole flow on the embedded model.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="unlearn identities from the embedded CLIP and show the effect")
+    p.add_argument("--out", default="slug_demo", help="folder for plots, deltas, report")
+    p.add_argument("--quick", action="store_true", help="a reduced run (fewer images, for CI)")
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
+    _model_args(p)
+    p.add_argument("--concept", required=True, help='the concept\'s name, e.g. "Ada Byron"')
+    p.add_argument("--kind", default="concept", help="identity, object, style, ... (card tags)")
+    p.add_argument("--forget", required=True, help="folder of the concept's images + captions")
+    p.add_argument("--retain", required=True, help="folder of other images + captions")
+    p.add_argument("--labels", help="comma-separated names to classify forget images among")
+    p.add_argument("--labels-file", help="file with one candidate name per line")
+    p.add_argument("--tower", choices=["vision", "text", "both"], default="both")
+    p.add_argument("--layer", default="auto", help='"auto" (Pareto front) or a layer name')
+    p.add_argument("--group", choices=["qkv", "mlp"], help="share one step across q/k/v or fc1/fc2")
+    p.add_argument("--caption-mode", choices=["original", "concept_name"], default="original")
+    p.add_argument("--forget-target", type=float, default=0.0, help="max forget accuracy")
+    p.add_argument("--utility-tolerance", type=float, help="max utility drop allowed")
+    p.add_argument("--max-evaluations", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="the delta folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_unlearn)
+
+    p = sub.add_parser("eval", help="zero-shot accuracy of labelled images, before/after deltas")
+    _model_args(p)
+    p.add_argument("--delta", action="append", default=[], help="delta folder or repo id")
+    p.add_argument("--data", required=True, help="folder of images; each caption = true label")
+    p.add_argument("--labels", help="comma-separated candidate labels")
+    p.add_argument("--labels-file", help="file with one candidate label per line")
+    p.add_argument("--template", default="{}", help='prompt template, e.g. "a photo of {}."')
+    p.set_defaults(handler=_eval)
+
+    for name, text in (("apply", "apply deltas and save the model"), ("merge", "same as apply")):
+        p = sub.add_parser(name, help=text)
+        _model_args(p)
+        p.add_argument("--delta", action="append", required=True, help="delta folder or repo id")
+        p.add_argument("--weight", action="append", type=float, help="one weight per --delta")
+        p.add_argument("--out", required=True, help="folder for the merged model")
+        p.set_defaults(handler=_merge)
+
+    p = sub.add_parser("export-lora", help="write a PEFT LoRA adapter for a delta")
+    p.add_argument("delta", help="delta folder or repo id")
+    p.add_argument("--out", required=True)
+    p.add_argument("--rank", help="an integer rank, an energy fraction in (0,1], or omit: exact")
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser("push", help="upload a delta folder with a model card to the Hub")
+    p.add_argument("delta", help="the delta (or stack) folder")
+    p.add_argument("--repo-id", required=True)
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--token")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--revision", help="branch to push to")
+    p.set_defaults(handler=_push)
+
+    p = sub.add_parser("inspect", help="show a delta's config, targets, fingerprints and size")
+    p.add_argument("delta", help="delta folder or repo id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_inspect)
+    return parser
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="CLIP model folder or Hub repo id")
+    p.add_argument("--revision", help="model revision on the Hub")
+
+
+def _load_clip(args: argparse.Namespace) -> tuple[Any, Any]:
+    from transformers import CLIPModel, CLIPProcessor
+
+    if not Path(args.model).exists() and "/" not in args.model:
+        raise FileNotFoundError(f"--model {args.model}: no such folder, and not a repo id.")
+    model = CLIPModel.from_pretrained(args.model, revision=args.revision)
+    processor = CLIPProcessor.from_pretrained(args.model, revision=args.revision)
+    return model.eval(), processor
+
+
+def _labels(args: argparse.Namespace) -> list[str] | None:
+    if args.labels_file:
+        path = Path(args.labels_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--labels-file {path}: no such file.")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if args.labels:
+        return [x.strip() for x in args.labels.split(",") if x.strip()]
+    return None
+
+
+def _existing_folder(path: str, flag: str) -> str:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no such folder.")
+    return path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo.run import run_demo
+
+    run_demo(Path(args.out), quick=args.quick)
+    return EXIT_OK
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from . import ConceptDelta, SLUGConfig, unlearn
+
+    forget = _existing_folder(args.forget, "--forget")
+    retain = _existing_folder(args.retain, "--retain")
+    model, processor = _load_clip(args)
+    towers = ("vision", "text") if args.tower == "both" else (args.tower,)
+    labels = _labels(args)
+    if labels is not None and args.concept not in labels:
+        labels = [args.concept, *labels]
+    config = SLUGConfig(
+        concept=args.concept,
+        towers=towers,
+        layer=args.layer,
+        group=args.group,
+        caption_mode=args.caption_mode,
+        candidate_labels=labels,
+        forget_target=args.forget_target,
+        utility_tolerance=args.utility_tolerance,
+        max_evaluations=args.max_evaluations,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    result = unlearn(model, processor, forget, retain, config, progress=not args.quiet)
+    print(result.report())
+    if not result.converged:
+        return EXIT_FAILED
+    ConceptDelta.from_result(result, concept_kind=args.kind).save_pretrained(out)
+    result.plot_pareto(out / "pareto.png")
+    report = {**result.summary(), "trials": result.trials}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}/ (delta, pareto.png, report.json)")
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import ZeroShotEvaluator, ZeroShotTask, load_pairs
+    from .model import SLUGModel
+
+    pairs = load_pairs(_existing_folder(args.data, "--data"), name="evaluation set")
+    labels = _labels(args) or sorted(set(pairs.texts))
+    model, processor = _load_clip(args)
+    images = [pairs.image(i) for i in range(len(pairs))]
+    task = ZeroShotTask("eval", images, list(pairs.texts), labels, (args.template,))
+    evaluator = ZeroShotEvaluator(processor, [task])
+    rows = {"base": evaluator(model)}
+    if args.delta:
+        slug = SLUGModel(model)
+        for path in args.delta:
+            slug.load_adapter(path)
+        rows["with deltas"] = evaluator(slug.model)
+    for name, metrics in rows.items():
+        print(f"{name:<12} top-1 {metrics['eval_acc']:.4f}  top-5 {metrics['eval_acc@5']:.4f}")
+    return EXIT_OK
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .model import SLUGModel
+
+    weights = args.weight or [1.0] * len(args.delta)
+    if len(weights) != len(args.delta):
+        raise ValueError(f"{len(args.delta)} --delta but {len(weights)} --weight values.")
+    model, processor = _load_clip(args)
+    slug = SLUGModel(model)
+    for path, weight in zip(args.delta, weights):
+        slug.load_adapter(path, weight=weight)
+    merged = slug.merge_and_unload(safe_merge=True)
+    merged.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    print(f"wrote the merged model to {args.out} (load it with CLIPModel.from_pretrained)")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from . import ConceptDelta
+    from .export import export_peft_lora
+
+    rank: int | float | None = None
+    if args.rank is not None:
+        rank = float(args.rank) if "." in args.rank else int(args.rank)
+    delta = ConceptDelta.from_pretrained(args.delta)
+    report = export_peft_lora(delta, args.out, rank=rank)
+    print(
+        f"wrote {args.out}: ranks {sorted(set(report.ranks.values()))}, max relative error "
+        f"{report.max_relative_error:.2e}, {report.nbytes / 1e6:.3f} MB "
+        f"(the dense delta: {delta.nbytes() / 1e6:.3f} MB)"
+    )
+    return EXIT_OK
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    info = push_to_hub(
+        _existing_folder(args.delta, "delta"),
+        args.repo_id,
+        private=args.private or None,
+        token=args.token,
+        commit_message=args.message,
+        revision=args.revision,
+    )
+    print(f"pushed {args.delta} to {args.repo_id}: {info}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .config import WEIGHTS_NAME
+    from .hub import resolve_delta_folder
+
+    folder = resolve_delta_folder(args.delta)
+    from . import ConceptDelta
+
+    delta = ConceptDelta.from_pretrained(folder)
+    config = delta.config
+    info = {
+        "concept": config.concept,
+        "kind": config.concept_kind,
+        "family": config.model_family,
+        "component": config.component,
+        "base_model": config.base_model_name_or_path,
+        "base_revision": config.base_model_revision,
+        "step": config.step,
+        "format": f"{config.delta_format} {config.delta_dtype}",
+        "bytes": (folder / WEIGHTS_NAME).stat().st_size,
+        "hf_slug_version": config.hf_slug_version,
+        "targets": {
+            n: {"shape": t.shape, "dtype": t.dtype, "sha256": t.sha256}
+            for n, t in config.targets.items()
+        },
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    for key, value in info.items():
+        if key != "targets":
+            print(f"{key:<16}{value}")
+    for name, target in info["targets"].items():
+        print(
+            f"target          {name} {target['shape']} {target['dtype']} "
+            f"sha256 {target['sha256'][:16]}…"
+        )
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
