@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="unlearn identities from the embedded CLIP and show the effect")
     p.add_argument("--out", default="slug_demo", help="folder for plots, deltas, report")
     p.add_argument("--quick", action="store_true", help="a reduced run (fewer images, for CI)")
+    p.add_argument("--model", help="another CLIP trained on the demo world (default: embedded)")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
@@ -152,9 +153,9 @@ def _existing_folder(path: str, flag: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo.run import run_demo
+    from .demo.run import EMBEDDED, run_demo
 
-    run_demo(Path(args.out), quick=args.quick)
+    run_demo(Path(args.out), quick=args.quick, model_path=args.model or EMBEDDED)
     return EXIT_OK
 
 

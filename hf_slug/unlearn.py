@@ -226,6 +226,13 @@ def unlearn(
         config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
     )
     before = evaluator(model)
+    if criterion.forgets(before):
+        warnings.warn(
+            f"the model already meets the forget criterion for {config.concept!r} before any "
+            f"edit ({config.forget_metric} = {before[config.forget_metric]:.3f}): there is little "
+            "to unlearn; check the evaluator's forget images and labels.",
+            stacklevel=2,
+        )
     searched = _units_to_search(scores, config)
     searches = search_layers(
         model,
