@@ -41,12 +41,19 @@ def compute_gradients(
     *,
     batch_size: int = 32,
     autocast_dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    storage_dtype: torch.dtype = torch.float32,
+    accelerator: Any | None = None,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """The mean gradient of the `loss` over `pairs` for each named tensor, in fp32 on the CPU.
+    """The mean gradient of the `loss` over `pairs` for each named tensor, on the CPU.
 
-    `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward in mixed precision; the gradient is
-    still accumulated in fp32.
+    Memory options: `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward in mixed
+    precision while the sum stays fp32; `gradient_checkpointing` recomputes activations in the
+    backward instead of keeping them; `storage_dtype` (e.g. `torch.bfloat16`) halves the returned
+    gradients. With an `accelerate.Accelerator` (launched by `accelerate launch`), each process
+    takes every n-th batch and the per-tensor sums are all-reduced: every process returns the
+    same gradients as one process would (to float rounding).
     """
     require_clip(model)
     if loss not in ("forget", "retain"):
@@ -55,13 +62,15 @@ def compute_gradients(
     targets = [params[n] for n in names]
     kinds = {tower_kind_of(model, n) for n in names}
     device = next(model.parameters()).device
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    shard = _shard(len(pairs), batch_size, rank, world)
     sums = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in targets]
-    total = 0
-    with _only_these_require_grad(model, targets):
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    with _only_these_require_grad(model, targets, gradient_checkpointing):
         bar = tqdm(
-            batches(pairs, processor, batch_size),
-            total=-(-len(pairs) // batch_size),
-            desc=f"{loss} gradients",
+            batches(pairs.subset(shard), processor, batch_size) if shard else iter(()),
+            total=-(-len(shard) // batch_size),
+            desc=f"{loss} gradients" + (f" [process {rank}/{world}]" if world > 1 else ""),
             unit="batch",
             disable=not progress,
         )
@@ -72,9 +81,18 @@ def compute_gradients(
             for acc, grad in zip(sums, torch.autograd.grad(value, targets)):
                 acc.add_(grad.float(), alpha=n)
             total += n
-    grads = {name: (acc / total).cpu() for name, acc in zip(names, sums)}
+    if world > 1:
+        sums = [accelerator.reduce(acc, reduction="sum") for acc in sums]
+        total = accelerator.reduce(total, reduction="sum")
+    grads = {name: (acc / total).to("cpu", storage_dtype) for name, acc in zip(names, sums)}
     check_finite(grads, what=f"{loss} gradient")
     return grads
+
+
+def _shard(n_pairs: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """The pair indices of process `rank`: whole batches `rank`, `rank + world`, …"""
+    starts = range(rank * batch_size, n_pairs, world * batch_size)
+    return [i for start in starts for i in range(start, min(start + batch_size, n_pairs))]
 
 
 def _loss(model: nn.Module, inputs: dict, loss: LossKind, kinds: set[str]) -> torch.Tensor:
@@ -99,20 +117,44 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 @contextlib.contextmanager
-def _only_these_require_grad(model: nn.Module, targets: list[nn.Parameter]) -> Iterator[None]:
-    """Freeze every parameter but `targets` and switch to eval mode; restore both afterwards."""
+def _only_these_require_grad(
+    model: nn.Module, targets: list[nn.Parameter], checkpointing: bool = False
+) -> Iterator[None]:
+    """Freeze every parameter but `targets`, eval mode (or checkpointing); restore afterwards."""
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
+    was_checkpointing = getattr(model, "is_gradient_checkpointing", False)
     keep = {id(p) for p in targets}
     try:
         for p in model.parameters():
             p.requires_grad_(id(p) in keep)
         model.eval()
+        if checkpointing:
+            _start_checkpointing(model)
         yield
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
+        if checkpointing and not was_checkpointing:
+            model.gradient_checkpointing_disable()
         model.train(was_training)
+
+
+def _start_checkpointing(model: nn.Module) -> None:
+    """Turn on transformers' gradient checkpointing; it acts in train mode, so refuse dropout."""
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError("gradient_checkpointing needs a transformers PreTrainedModel.")
+    dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    config = getattr(model, "config", None)
+    sub = [getattr(config, k, None) for k in ("text_config", "vision_config")]
+    rates = [getattr(c, a, 0.0) or 0.0 for c in sub if c for a in ("dropout", "attention_dropout")]
+    if dropouts or any(r > 0 for r in rates):
+        raise ValueError(
+            "gradient checkpointing runs the model in train mode, and this model has dropout: "
+            "set the config's dropout and attention_dropout to 0, or compute without it."
+        )
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -155,6 +155,9 @@ def unlearn(
     retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     cache_dir: str | Path | None = None,
     candidates: Sequence[str] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    accelerator: Any | None = None,
     inplace: bool = False,
     progress: bool = True,
 ) -> UnlearningResult:
@@ -166,7 +169,9 @@ def unlearn(
     safetensors file); with `cache_dir` they are written there as `forget_gradients.safetensors`
     and `retain_gradients.safetensors` for the next concept. `candidates` narrows the candidate
     tensors (model-family code uses it, e.g. the vision blocks whose output reaches a VLM's
-    language model). `inplace=True` applies the delta.
+    language model). `autocast_dtype`, `gradient_checkpointing` and `accelerator` go to
+    `compute_gradients` (mixed precision, less activation memory, data-parallel processes).
+    `inplace=True` applies the delta.
     """
     require_clip(model)
     clock = time.perf_counter()
@@ -192,6 +197,13 @@ def unlearn(
         units = [unit for unit in units if named & set(unit)]  # a named member brings its group
     names = [n for unit in units for n in unit]
 
+    options = dict(
+        batch_size=config.batch_size,
+        autocast_dtype=autocast_dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        accelerator=accelerator,
+        progress=progress,
+    )
     grads = {}
     for kind, source, pairs in (
         ("forget", forget_gradients, forget_pairs),
@@ -199,16 +211,7 @@ def unlearn(
     ):
         start = time.perf_counter()
         grads[kind] = _gradients(
-            model,
-            processor,
-            pairs,
-            kind,
-            names,
-            source,
-            cache_dir,
-            config.batch_size,
-            progress,
-            config.concept,
+            model, processor, pairs, kind, names, source, cache_dir, config.concept, options
         )
         timings[f"{kind}_gradients"] = time.perf_counter() - start
 
@@ -287,9 +290,7 @@ def unlearn(
     return result
 
 
-def _gradients(
-    model, processor, pairs, kind, names, source, cache_dir, batch_size, progress, concept
-):
+def _gradients(model, processor, pairs, kind, names, source, cache_dir, concept, options):
     if isinstance(source, Mapping):
         missing = [n for n in names if n not in source]
         if missing:
@@ -307,10 +308,9 @@ def _gradients(
             return load_gradients(cached, model, names, signature)
         except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
             warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
-    grads = compute_gradients(
-        model, processor, pairs, kind, names, batch_size=batch_size, progress=progress
-    )
-    if cached is not None:
+    grads = compute_gradients(model, processor, pairs, kind, names, **options)
+    accelerator = options.get("accelerator")
+    if cached is not None and (accelerator is None or accelerator.is_main_process):
         save_gradients(cached, grads, model, signature)
     return grads
 

@@ -123,3 +123,77 @@ def test_non_finite_gradient_is_a_clear_error(model, processor, pairs):
         compute_gradients(
             model, processor, pairs, "forget", candidate_names(model, ("text",)), progress=False
         )
+
+
+def test_memory_options_keep_the_gradient(model, processor, pairs):
+    names = candidate_names(model)
+    exact = compute_gradients(model, processor, pairs, "retain", names, progress=False)
+    checkpointed = compute_gradients(
+        model, processor, pairs, "retain", names, gradient_checkpointing=True, progress=False
+    )
+    halved = compute_gradients(
+        model, processor, pairs, "retain", names, storage_dtype=torch.bfloat16, progress=False
+    )
+    mixed = compute_gradients(
+        model, processor, pairs, "retain", names, autocast_dtype=torch.bfloat16, progress=False
+    )
+    assert not model.is_gradient_checkpointing and not model.training
+    for name in names:
+        torch.testing.assert_close(checkpointed[name], exact[name], atol=1e-6, rtol=1e-5)
+        assert halved[name].dtype == torch.bfloat16
+        torch.testing.assert_close(halved[name].float(), exact[name], atol=1e-3, rtol=1e-2)
+        cosine = F.cosine_similarity(mixed[name].flatten(), exact[name].flatten(), dim=0)
+        assert cosine > 0.98, name  # bf16 forward, fp32 sum: the same direction
+
+
+def test_two_processes_with_accelerate_equal_one(model, processor, pairs, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(len(pairs)):
+        pairs.image(i).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(pairs.texts[i])
+    script = Path(__file__).resolve().parents[1] / "scripts" / "distributed_gradients.py"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        str(script),
+        "--model",
+        str(tmp_path / "model"),
+        "--pairs",
+        str(folder),
+        "--batch-size",
+        "5",
+        "--out",
+        str(tmp_path / "g.safetensors"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "from 2 process(es)" in run.stdout
+    local = load_pairs(folder)
+    names = candidate_names(model)
+    distributed = load_gradients(tmp_path / "g.safetensors", model, names, local.signature())
+    single = compute_gradients(
+        model, processor, local, "retain", names, batch_size=5, progress=False
+    )
+    for name in names:
+        torch.testing.assert_close(distributed[name], single[name], atol=1e-6, rtol=1e-5)
