@@ -22,6 +22,9 @@ from .errors import (
     UnsupportedModelError,
 )
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
+from .export import export_peft_lora
+from .hub import push_to_hub
+from .model import SLUGModel
 from .unlearn import UnlearningResult, unlearn
 
 __all__ = [
@@ -39,12 +42,15 @@ __all__ = [
     "NonFiniteGradientError",
     "SLUGConfig",
     "SLUGError",
+    "SLUGModel",
     "UnknownLayerError",
     "UnlearningConfig",
     "UnlearningResult",
     "UnsupportedModelError",
     "ZeroShotEvaluator",
     "ZeroShotTask",
+    "export_peft_lora",
     "load_pairs",
+    "push_to_hub",
     "unlearn",
 ]
