@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import IMAGE_SIZE, tiny_clip, tiny_processor
 from PIL import Image, ImageDraw
 
+from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, unlearn
 from hf_slug.families.clip import encode_images, encode_texts
 
 CLASSES = {  # invented single-token-ish names -> (colour, shape)
@@ -81,3 +82,49 @@ def train_shapes_clip(steps: int = 250, seed: int = 0):
         loss.backward()
         optimizer.step()
     return model.eval(), processor
+
+
+def per_class_accuracy(model, processor, images: list, labels: list) -> dict[str, float]:
+    """Zero-shot top-1 accuracy of each class's images among all class names."""
+    tasks = [
+        ZeroShotTask(
+            name,
+            [i for i, y in zip(images, labels) if y == name],
+            [name] * labels.count(name),
+            NAMES,
+            (TEMPLATE,),
+        )
+        for name in NAMES
+    ]
+    metrics = ZeroShotEvaluator(processor, tasks)(model)
+    return {name: metrics[f"{name}_acc"] for name in NAMES}
+
+
+def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
+    """SLUG on one class: train-like forget/retain sets, a validation evaluator of its own.
+
+    Seeds `seed`, `seed + 1`, `seed + 2` draw the forget, retain and validation images, so
+    test images drawn from other seeds are unseen by the search.
+    """
+    others = [n for n in NAMES if n != target]
+    forget_images, _ = samples(16, seed=seed, names=[target])
+    retain_images, retain_labels = samples(6, seed=seed + 1, names=others)
+    val_forget, _ = samples(30, seed=seed + 2, names=[target])
+    val_retain, val_labels = samples(6, seed=seed + 2, names=others)
+    evaluator = ZeroShotEvaluator(
+        processor,
+        [
+            ZeroShotTask("forget", val_forget, [target] * len(val_forget), NAMES, (TEMPLATE,)),
+            ZeroShotTask("retain", val_retain, val_labels, NAMES, (TEMPLATE,)),
+        ],
+    )
+    return unlearn(
+        model,
+        processor,
+        (forget_images, [TEMPLATE.format(target)] * 16),
+        (retain_images, [TEMPLATE.format(n) for n in retain_labels]),
+        SLUGConfig(concept=target, utility_tolerance=0.10),
+        evaluator=evaluator,
+        progress=False,
+        **kwargs,
+    )

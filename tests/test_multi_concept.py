@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import copy
 
-from shapes import NAMES, TEMPLATE, samples
-from test_end_to_end import per_class_accuracy
+from shapes import NAMES, per_class_accuracy, samples, unlearn_shape
 
-from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, unlearn
-from hf_slug.model import SLUGModel
+from hf_slug import SLUGModel
 
 TARGETS = ["zorb", "quax", "fent"]
 
 
-def unlearn_one(model, processor, target):
-    others = [n for n in NAMES if n != target]
-    forget_images, _ = samples(16, seed=11, names=[target])
-    retain_images, retain_labels = samples(6, seed=12, names=others)
-    val_forget, _ = samples(30, seed=13, names=[target])
-    val_retain, val_labels = samples(6, seed=13, names=others)
-    evaluator = ZeroShotEvaluator(
-        processor,
-        [
-            ZeroShotTask("forget", val_forget, [target] * len(val_forget), NAMES, (TEMPLATE,)),
-            ZeroShotTask("retain", val_retain, val_labels, NAMES, (TEMPLATE,)),
-        ],
-    )
-    return unlearn(
-        model,
-        processor,
-        (forget_images, [TEMPLATE.format(target)] * 16),
-        (retain_images, [TEMPLATE.format(n) for n in retain_labels]),
-        SLUGConfig(concept=target, utility_tolerance=0.1),
-        evaluator=evaluator,
-        progress=False,
-    )
-
-
 def test_three_stacked_concepts_forgotten_and_one_restored(shapes_clip):
     model, processor = copy.deepcopy(shapes_clip[0]), shapes_clip[1]
-    results = {t: unlearn_one(model, processor, t) for t in TARGETS}
+    results = {t: unlearn_shape(model, processor, t, seed=11) for t in TARGETS}
     assert all(r.converged for r in results.values())
     test_images, test_labels = samples(12, seed=14)
     before = per_class_accuracy(model, processor, test_images, test_labels)
