@@ -23,6 +23,7 @@ from .errors import (
 )
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
 from .export import export_peft_lora
+from .families.vlm import VLMIdentityEvaluator, VLMUnlearning, unlearn_vlm
 from .hub import push_to_hub
 from .model import SLUGModel
 from .unlearn import UnlearningResult, unlearn
@@ -47,10 +48,13 @@ __all__ = [
     "UnlearningConfig",
     "UnlearningResult",
     "UnsupportedModelError",
+    "VLMIdentityEvaluator",
+    "VLMUnlearning",
     "ZeroShotEvaluator",
     "ZeroShotTask",
     "export_peft_lora",
     "load_pairs",
     "push_to_hub",
     "unlearn",
+    "unlearn_vlm",
 ]

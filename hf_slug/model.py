@@ -484,7 +484,7 @@ def _resolve(
     found = block_index(key)
     towers = [t for t in find_towers(root) if info.tower in (None, t.kind)]
     if config.component:
-        towers = [t for t in towers if t.path.split(".")[0] == config.component] or towers
+        towers = [t for t in towers if config.component in t.path.split(".")] or towers
     if found is not None:
         block, weight = found
         hits = [t.name(f"encoder.layers.{block}.{weight}") for t in towers]

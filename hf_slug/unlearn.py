@@ -184,7 +184,8 @@ def unlearn(
         model, config.towers, include_projections=config.include_projections
     )
     if candidates is not None:
-        all_names = [n for n in all_names if n in set(candidates)]
+        allowed = set(candidates)
+        all_names = [n for n in all_names if n in allowed]
         if not all_names:
             raise UnknownLayerError(
                 f"none of the given candidates is a candidate weight of the {config.towers} "
