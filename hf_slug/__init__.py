@@ -23,6 +23,7 @@ from .errors import (
 )
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
 from .export import export_peft_lora
+from .families.diffusion import DiffusionEvaluator, export_diffusers_lora, unlearn_pipeline
 from .families.vlm import VLMIdentityEvaluator, VLMUnlearning, unlearn_vlm
 from .hub import push_to_hub
 from .model import SLUGModel
@@ -33,6 +34,7 @@ __all__ = [
     "AdapterError",
     "CallableEvaluator",
     "ConceptDelta",
+    "DiffusionEvaluator",
     "DeltaFormatError",
     "EmptyDatasetError",
     "Evaluator",
@@ -52,9 +54,11 @@ __all__ = [
     "VLMUnlearning",
     "ZeroShotEvaluator",
     "ZeroShotTask",
+    "export_diffusers_lora",
     "export_peft_lora",
     "load_pairs",
     "push_to_hub",
     "unlearn",
+    "unlearn_pipeline",
     "unlearn_vlm",
 ]

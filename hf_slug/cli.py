@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("delta", help="delta folder or repo id")
     p.add_argument("--out", required=True)
     p.add_argument("--rank", help="an integer rank, an energy fraction in (0,1], or omit: exact")
+    p.add_argument(
+        "--format",
+        choices=["peft", "diffusers"],
+        default="peft",
+        help="peft: PeftModel.from_pretrained; diffusers: pipe.load_lora_weights",
+    )
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("push", help="upload a delta folder with a model card to the Hub")
@@ -233,14 +239,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from . import ConceptDelta
-    from .export import export_peft_lora
+    from . import ConceptDelta, export_diffusers_lora, export_peft_lora
 
     rank: int | float | None = None
     if args.rank is not None:
         rank = float(args.rank) if "." in args.rank else int(args.rank)
     delta = ConceptDelta.from_pretrained(args.delta)
-    report = export_peft_lora(delta, args.out, rank=rank)
+    export = export_diffusers_lora if args.format == "diffusers" else export_peft_lora
+    report = export(delta, args.out, rank=rank)
     print(
         f"wrote {args.out}: ranks {sorted(set(report.ranks.values()))}, max relative error "
         f"{report.max_relative_error:.2e}, {report.nbytes / 1e6:.3f} MB "

@@ -220,12 +220,15 @@ def low_rank_factors(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """SVD factors `(up, down)` of a 2-D delta and the relative error of `up @ down`.
 
-    `rank=None` keeps every non-zero singular value (exact to float precision); an int keeps that
+    `rank=None` keeps every singular value above float32 noise (exact to float32 precision, the
+    numerical rank of `numpy.linalg.matrix_rank`); an int keeps that
     many; a float in (0, 1] keeps the fewest values holding that fraction of the squared norm.
     """
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     if rank is None:
-        keep = max(1, int((s > s[0] * 1e-12).sum())) if s.numel() and s[0] > 0 else 1
+        # numpy.linalg.matrix_rank's rule: values below float32 noise carry nothing
+        tolerance = s[0] * max(delta.shape) * torch.finfo(torch.float32).eps if s.numel() else 0
+        keep = max(1, int((s > tolerance).sum())) if s.numel() and s[0] > 0 else 1
     elif isinstance(rank, float):
         if not 0 < rank <= 1:
             raise ValueError(f"an energy fraction must be in (0, 1], got {rank}.")
