@@ -187,7 +187,7 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
         "model_family": first.model_family,
         "component": first.component or "—",
         "targets": "<br>".join(f"`{t}`" for c in configs.values() for t in c.targets),
-        "step": ", ".join(f"{c.step:.4g}" for c in configs.values()),
+        "step": ", ".join(_steps(c) for c in configs.values()),
         "delta_format": first.delta_format,
         "delta_dtype": first.delta_dtype,
         "size": f"{size / 1e6:.2f} MB",
@@ -198,6 +198,14 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
         "evaluated": "Evaluated: " + ", ".join(sorted(before)) + "." if before else "",
     }
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+
+
+def _steps(config: UnlearningConfig) -> str:
+    """The step, or one per component for a delta that edits several (SDXL's two encoders)."""
+    parts = (config.metrics or {}).get("components", {})
+    if isinstance(parts, dict) and len(parts) > 1:
+        return ", ".join(f"{name}: {part['step']:.4g}" for name, part in parts.items())
+    return f"{config.step:.4g}"
 
 
 # -- pushing ----------------------------------------------------------------------------------
