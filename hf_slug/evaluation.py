@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,11 @@ class Evaluator:
 
     def end(self) -> None:
         """Called after the trials of one unit."""
+
+    def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
+        """At least the named `metrics`; the search asks only for the forget metric on most
+        trials. The default computes everything; evaluators that can compute less override it."""
+        return self(model)
 
 
 class CallableEvaluator(Evaluator):
@@ -162,13 +167,25 @@ class ZeroShotEvaluator(Evaluator):
             inputs.base, inputs.replay = None, []
 
     def __call__(self, model: nn.Module) -> Metrics:
+        return self._evaluate(model, range(len(self.tasks)))
+
+    def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
+        """Only the tasks behind `metrics` (`{task}_acc`, `{task}_acc@5`); all for `utility`."""
+        wanted = {m.rsplit("_acc", 1)[0] for m in metrics if "_acc" in m}
+        indices = [i for i, t in enumerate(self.tasks) if t.name in wanted]
+        if "utility" in metrics or len(indices) < len(wanted) or not indices:
+            return self(model)
+        return self._evaluate(model, indices)
+
+    def _evaluate(self, model: nn.Module, indices: Sequence[int]) -> Metrics:
         metrics: Metrics = {}
         utility = []
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                for i, task in enumerate(self.tasks):
+                for i in indices:
+                    task = self.tasks[i]
                     image_f = self._current(model, self._images[i])
                     text_f = self._current(model, self._texts[i])
                     top1, top5 = _accuracy(
@@ -180,7 +197,7 @@ class ZeroShotEvaluator(Evaluator):
                         utility.append(top1)
         finally:
             model.train(was_training)
-        if utility:
+        if utility and len(indices) == len(self.tasks):  # utility needs every task
             metrics["utility"] = sum(utility) / len(utility)
         return metrics
 

@@ -2,7 +2,8 @@
 
 `θ_l = θ_l⁰ + s · (‖θ_l⁰‖ / ‖G_f,l‖) · G_f,l`: ascent on the forget loss with `‖Δθ_l‖ = s‖θ_l⁰‖`.
 The search starts at `s₀`, doubles `s` until the forget criterion is met, then bisects, keeping
-the smallest `s` that meets it. Every trial starts from θ⁰.
+the smallest `s` that meets it. Every trial starts from θ⁰. Trials ask the evaluator only for the
+forget metric (`Evaluator.evaluate_only`); the kept step alone is evaluated in full.
 
 Example:
     >>> deltas = update(model, ("vision_model.encoder.layers.0.mlp.fc1.weight",),  # doctest: +SKIP
@@ -138,7 +139,7 @@ def search_step(
     try:
         for _ in range(max_evaluations):
             with edited(model, update(model, names, forget_grads, step)):
-                metrics = evaluator(model)
+                metrics = evaluator.evaluate_only(model, (criterion.forget_metric,))
             forgets = criterion.forgets(metrics)
             result.trials.append(Trial(short_name(names), step, metrics, forgets))
             if forgets:
@@ -148,6 +149,11 @@ def search_step(
             if high is not None and (high - low) <= rel_tolerance * high:
                 break
             step = step * 2 if high is None else (low + high) / 2
+        if result.metrics is not None and not set(before) <= set(result.metrics):
+            # only the kept step needs every metric (for the choice and the utility guard)
+            with edited(model, update(model, names, forget_grads, high)):
+                result.metrics = evaluator(model)
+            next(t for t in reversed(result.trials) if t.step == high).metrics = result.metrics
     finally:
         evaluator.end()
     if high is None:

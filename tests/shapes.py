@@ -100,6 +100,20 @@ def per_class_accuracy(model, processor, images: list, labels: list) -> dict[str
     return {name: metrics[f"{name}_acc"] for name in NAMES}
 
 
+def validation_evaluator(processor, target: str, seed: int) -> ZeroShotEvaluator:
+    """The search's evaluator for `target`: its images and the others' from seed `seed + 2`."""
+    others = [n for n in NAMES if n != target]
+    val_forget, _ = samples(30, seed=seed + 2, names=[target])
+    val_retain, val_labels = samples(6, seed=seed + 2, names=others)
+    return ZeroShotEvaluator(
+        processor,
+        [
+            ZeroShotTask("forget", val_forget, [target] * len(val_forget), NAMES, (TEMPLATE,)),
+            ZeroShotTask("retain", val_retain, val_labels, NAMES, (TEMPLATE,)),
+        ],
+    )
+
+
 def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
     """SLUG on one class: train-like forget/retain sets, a validation evaluator of its own.
 
@@ -109,22 +123,13 @@ def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
     others = [n for n in NAMES if n != target]
     forget_images, _ = samples(16, seed=seed, names=[target])
     retain_images, retain_labels = samples(6, seed=seed + 1, names=others)
-    val_forget, _ = samples(30, seed=seed + 2, names=[target])
-    val_retain, val_labels = samples(6, seed=seed + 2, names=others)
-    evaluator = ZeroShotEvaluator(
-        processor,
-        [
-            ZeroShotTask("forget", val_forget, [target] * len(val_forget), NAMES, (TEMPLATE,)),
-            ZeroShotTask("retain", val_retain, val_labels, NAMES, (TEMPLATE,)),
-        ],
-    )
     return unlearn(
         model,
         processor,
         (forget_images, [TEMPLATE.format(target)] * 16),
         (retain_images, [TEMPLATE.format(n) for n in retain_labels]),
         SLUGConfig(concept=target, utility_tolerance=0.10),
-        evaluator=evaluator,
+        evaluator=validation_evaluator(processor, target, seed),
         progress=False,
         **kwargs,
     )
