@@ -1,74 +1,39 @@
-"""Shared fixtures: tiny CLIP models built from configs, the real CLIP tokenizer, tiny images."""
+"""Shared fixtures. The tiny models themselves come from `hf_slug.testing`; the names below are
+re-exported so test modules can keep `from conftest import tiny_clip, ...`."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPModel, CLIPProcessor
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "hf_slug" / "demo" / "embedded_clip"
-IMAGE_SIZE = 32
+from hf_slug.testing import (
+    IMAGE_SIZE,
+    TOKENIZER_DIR,
+    random_images,
+    tiny_clip,
+    tiny_clip_config,
+    tiny_clip_processor,
+)
+
+clip_config = tiny_clip_config  # the tests' historical names
+tiny_processor = tiny_clip_processor
+
+__all__ = [
+    "IMAGE_SIZE",
+    "TOKENIZER_DIR",
+    "clip_config",
+    "random_images",
+    "tiny_clip",
+    "tiny_processor",
+]
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-
-def clip_config(width: int = 32, layers: int = 2, projection: int = 16) -> CLIPConfig:
-    """A tiny CLIPConfig with the real vocabulary size and EOS pooling."""
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=8,
-        ),
-        projection_dim=projection,
-    )
-
-
-def tiny_clip(seed: int = 0, **kwargs) -> CLIPModel:
-    torch.manual_seed(seed)
-    return CLIPModel(clip_config(**kwargs)).eval()
-
-
-def tiny_processor() -> CLIPProcessor:
-    tokenizer = CLIPTokenizer(
-        str(TOKENIZER_DIR / "vocab.json"),
-        str(TOKENIZER_DIR / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
-    )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
-    )
-    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-
-
-def random_images(n: int, seed: int = 0, size: int = IMAGE_SIZE) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)
-    ]
 
 
 @pytest.fixture(scope="session")

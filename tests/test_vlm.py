@@ -8,19 +8,21 @@ import copy
 import pytest
 import torch
 from conftest import random_images, tiny_clip, tiny_processor
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import (
     CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
     LlavaProcessor,
-    PreTrainedTokenizerFast,
     SiglipVisionConfig,
 )
 
-from hf_slug import FingerprintMismatchError, SLUGConfig, UnknownLayerError, UnsupportedModelError
+from hf_slug import (
+    FingerprintMismatchError,
+    SLUGConfig,
+    UnknownLayerError,
+    UnsupportedModelError,
+    testing,
+)
 from hf_slug.families.clip import block_index, candidate_names, short_name
 from hf_slug.families.vlm import (
     VLMIdentityEvaluator,
@@ -34,66 +36,22 @@ from hf_slug.families.vlm import (
 from hf_slug.model import SLUGModel
 
 BLOCKS = 3  # vision blocks of the tiny CLIP; LLaVA's default feature layer -2 leaves out block 2
-WORDS = [
-    "<pad>", "<s>", "</s>", "<unk>", "<image>", "user", "assistant", ":", "who", "is", "in",
-    "this", "image", "?", "ada", "byron", "bob", "stone", "cleo", "dune", "a", "cat",
-]  # fmt: skip
-IMAGE_TOKEN_ID = WORDS.index("<image>")
 PEOPLE = ["Ada Byron", "Ada Byron", "Bob Stone", "Cleo Dune"]
 LABELS = ["Ada Byron", "Bob Stone", "Cleo Dune"]
+WORDS = testing.llava_vocabulary([*LABELS, "a cat"])
 
 
 def tiny_llava(clip, *, feature_layer=-2, vision_config=None, seed: int = 0):
     """A tiny LLaVA (1-layer Llama) whose vision tower holds `clip`'s vision tower weights."""
-    vision = vision_config if vision_config is not None else clip.config.vision_config
-    text = LlamaConfig(
-        vocab_size=len(WORDS),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
+    return testing.tiny_llava(
+        clip, vocabulary=WORDS, feature_layer=feature_layer, vision_config=vision_config, seed=seed
     )
-    config = LlavaConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_id=IMAGE_TOKEN_ID,
-        vision_feature_layer=feature_layer,
-    )
-    torch.manual_seed(seed)
-    vlm = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():  # large weights: greedy answers then depend on the image
-        for part in (vlm.model.language_model, vlm.model.multi_modal_projector, vlm.lm_head):
-            for p in part.parameters():
-                if p.dim() == 2:
-                    p.normal_(0.0, 0.5)
-    if vision_config is None:
-        vlm.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
-    return vlm
 
 
 def llava_processor() -> LlavaProcessor:
     """A LlavaProcessor from tiny parts: a word-level tokenizer and the tests' CLIP image processor."""
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    return LlavaProcessor(
-        image_processor=tiny_processor().image_processor,
-        tokenizer=tokenizer,
-        patch_size=8,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's class token
+    return testing.tiny_llava_processor(
+        tiny_processor().image_processor, vocabulary=WORDS, patch_size=8
     )
 
 
