@@ -13,14 +13,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .evaluation import Evaluator, Metrics
+from .evaluation import Evaluator, Metrics, as_evaluator
 from .families.clip import short_name
 
 
@@ -115,6 +116,45 @@ def edited(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[Non
         with torch.no_grad():
             for name, original in originals.items():
                 params[name].copy_(original)
+
+
+class StackedEvaluator(Evaluator):
+    """Evaluate with other concepts' deltas added: search one concept's step on top of a stack.
+
+    `deltas`: `ConceptDelta`s (their dense tensors) or name -> tensor dicts, summed.
+    """
+
+    def __init__(self, evaluator: Evaluator, deltas: Sequence[Any]):
+        self.evaluator = as_evaluator(evaluator)
+        self.stack: dict[str, torch.Tensor] = {}
+        for delta in deltas:
+            tensors = delta.dense() if hasattr(delta, "dense") else delta
+            for name, tensor in tensors.items():
+                self.stack[name] = self.stack.get(name, 0) + tensor.float()
+
+    def __call__(self, model: nn.Module) -> Metrics:
+        with self._stacked(model):
+            return self.evaluator(model)
+
+    def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
+        with self._stacked(model):
+            return self.evaluator.evaluate_only(model, metrics)
+
+    def begin(self, model: nn.Module, names: Sequence[str]) -> None:
+        with self._stacked(model):
+            self.evaluator.begin(model, names)
+
+    def end(self) -> None:
+        self.evaluator.end()
+
+    def _stacked(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        missing = sorted(set(self.stack) - {n for n, _ in model.named_parameters()})
+        if missing:
+            raise KeyError(
+                f"the stacked deltas target {missing[:3]}, which this model does not have: "
+                "stack deltas computed on this base model."
+            )
+        return edited(model, self.stack)
 
 
 def search_step(

@@ -30,7 +30,16 @@ from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_
 from .families.clip import candidate_names, group_layers, require_clip, resolve_names
 from .gradients import compute_gradients, load_gradients, save_gradients
 from .io import fingerprint
-from .search import Criterion, LayerSearch, choose, edited, search_layers, step_scales, update
+from .search import (
+    Criterion,
+    LayerSearch,
+    StackedEvaluator,
+    choose,
+    edited,
+    search_layers,
+    step_scales,
+    update,
+)
 from .selection import LayerScore, score_layers
 
 
@@ -51,6 +60,7 @@ class UnlearningResult:
     base_model_name_or_path: str | None = None
     base_model_revision: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    on_top_of: list[str] = field(default_factory=list)  # concepts the search ran stacked on
 
     @property
     def converged(self) -> bool:
@@ -100,6 +110,7 @@ class UnlearningResult:
                 {"layer": s.label, "status": s.status, "step": s.step} for s in self.searches
             ],
             "timings_s": self.timings,
+            "searched_on_top_of": self.on_top_of,
         }
 
     def report(self) -> str:
@@ -158,6 +169,7 @@ def unlearn(
     autocast_dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     accelerator: Any | None = None,
+    on_top_of: Sequence[Any] = (),
     inplace: bool = False,
     progress: bool = True,
 ) -> UnlearningResult:
@@ -171,6 +183,9 @@ def unlearn(
     tensors (model-family code uses it, e.g. the vision blocks whose output reaches a VLM's
     language model). `autocast_dtype`, `gradient_checkpointing` and `accelerator` go to
     `compute_gradients` (mixed precision, less activation memory, data-parallel processes).
+    `on_top_of` (ConceptDeltas or name -> tensor dicts) stacks: gradients stay at θ⁰, but the
+    evaluation and the step search run with those deltas applied, so with an evaluator whose
+    forget task holds every stacked concept's images the step is the one the stack needs.
     `inplace=True` applies the delta.
     """
     require_clip(model)
@@ -229,6 +244,8 @@ def unlearn(
     criterion = Criterion(
         config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
     )
+    if on_top_of:
+        evaluator = StackedEvaluator(evaluator, on_top_of)
     before = evaluator(model)
     if criterion.forgets(before):
         warnings.warn(
@@ -237,10 +254,9 @@ def unlearn(
             "to unlearn; check the evaluator's forget images and labels.",
             stacklevel=2,
         )
-    searched = _units_to_search(scores, config)
     searches = search_layers(
         model,
-        searched,
+        _units_to_search(scores, config),
         grads["forget"],
         evaluator,
         criterion,
@@ -285,6 +301,7 @@ def unlearn(
         or None,
         base_model_revision=getattr(getattr(model, "config", None), "_commit_hash", None),
         timings=timings,
+        on_top_of=[getattr(getattr(d, "config", None), "concept", "delta") for d in on_top_of],
     )
     if inplace and chosen is not None:
         result.apply(model)

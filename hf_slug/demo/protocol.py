@@ -64,15 +64,17 @@ def identity_evaluator(
     *,
     per_identity: int = 8,
     per_concept: int = 3,
+    forget_views: int | None = None,
 ) -> ZeroShotEvaluator:
     """Tasks `forget` (targets' views), `retain` (everyone else's), `object`, `style`, `digit`.
 
-    Its `utility` averages retain, object, style and digit accuracy — the score the layer choice
-    maximises. `identity_report` splits it back out as the paper reports it.
+    Each target has `forget_views` views (default `per_identity`), each other identity
+    `per_identity // 2`. Its `utility` averages retain, object, style and digit accuracy — the
+    score the layer choice maximises. `identity_report` splits it back out as the paper does.
     """
     targets = [targets] if isinstance(targets, str) else list(targets)
     names = world.identities
-    forget = world.samples("identity", split, per_identity, targets)
+    forget = world.samples("identity", split, forget_views or per_identity, targets)
     others = [n for n in names if n not in targets]
     retain = world.samples("identity", split, max(1, per_identity // 2), others)
     prompts = {n: [f"{n}."] for n in names}
