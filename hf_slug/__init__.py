@@ -27,9 +27,12 @@ from .families.diffusion import DiffusionEvaluator, export_diffusers_lora, unlea
 from .families.vlm import VLMIdentityEvaluator, VLMUnlearning, unlearn_vlm
 from .hub import push_to_hub
 from .model import SLUGModel
+from .stacking import StackRequest, unlearn_stack
 from .unlearn import UnlearningResult, unlearn
 
 __all__ = [
+    "StackRequest",
+    "unlearn_stack",
     "__version__",
     "AdapterError",
     "CallableEvaluator",

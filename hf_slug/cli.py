@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="slug_demo", help="folder for plots, deltas, report")
     p.add_argument("--quick", action="store_true", help="a reduced run (fewer images, for CI)")
     p.add_argument("--model", help="another CLIP trained on the demo world (default: embedded)")
+    p.add_argument(
+        "--targets",
+        nargs=2,
+        metavar="NAME",
+        help='the two identities to unlearn and stack (default: "Eileen Collins" '
+        '"Marcus Brennholt"); see World(0).identities',
+    )
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
@@ -159,9 +166,19 @@ def _existing_folder(path: str, flag: str) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo.run import EMBEDDED, run_demo
+    from .demo.run import EMBEDDED, TARGETS, run_demo
+    from .demo.world import World
 
-    run_demo(Path(args.out), quick=args.quick, model_path=args.model or EMBEDDED)
+    targets = tuple(args.targets or TARGETS)
+    unknown = [t for t in targets if t not in World(0).identities]
+    if unknown or len(set(targets)) != 2:
+        print(
+            f"hf-slug: error: --targets needs two different identities of the demo world; "
+            f"unknown: {unknown}; choose among {World(0).identities}.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    run_demo(Path(args.out), quick=args.quick, targets=targets, model_path=args.model or EMBEDDED)
     return EXIT_OK
 
 

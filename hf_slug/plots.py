@@ -120,6 +120,8 @@ def plot_similarity(
                     color="white" if matrix[i, j] < (low + high) / 2 else "black",
                 )
         ax.set_title(f"{title} — {name}", fontsize=9)
+        ax.set_xlabel("text", fontsize=8)
+        ax.set_ylabel("image", fontsize=8)
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     return _save(fig, path)
 

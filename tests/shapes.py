@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, unlearn
 from hf_slug.families.clip import encode_images, encode_texts
+from hf_slug.stacking import StackRequest
 
 CLASSES = {  # invented single-token-ish names -> (colour, shape)
     "zorb": ((220, 40, 40), "circle"),
@@ -114,8 +115,8 @@ def validation_evaluator(processor, target: str, seed: int) -> ZeroShotEvaluator
     )
 
 
-def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
-    """SLUG on one class: train-like forget/retain sets, a validation evaluator of its own.
+def shape_request(processor, target: str, seed: int = 1) -> StackRequest:
+    """What SLUG gets for one class: train-like forget/retain sets, a validation evaluator.
 
     Seeds `seed`, `seed + 1`, `seed + 2` draw the forget, retain and validation images, so
     test images drawn from other seeds are unseen by the search.
@@ -123,13 +124,24 @@ def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
     others = [n for n in NAMES if n != target]
     forget_images, _ = samples(16, seed=seed, names=[target])
     retain_images, retain_labels = samples(6, seed=seed + 1, names=others)
-    return unlearn(
-        model,
-        processor,
+    return StackRequest(
         (forget_images, [TEMPLATE.format(target)] * 16),
         (retain_images, [TEMPLATE.format(n) for n in retain_labels]),
         SLUGConfig(concept=target, utility_tolerance=0.10),
-        evaluator=validation_evaluator(processor, target, seed),
+        validation_evaluator(processor, target, seed),
+    )
+
+
+def unlearn_shape(model, processor, target: str, seed: int = 1, **kwargs):
+    """SLUG on one class with `shape_request`'s data and evaluator."""
+    r = shape_request(processor, target, seed)
+    return unlearn(
+        model,
+        processor,
+        r.forget,
+        r.retain,
+        r.config,
+        evaluator=r.evaluator,
         progress=False,
         **kwargs,
     )

@@ -1,0 +1,141 @@
+"""Several concepts whose deltas work together: each step re-searched on top of the others.
+
+Each concept's delta alone is tuned to just forget that concept, at the edge of its criterion, so
+added to another delta it can lose a few images back. `unlearn_stack` first unlearns every
+concept independently (gradients at θ⁰, its own layer and step: SLUG.md §5), then, round after
+round, checks each concept's criterion with the other deltas applied and, for each concept the
+stack broke, searches its layer and step again on top of the others
+(`unlearn(..., on_top_of=...)`), until every concept holds. Gradients come from the cache, so a
+round costs only evaluations.
+
+Example:
+    >>> requests = [StackRequest(forget_a, retain, config_a, evaluator_a),  # doctest: +SKIP
+    ...             StackRequest(forget_b, retain, config_b, evaluator_b)]
+    >>> results = unlearn_stack(model, processor, requests)  # doctest: +SKIP
+    >>> deltas = [ConceptDelta.from_result(r) for r in results]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import SLUGConfig
+from .data import PairSource
+from .delta import ConceptDelta
+from .evaluation import Evaluator, as_evaluator
+from .search import Criterion, StackedEvaluator, edited
+from .unlearn import UnlearningResult, unlearn
+
+
+@dataclass
+class StackRequest:
+    """One concept of a stack: what `unlearn` takes for it."""
+
+    forget: PairSource
+    retain: PairSource
+    config: SLUGConfig
+    evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]] | None = None
+
+
+def unlearn_stack(
+    model: nn.Module,
+    processor: Any,
+    requests: Sequence[StackRequest],
+    *,
+    rounds: int = 3,
+    cache_dir: str | Path | None = None,
+    independent: Sequence[UnlearningResult] | None = None,
+    progress: bool = True,
+) -> list[UnlearningResult]:
+    """Unlearn every requested concept so that all their deltas, summed, forget all of them.
+
+    Returns one result per request, in order; a result searched again on the stack lists the
+    other concepts in `result.on_top_of`. Each request's evaluator must score its own
+    concept's forget images (on validation data). Gradients are cached in `cache_dir` (default: a
+    temporary folder). `independent`: results of `unlearn` already run on the requests (same
+    order, same `cache_dir`), to skip the first pass.
+    """
+    if len({r.config.concept for r in requests}) != len(requests):
+        raise ValueError("each concept of a stack must be requested once.")
+    if independent is not None and len(independent) != len(requests):
+        raise ValueError(f"{len(independent)} independent results for {len(requests)} requests.")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}.")
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = Path(cache_dir) if cache_dir is not None else Path(scratch)
+        results = (
+            list(independent)
+            if independent is not None
+            else [
+                unlearn(
+                    model,
+                    processor,
+                    r.forget,
+                    r.retain,
+                    r.config,
+                    evaluator=r.evaluator,
+                    cache_dir=cache,
+                    progress=progress,
+                )
+                for r in requests
+            ]
+        )
+        missing = [r.config.concept for r, res in zip(requests, results) if not res.converged]
+        if missing:
+            warnings.warn(
+                f"no layer forgets {missing}; the stack is tuned without them.", stacklevel=2
+            )
+        bar = tqdm(range(rounds), desc="stack rounds", unit="round", disable=not progress)
+        for _ in bar:
+            redone = []
+            for i, request in enumerate(requests):
+                others = [
+                    ConceptDelta.from_result(res)
+                    for j, res in enumerate(results)
+                    if j != i and res.converged
+                ]
+                if not results[i].converged or _holds(model, request, results[i], others):
+                    continue
+                with warnings.catch_warnings():  # "already forgotten" may happen on a stack
+                    warnings.simplefilter("ignore")
+                    again = unlearn(
+                        model,
+                        processor,
+                        request.forget,
+                        request.retain,
+                        request.config,
+                        evaluator=request.evaluator,
+                        cache_dir=cache,
+                        on_top_of=others,
+                        progress=False,
+                    )
+                if again.converged:
+                    results[i] = again
+                    redone.append(request.config.concept)
+            bar.set_postfix_str(", ".join(redone) or "stable")
+            if not redone:
+                break
+    return results
+
+
+def _holds(
+    model: nn.Module, request: StackRequest, result: UnlearningResult, others: list[ConceptDelta]
+) -> bool:
+    """Whether `result`'s delta still meets its forget criterion with `others` applied."""
+    config = request.config
+    evaluator = as_evaluator(request.evaluator) if request.evaluator is not None else None
+    if evaluator is None:
+        raise ValueError(
+            f"the request for {config.concept!r} needs an evaluator: the stack is checked on it."
+        )
+    with edited(model, result.deltas):
+        metrics = StackedEvaluator(evaluator, others).evaluate_only(model, (config.forget_metric,))
+    return Criterion(config.forget_metric, config.forget_target).forgets(metrics)
