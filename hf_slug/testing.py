@@ -205,6 +205,23 @@ def text_encoder_from(
     return encoder.eval()
 
 
+def _unet(seed: int, **config: Any) -> Any:
+    """A random 8 × 8-latent `UNet2DConditionModel` (two blocks of 16 and 32 channels)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        norm_num_groups=8,
+        attention_head_dim=4,
+        **config,
+    ).eval()
+
+
 def _vae(seed: int) -> Any:
     from diffusers import AutoencoderKL
 
@@ -253,22 +270,15 @@ def tiny_sd_pipeline(
         >>> pipe("a photo of a cat", num_inference_steps=2).images[0].size  # doctest: +SKIP
         (16, 16)
     """
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     encoder = text_encoder_from(clip, layers=layers)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        norm_num_groups=8,
+    unet = _unet(
+        seed,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=encoder.config.hidden_size,
-        attention_head_dim=4,
-    ).eval()
+    )
     pipe = StableDiffusionPipeline(
         vae=_vae(seed + 1),
         text_encoder=encoder,
@@ -295,28 +305,21 @@ def tiny_sdxl_pipeline(
         >>> type(pipe.text_encoder_2).__name__  # doctest: +SKIP
         'CLIPTextModelWithProjection'
     """
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     encoder = text_encoder_from(clip_l)
     encoder_2 = text_encoder_from(clip_g, projection=True)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        norm_num_groups=8,
+    unet = _unet(
+        seed,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=encoder.config.hidden_size + encoder_2.config.hidden_size,
-        attention_head_dim=4,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=SDXL_ADD_TIME_DIM,
         projection_class_embeddings_input_dim=6 * SDXL_ADD_TIME_DIM
         + encoder_2.config.projection_dim,
-    ).eval()
+    )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(seed + 1),
         text_encoder=encoder,
