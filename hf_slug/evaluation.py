@@ -109,7 +109,8 @@ class ZeroShotTask:
 
 @dataclass
 class _Inputs:
-    """One modality's preprocessed batches, their features at θ⁰, and replay caches."""
+    """One modality's preprocessed batches and, during a search, its caches: the features (when
+    the other tower is edited) or each batch's output of the block below the edit."""
 
     kind: str
     batches: list[dict[str, torch.Tensor]]
@@ -157,9 +158,7 @@ class ZeroShotEvaluator(Evaluator):
         first_block = min((block_index(n) or (len(tower.layers), ""))[0] for n in names)
         self._edit = (tower.kind, first_block)
         for inputs in self._images + self._texts:
-            edited = inputs.kind == tower.kind and first_block > 0
-            block = tower.layers[first_block - 1] if edited else None
-            inputs.base, inputs.replay = self._features_and_replay(model, inputs, block)
+            inputs.base, inputs.replay = None, []  # filled by the first trial that needs them
 
     def end(self) -> None:
         self._edit = None
@@ -215,14 +214,28 @@ class ZeroShotEvaluator(Evaluator):
 
     # -- features --------------------------------------------------------------------------
     def _current(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
-        if self._edit is None or inputs.base is None:
+        """Features under the current edit, reusing what the edit cannot change.
+
+        Caches fill lazily, so a trial that scores only the forget task never pays for the
+        others: the other tower's features are kept whole, and for the edited tower the output of
+        the block below the edit (blocks below it are never edited, so the first trial's full
+        pass can record it).
+        """
+        if self._edit is None:
             return self._features(model, inputs)
         kind, first_block = self._edit
-        if inputs.kind != kind:
-            return inputs.base  # an edit in one tower leaves the other tower's features unchanged
-        if not inputs.replay:
-            return self._features(model, inputs)
+        if inputs.kind != kind:  # an edit in one tower leaves the other tower's features unchanged
+            if inputs.base is None:
+                inputs.base = self._features(model, inputs)
+            return inputs.base
         tower = next(t for t in find_towers(model) if t.kind == kind)
+        if first_block == 0:
+            return self._features(model, inputs)
+        if not inputs.replay:
+            features, inputs.replay = self._features_and_replay(
+                model, inputs, tower.layers[first_block - 1]
+            )
+            return features
         parts = []
         with _replaying(tower, first_block) as replay:
             for batch, cached in zip(inputs.batches, inputs.replay):

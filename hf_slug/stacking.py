@@ -37,12 +37,13 @@ from .unlearn import UnlearningResult, unlearn
 
 @dataclass
 class StackRequest:
-    """One concept of a stack: what `unlearn` takes for it."""
+    """One concept of a stack: what `unlearn` takes for it; the evaluator scores the concept's
+    own validation images (the stack is checked on it)."""
 
     forget: PairSource
     retain: PairSource
     config: SLUGConfig
-    evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]] | None = None
+    evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]]
 
 
 def unlearn_stack(
@@ -69,6 +70,12 @@ def unlearn_stack(
         raise ValueError(f"{len(independent)} independent results for {len(requests)} requests.")
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}.")
+    unscored = [r.config.concept for r in requests if r.evaluator is None]
+    if unscored:
+        raise ValueError(
+            f"the requests for {unscored} have no evaluator: a stack is checked on each concept's "
+            "own validation images, so give every StackRequest an evaluator."
+        )
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(cache_dir) if cache_dir is not None else Path(scratch)
         results = (
@@ -104,8 +111,8 @@ def unlearn_stack(
                 ]
                 if not results[i].converged or _holds(model, request, results[i], others):
                     continue
-                with warnings.catch_warnings():  # "already forgotten" may happen on a stack
-                    warnings.simplefilter("ignore")
+                with warnings.catch_warnings():  # the others may already forget some images
+                    warnings.filterwarnings("ignore", message=".*already meets the forget")
                     again = unlearn(
                         model,
                         processor,
@@ -131,11 +138,8 @@ def _holds(
 ) -> bool:
     """Whether `result`'s delta still meets its forget criterion with `others` applied."""
     config = request.config
-    evaluator = as_evaluator(request.evaluator) if request.evaluator is not None else None
-    if evaluator is None:
-        raise ValueError(
-            f"the request for {config.concept!r} needs an evaluator: the stack is checked on it."
-        )
     with edited(model, result.deltas):
-        metrics = StackedEvaluator(evaluator, others).evaluate_only(model, (config.forget_metric,))
+        metrics = StackedEvaluator(as_evaluator(request.evaluator), others).evaluate_only(
+            model, (config.forget_metric,)
+        )
     return Criterion(config.forget_metric, config.forget_target).forgets(metrics)
