@@ -247,7 +247,9 @@ delta.
 from hf_slug import SLUGConfig, unlearn_pipeline
 
 
-def unlearn_person(name, exclude):
+def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
+    """SLUG on one person; `on_top_of`: earlier deltas the search runs with, `scored_on`: the
+    people whose validation views the forget criterion covers (default: `name`)."""
     config = SLUGConfig(
         concept=name,
         towers=("text",),
@@ -262,8 +264,9 @@ def unlearn_person(name, exclude):
         name,
         retain_set(exclude),
         config=config,
-        evaluator=held_out(name, "val"),
+        evaluator=held_out(scored_on or name, "val"),
         concept_kind="identity",
+        on_top_of=on_top_of,
         progress=not QUICK,
         **forget_source(name),
     )
@@ -400,20 +403,21 @@ clip_side([out.result, out2.result], [CONCEPT, SECOND])
 Each delta met its criterion alone, on the original weights, with the smallest step that did.
 Added together, single-layer edits can interact (an edit in one block changes what enters the
 other edited block; two edits of one tensor simply add), so read the per-person rows above
-(`forget <name>`): with these tiny models a person sometimes comes back. Two remedies: raise
-the weights (`adapter_weights=[1.5, 1.5]`, at some cost in retain accuracy), or compute the
-later delta **with the earlier ones applied** to the CLIP model, so that its gradient, layer
-choice and step search see the stack. The second departs from the paper's recipe (every concept
-at θ⁰) and makes the order matter; the deltas still apply to the original weights and stay
-separate adapters. Here we recompute the second person's delta that way.
+(`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
+paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
+**with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
+validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
+this for plain CLIP models, for any number of concepts.)
 
 # %%
-editor = SLUGModel(clip)  # the first edit, applied to the CLIP model the gradients come from
-editor.add_adapter(A1, out.result)
-with slug.disable_adapters():
-    out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
-editor.unload()
-print(f"{SECOND}, after {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
+with slug.disable_adapters():  # gradients at θ⁰; the search sees the first delta
+    out2 = unlearn_person(
+        SECOND,
+        exclude=[CONCEPT, SECOND],
+        on_top_of=[out.result.deltas],
+        scored_on=[CONCEPT, SECOND],
+    )
+print(f"{SECOND}, on top of {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
 slug.delete_adapter(A2)
 slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")
@@ -736,7 +740,9 @@ from IPython.display import Image, display
 from hf_slug import SLUGConfig, unlearn_vlm
 
 
-def unlearn_person(name, exclude):
+def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
+    """SLUG on one person; `on_top_of`: earlier deltas the search runs with, `scored_on`: the
+    people whose validation views the forget criterion covers (default: `name`)."""
     config = SLUGConfig(
         concept=name, candidate_labels=PEOPLE, top_k=2 if QUICK else 4, batch_size=BATCH
     )
@@ -747,7 +753,8 @@ def unlearn_person(name, exclude):
         forget_set(name),
         retain_set(exclude),
         config,
-        evaluator=held_out(name, "val"),
+        evaluator=held_out(scored_on or name, "val"),
+        on_top_of=on_top_of,
         progress=not QUICK,
     )
 
@@ -886,19 +893,17 @@ clip_side([out.result, out2.result], [CONCEPT, SECOND])
 Each delta met its criterion alone, on the original weights, with the smallest step that did.
 Added together, single-layer edits can interact (an edit in one block changes what enters the
 other edited block; two edits of one tensor simply add), so read the per-person rows above
-(`forget <name>`): with these tiny models a person sometimes comes back. Two remedies: raise
-the weights (`adapter_weights=[1.5, 1.5]`, at some cost in retain accuracy), or compute the
-later delta **with the earlier ones applied** to the CLIP model, so that its gradient, layer
-choice and step search see the stack. The second departs from the paper's recipe (every concept
-at θ⁰) and makes the order matter; the deltas still apply to the original weights and stay
-separate adapters. Here we recompute the second person's delta that way.
+(`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
+paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
+**with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
+validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
+this for plain CLIP models, for any number of concepts.)
 
 # %%
-editor = SLUGModel(clip)  # the first edit, applied to the CLIP model the gradients come from
-editor.add_adapter(A1, out.result)
-out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
-editor.unload()
-print(f"{SECOND}, after {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
+out2 = unlearn_person(  # gradients at θ⁰; the search sees the first delta
+    SECOND, exclude=[CONCEPT, SECOND], on_top_of=[out.result.deltas], scored_on=[CONCEPT, SECOND]
+)
+print(f"{SECOND}, on top of {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
 slug.delete_adapter(A2)
 slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")

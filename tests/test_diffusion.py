@@ -103,7 +103,7 @@ def retain_pairs(n=4, seed=5):
 
 
 # -- a real run: a tiny CLIP trained on coloured shapes, "zorb" unlearned from its pipeline -------
-def shape_run(clip, processor, target):
+def shape_run(clip, processor, target, **kwargs):
     others = [n for n in NAMES if n != target]
     forget, _ = samples(8, seed=1, names=[target])
     retain, retain_labels = samples(3, seed=2, names=others)
@@ -127,6 +127,7 @@ def shape_run(clip, processor, target):
         evaluator=evaluator,
         concept_kind="object",
         progress=False,
+        **kwargs,
     )
 
 
@@ -619,3 +620,12 @@ def test_clip_model_by_path_and_sd2_style_pipeline(tmp_path):
     assert all(".layers.0." in n for s in out.result.layers for n in s.names)
     SLUGModel(pipe).add_adapter("zorb", out.delta)
     assert tower_of(pipe.text_encoder, "text").path == ""
+
+
+def test_a_pipeline_search_on_top_of_an_earlier_delta_sees_it(sd):
+    clip, processor, runs = sd
+    first = runs["zorb"].result
+    with pytest.warns(UserWarning, match="already meets the forget criterion"):
+        again = shape_run(clip, processor, "zorb", on_top_of=[first.deltas])
+    assert again.result.before["forget_acc"] == pytest.approx(first.after["forget_acc"])
+    assert again.result.before["forget_acc"] < first.before["forget_acc"]

@@ -465,3 +465,20 @@ def test_scoring_and_evaluator_errors(world):
         clash(world["vlm"])
     table = before_after_table({"forget_acc": 1.0}, {"forget_acc": 0.0, "vqa": 0.5})
     assert table.splitlines()[2].split() == ["vqa", "nan", "0.5000"]
+
+
+def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
+    ada = world["ada"].result
+    with pytest.warns(UserWarning, match="already meets the forget criterion"):
+        again = unlearn_vlm(
+            world["vlm"],
+            world["clip"],
+            world["clip_processor"],
+            (random_images(4, seed=1), ["Ada Byron"] * 4),
+            world["retain"],
+            SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
+            on_top_of=[ada.deltas],
+            progress=False,
+        )
+    assert again.result.before["forget_acc"] == pytest.approx(ada.after["forget_acc"])
+    assert again.result.before["forget_acc"] < ada.before["forget_acc"]

@@ -403,6 +403,7 @@ def unlearn_pipeline(
     clip_skip: int | None = None,
     concept_kind: str = "concept",
     cache_dir: str | Path | None = None,
+    on_top_of: Sequence[Any] | Mapping[str, Sequence[Any]] = (),
     progress: bool = True,
 ) -> PipelineUnlearning:
     """Unlearn `concept` from a Stable Diffusion pipeline's text encoder(s); nothing is modified.
@@ -415,8 +416,10 @@ def unlearn_pipeline(
     generated from `prompt` (default: `concept`) with seeds from `generator_seed` and
     `generation_kwargs`, each captioned with the prompt. `retain` holds generic image–text pairs.
     `config` defaults to `SLUGConfig(concept, towers=("text",), candidate_labels=...)`; only the
-    text tower's blocks that reach the UNet are candidates (`usable_text_blocks`). Apply the
-    delta with `SLUGModel(pipe).add_adapter(name, out.delta)`.
+    text tower's blocks that reach the UNet are candidates (`usable_text_blocks`). `on_top_of`:
+    CLIPModel-keyed deltas (e.g. an earlier `out.results[component].deltas`; a mapping per
+    component for SDXL) the search runs on top of, as in `unlearn`. Apply the delta with
+    `SLUGModel(pipe).add_adapter(name, out.delta)`.
 
     Example:
         >>> out = unlearn_pipeline(pipe, clip, clip_processor, "Snoopy", retain,  # doctest: +SKIP
@@ -464,6 +467,7 @@ def unlearn_pipeline(
             evaluator=evaluator.get(name) if isinstance(evaluator, Mapping) else evaluator,
             cache_dir=Path(cache_dir) / name if cache_dir is not None else None,
             candidates=candidates,
+            on_top_of=on_top_of.get(name, ()) if isinstance(on_top_of, Mapping) else on_top_of,
             progress=progress,
         )
     deltas = {

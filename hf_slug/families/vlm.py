@@ -217,6 +217,7 @@ def unlearn_vlm(
     forget_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     cache_dir: str | Path | None = None,
+    on_top_of: Sequence[Any] = (),
     progress: bool = True,
 ) -> VLMUnlearning:
     """Unlearn `config.concept` from a LLaVA-style VLM's CLIP vision tower; models stay untouched.
@@ -226,7 +227,9 @@ def unlearn_vlm(
     reaches the language model (`feature_layer`, default the VLM's `vision_feature_layer`). Only
     the vision tower is searched, whatever `config.towers` says, as long as it includes
     "vision". `evaluator` scores the search's trials on the CLIPModel (default: zero-shot among
-    `config.candidate_labels`). Apply the delta with `SLUGModel(vlm).add_adapter(name, delta)`.
+    `config.candidate_labels`). `on_top_of`: CLIPModel-keyed deltas (e.g. an earlier
+    `out.result.deltas`) the search runs on top of, as in `unlearn`. Apply the delta with
+    `SLUGModel(vlm).add_adapter(name, delta)`.
 
     Example:
         >>> out = unlearn_vlm(llava, clip, clip_processor, forget, retain,  # doctest: +SKIP
@@ -254,6 +257,7 @@ def unlearn_vlm(
         retain_gradients=retain_gradients,
         cache_dir=cache_dir,
         candidates=candidates,
+        on_top_of=on_top_of,
         progress=progress,
     )
     delta = _vlm_delta(result, vlm, clip_model, concept_kind) if result.converged else None
