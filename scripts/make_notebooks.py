@@ -417,7 +417,7 @@ with slug.disable_adapters():  # gradients at θ⁰; the search sees the first d
         on_top_of=[out.result.deltas],
         scored_on=[CONCEPT, SECOND],
     )
-print(f"{SECOND}, on top of {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
+print(f"{SECOND} on the stack: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
 slug.delete_adapter(A2)
 slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")
@@ -903,7 +903,7 @@ this for plain CLIP models, for any number of concepts.)
 out2 = unlearn_person(  # gradients at θ⁰; the search sees the first delta
     SECOND, exclude=[CONCEPT, SECOND], on_top_of=[out.result.deltas], scored_on=[CONCEPT, SECOND]
 )
-print(f"{SECOND}, on top of {CONCEPT}: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
+print(f"{SECOND} on the stack: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
 slug.delete_adapter(A2)
 slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")
