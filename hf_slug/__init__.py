@@ -11,6 +11,9 @@ from .data import ImageTextPairs, load_pairs
 from .delta import ConceptDelta
 from .errors import (
     AdapterError,
+    AdapterNameError,
+    ConfigError,
+    DataFormatError,
     DeltaFormatError,
     EmptyDatasetError,
     FingerprintMismatchError,
@@ -35,6 +38,9 @@ __all__ = [
     "unlearn_stack",
     "__version__",
     "AdapterError",
+    "AdapterNameError",
+    "ConfigError",
+    "DataFormatError",
     "CallableEvaluator",
     "ConceptDelta",
     "DiffusionEvaluator",

@@ -48,3 +48,15 @@ class AdapterError(SLUGError, ValueError):
 
 class HubError(SLUGError, ValueError):
     """A Hub repository or model card cannot be used as asked."""
+
+
+class ConfigError(SLUGError, ValueError):
+    """A config field (SLUGConfig, slug_config.json, stack index) has the wrong type or value."""
+
+
+class DataFormatError(SLUGError, ValueError):
+    """An image, caption file or metadata file cannot be read (corrupt, truncated, malformed)."""
+
+
+class AdapterNameError(AdapterError):
+    """An adapter name is not a safe folder name (empty, '.', '..', a separator, a bad char)."""
