@@ -1,0 +1,148 @@
+"""hf_slug.audit on the embedded CLIP: every probe finds the concept in the original, recovers a
+weakly erased one, and bad input gets a typed error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hf_slug import (
+    ConceptDelta,
+    ConfigError,
+    FingerprintMismatchError,
+    SLUGConfig,
+    SLUGModel,
+    unlearn,
+)
+from hf_slug.audit import AuditBudget, AuditReport, audit
+from hf_slug.audit.phrasings import name_variants, templates
+from hf_slug.demo.novel import novel_views
+from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
+from hf_slug.demo.run import load_embedded
+from hf_slug.demo.world import World
+
+TARGET = "Marcus Brennholt"
+BUDGET = AuditBudget(
+    "test", templates=4, prompt_steps=20, pgd_steps=3, relearn_sizes=(1,), relearn_max_steps=15
+)
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    torch.manual_seed(0)
+    model, processor = load_embedded()
+    world = World(0)
+    result = unlearn(
+        model,
+        processor,
+        forget_pairs(world, TARGET, 16),
+        retain_pairs(world, [TARGET], 2),
+        SLUGConfig(concept=TARGET, candidate_labels=world.identities, top_k=2, max_evaluations=8),
+        evaluator=identity_evaluator(
+            world, processor, TARGET, "val", per_identity=4, per_concept=2, forget_views=8
+        ),
+    )
+    delta = ConceptDelta.from_result(result, concept_kind="identity")
+    held_out = [s.image for s in world.samples("identity", "test", 12, [TARGET])]
+    return model, processor, world, delta, held_out
+
+
+def _weakened(delta: ConceptDelta, factor: float) -> ConceptDelta:
+    return ConceptDelta(delta.config, {k: factor * v for k, v in delta.tensors.items()})
+
+
+def test_every_probe_finds_the_concept_in_the_original_and_the_edit_hides_the_plain_name(embedded):
+    model, processor, world, delta, held_out = embedded
+    report = audit(
+        model, processor, delta, TARGET, world.identities, held_out,
+        reference_images=novel_views(world, 8), budget=BUDGET,
+    )  # fmt: skip
+    assert report.broken_probes() == []
+    plain = next(r for r in report.rows if r.family == "phrasing" and r.setting == "'{}.'")
+    assert plain.original >= 0.9 and plain.edited <= 0.35
+    relearn = next(r for r in report.rows if r.family == "relearn (all weights)")
+    assert relearn.original == 0  # the original knows the concept before any step
+    inversion = next(r for r in report.rows if r.family == "learned prompt")
+    assert inversion.original >= 0.5 and inversion.reference is not None
+    pgd = next(r for r in report.rows if r.family == "PGD towards the name")
+    assert pgd.original >= 0.9 and pgd.reference is not None
+
+
+def test_a_weakly_erased_concept_is_recovered_by_the_probes(embedded):
+    model, processor, world, delta, held_out = embedded
+    weak = _weakened(delta, 0.15)  # far too small a step to forget
+    report = audit(model, processor, weak, TARGET, world.identities, held_out, budget=BUDGET)
+    assert report.worst("phrasing") >= 0.5
+    assert report.worst("augmentation") >= 0.5
+    inversion = next(r for r in report.rows if r.family == "learned prompt")
+    assert inversion.edited >= 0.5
+    pgd = next(r for r in report.rows if r.family == "PGD towards the name")
+    assert pgd.edited >= 0.5
+    relearn = next(r for r in report.rows if r.family == "relearn (all weights)")
+    assert relearn.edited is not None and relearn.edited <= 3
+
+
+def test_a_slug_model_is_audited_against_its_own_base_without_its_hooks(embedded):
+    model, processor, world, delta, held_out = embedded
+    slug = SLUGModel(model)
+    slug.add_adapter("marcus", delta)
+    try:
+        report = audit(
+            slug.model, processor, slug, TARGET, world.identities, held_out, budget=BUDGET
+        )
+    finally:
+        slug.unload()
+    plain = next(r for r in report.rows if r.setting == "'{}.'")
+    assert plain.original >= 0.9 and plain.edited <= 0.35
+
+
+def test_report_round_trips_through_its_files(embedded, tmp_path):
+    model, processor, world, delta, held_out = embedded
+    budget = AuditBudget("tiny", templates=2, prompt_steps=4, pgd_steps=1, relearn_sizes=(1,),
+                         relearn_max_steps=2)  # fmt: skip
+    report = audit(model, processor, delta, TARGET, world.identities, held_out, budget=budget)
+    report.save(tmp_path)
+    assert (tmp_path / "slug_audit.png").stat().st_size > 1000
+    assert "| phrasing |" in (tmp_path / "slug_audit.md").read_text()
+    loaded = AuditReport.from_pretrained(tmp_path)
+    assert loaded.to_dict() == json.loads((tmp_path / "slug_audit.json").read_text())
+    assert [r.edited for r in loaded.rows] == [r.edited for r in report.rows]
+
+
+def test_name_variants_and_templates_are_deterministic_and_varied():
+    variants = name_variants("Marcus Brennholt", seed=3)
+    assert variants == name_variants("Marcus Brennholt", seed=3)
+    assert variants["first name"] == "Marcus" and variants["last name"] == "Brennholt"
+    assert variants["one typo"] != "Marcus Brennholt" != variants["two typos"]
+    assert len(set(variants.values())) == len(variants)
+    assert all(
+        t.count("{}") == 1 for kind in ("identity", "object", "style") for t in templates(kind)
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        ({"images": []}, ConfigError, "at least 4"),
+        ({"images": [None] * 4}, ConfigError, "not a PIL image"),
+        ({"concept": "Nobody Known"}, ConfigError, "not among"),
+        ({"kind": "colour"}, ConfigError, "kind must be"),
+        ({"budget": "huge"}, ConfigError, "unknown audit budget"),
+        ({"deltas": []}, ConfigError, "ConceptDelta"),
+        ({"other_base": True}, FingerprintMismatchError, "not the tensor"),
+    ],
+    ids=["no-images", "not-images", "concept-absent", "bad-kind", "bad-budget", "no-delta",
+         "delta-for-another-base"],
+)  # fmt: skip
+def test_bad_input_gets_a_typed_error(embedded, change, error, words):
+    model, processor, world, delta, held_out = embedded
+    kwargs = {"deltas": delta, "concept": TARGET, "images": held_out, "kind": "identity",
+              "budget": BUDGET}  # fmt: skip
+    target_model = model
+    if change.pop("other_base", False):
+        target_model = type(model)(model.config)  # same architecture, other weights
+    kwargs.update(change)
+    with pytest.raises(error, match=words):
+        audit(target_model, processor, names=world.identities, **kwargs)
