@@ -1,7 +1,10 @@
 """Benchmark tasks on the embedded world: forget/retain sets and val/test evaluation tasks.
 
-A task is rendered once and cached as a pickle (rendering the world's images is slow and is not
-any method's cost), then loaded by every child process. Identities follow the SLUG paper's CLIP
+A task is rendered once and cached (rendering the world's images is slow and is not any method's
+cost), then loaded by every child process. The cache holds data only, never code: one
+`.safetensors` file per task (the images as uint8 arrays; captions, labels and prompts as JSON in
+its metadata), in a per-user folder (`$HF_SLUG_CACHE/benchmarks`, else
+`~/.cache/hf_slug/benchmarks`), named by a hash of the task's parameters, written atomically. Identities follow the SLUG paper's CLIP
 protocol (`hf_slug.demo.protocol.identity_evaluator`); styles and objects follow UnlearnCanvas
 (`concept_evaluator`). The search and the stopping checks read the `val` split; every reported
 number comes from the `test` split.
@@ -17,16 +20,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
+import os
 import random
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
 from hf_slug.evaluation import ZeroShotEvaluator, ZeroShotTask
 
-DEFAULT_CACHE = Path("/tmp/hf_slug_benchmark_cache")
+FORMAT = "hf_slug-benchmark-task/1"
+
+
+def default_cache_dir() -> Path:
+    """The per-user task cache: `$HF_SLUG_CACHE/benchmarks`, else `~/.cache/hf_slug/benchmarks`
+    (`$XDG_CACHE_HOME` replaces `~/.cache`)."""
+    root = os.environ.get("HF_SLUG_CACHE")
+    if root:
+        return Path(root).expanduser() / "benchmarks"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "hf_slug" / "benchmarks"
+
+
+DEFAULT_CACHE = default_cache_dir()
 
 
 @dataclass(frozen=True)
@@ -57,7 +79,7 @@ class TaskSpec:
 
 @dataclass
 class Task:
-    """A rendered task: training pairs and the (picklable) zero-shot tasks of each split."""
+    """A rendered task: training pairs and the zero-shot tasks of each split."""
 
     spec: TaskSpec
     forget: list[tuple[Any, str]]
@@ -152,21 +174,109 @@ def _concept_pairs(world: Any, spec: TaskSpec) -> tuple[list, list]:
 
 
 def cached_task(spec: TaskSpec, processor: Any, cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """The path of the task's pickle, rendering it first if it is not cached yet.
+    """The path of the task's cache file, rendering it first if it is not cached yet.
 
     `processor` only builds the evaluators while rendering; tasks do not depend on it.
     """
-    path = Path(cache_dir) / f"task-{spec.slug}-{spec.key()}.pkl"
+    path = Path(cache_dir) / f"task-{spec.slug}-{spec.key()}.safetensors"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        task = build_task(spec, processor)
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as handle:
-            pickle.dump(task, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(path)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        save_task(build_task(spec, processor), path)
+    return path
+
+
+def save_task(task: Task, path: str | Path) -> Path:
+    """Write `task` as one safetensors file (uint8 images, a JSON record in its metadata),
+    atomically: into a temp file beside `path`, then `os.replace`."""
+    images: list[np.ndarray] = []
+    modes: list[str] = []
+    index: dict[int, int] = {}
+
+    def ref(image: Image.Image) -> int:
+        if id(image) not in index:
+            index[id(image)] = len(images)
+            images.append(np.asarray(image))
+            modes.append(image.mode)
+        return index[id(image)]
+
+    def pairs(items: list[tuple[Any, str]]) -> list[list]:
+        return [[ref(image), str(caption)] for image, caption in items]
+
+    def zero_shot(tasks: list[ZeroShotTask]) -> list[dict]:
+        return [
+            {
+                "name": t.name,
+                "images": [ref(image) for image in t.images],
+                "labels": list(t.labels),
+                "label_names": list(t.label_names),
+                "templates": list(t.templates),
+                "prompts": {k: list(v) for k, v in t.prompts.items()} if t.prompts else None,
+                "counts_for_utility": t.counts_for_utility,
+            }
+            for t in tasks
+        ]
+
+    record = {
+        "format": FORMAT,
+        "spec": asdict(task.spec),
+        "forget": pairs(task.forget),
+        "retain": pairs(task.retain),
+        "val_tasks": zero_shot(task.val_tasks),
+        "test_tasks": zero_shot(task.test_tasks),
+        "modes": modes,
+    }
+    arrays = {f"image_{i}": np.ascontiguousarray(array) for i, array in enumerate(images)}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata={"hf_slug": FORMAT, "record": json.dumps(record)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_task(path: str | Path) -> Task:
-    with Path(path).open("rb") as handle:
-        return pickle.load(handle)
+    """Read a task written by `save_task` (arrays and JSON only)."""
+    with safe_open(str(path), framework="np") as handle:
+        metadata = handle.metadata() or {}
+        if metadata.get("hf_slug") != FORMAT:
+            raise ValueError(
+                f"{path} is not a {FORMAT} task cache: delete it, and it is rendered again."
+            )
+        record = json.loads(metadata["record"])
+        images = [
+            _image(handle.get_tensor(f"image_{i}"), mode) for i, mode in enumerate(record["modes"])
+        ]
+
+    def pairs(items: list[list]) -> list[tuple[Any, str]]:
+        return [(images[i], caption) for i, caption in items]
+
+    def zero_shot(tasks: list[dict]) -> list[ZeroShotTask]:
+        return [
+            ZeroShotTask(
+                t["name"],
+                [images[i] for i in t["images"]],
+                t["labels"],
+                t["label_names"],
+                tuple(t["templates"]),
+                t["prompts"],
+                t["counts_for_utility"],
+            )
+            for t in tasks
+        ]
+
+    return Task(
+        TaskSpec(**record["spec"]),
+        pairs(record["forget"]),
+        pairs(record["retain"]),
+        zero_shot(record["val_tasks"]),
+        zero_shot(record["test_tasks"]),
+    )
+
+
+def _image(array: np.ndarray, mode: str) -> Image.Image:
+    image = Image.fromarray(array)
+    return image if image.mode == mode else image.convert(mode)

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .errors import EmptyDatasetError, MissingCaptionError
+from .errors import ConfigError, DataFormatError, EmptyDatasetError, MissingCaptionError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 CaptionMode = Literal["original", "concept_name"]
@@ -39,6 +41,13 @@ class ImageTextPairs:
     texts: tuple[str, ...]
 
     def __post_init__(self) -> None:
+        for i, item in enumerate(self.images):
+            if not isinstance(item, (Image.Image, str, Path)):
+                raise DataFormatError(
+                    f"image {i} is a {type(item).__name__} ({_short_repr(item)}), not an image: "
+                    "pass PIL images or image file paths (Image.fromarray(array) converts an "
+                    "array), and drop missing entries together with their captions."
+                )
         if len(self.images) != len(self.texts):
             raise MissingCaptionError(
                 f"{len(self.images)} images but {len(self.texts)} captions: give exactly one "
@@ -57,10 +66,22 @@ class ImageTextPairs:
     def image(self, index: int) -> Image.Image:
         """The `index`-th image as an RGB PIL image (opened from disk when it is a path)."""
         item = self.images[index]
-        if isinstance(item, Image.Image):
-            return item.convert("RGB") if item.mode != "RGB" else item
-        with Image.open(item) as opened:
-            return opened.convert("RGB")
+        try:
+            if isinstance(item, Image.Image):
+                return item.convert("RGB") if item.mode != "RGB" else item
+            with Image.open(item) as opened:
+                return opened.convert("RGB")
+        except FileNotFoundError as error:
+            raise DataFormatError(
+                f"image {index} ({item}) does not exist: restore the file, or remove it and its "
+                "caption from the set."
+            ) from error
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise DataFormatError(
+                f"image {index} ({_describe(item)}) cannot be decoded ({_reason(error)}): the "
+                "file is truncated or corrupt; re-export or re-download it, or remove it and its "
+                "caption."
+            ) from error
 
     def with_captions(self, mode: CaptionMode, concept: str | None) -> ImageTextPairs:
         """These pairs with captions per `mode`: kept (`original`) or all set to `concept`."""
@@ -68,11 +89,11 @@ class ImageTextPairs:
             return self
         if mode == "concept_name":
             if not concept:
-                raise ValueError(
+                raise ConfigError(
                     "caption mode 'concept_name' needs the concept's name: pass concept=."
                 )
             return ImageTextPairs(self.images, (concept,) * len(self))
-        raise ValueError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
+        raise ConfigError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
 
     def signature(self) -> str:
         """A sha256 over the captions and image identities (paths, or pixels of PIL images)."""
@@ -131,6 +152,8 @@ def load_pairs(
         raise EmptyDatasetError(
             f"the {name} is empty: it needs at least one image–text pair ({_describe(source)})."
         )
+    if source is not pairs:
+        _check_paths(pairs, name)
     return pairs
 
 
@@ -138,8 +161,7 @@ def batches(
     pairs: ImageTextPairs, processor: Any, batch_size: int
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """Yield `(n, inputs)` per batch: `inputs` holds `pixel_values`, `input_ids`, `attention_mask`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    check_batch_size(batch_size)
     for start in range(0, len(pairs), batch_size):
         stop = min(start + batch_size, len(pairs))
         images = [pairs.image(i) for i in range(start, stop)]
@@ -148,6 +170,20 @@ def batches(
 
 
 PROCESSOR_KWARGS: dict[str, Any] = {"return_tensors": "pt", "padding": True, "truncation": True}
+
+
+def check_batch_size(batch_size: object) -> int:
+    """Return `batch_size` if it is a positive int; raise `ConfigError` otherwise."""
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ConfigError(
+            f"batch_size must be a positive int, got {batch_size!r}: pass batch_size=32 or "
+            "another positive number."
+        )
+    return int(batch_size)
 
 
 def _from_folder(folder: Path, text_column: str) -> ImageTextPairs:
@@ -168,34 +204,122 @@ def _from_folder(folder: Path, text_column: str) -> ImageTextPairs:
                 f"{path} has no caption: write it in {caption_file.name} beside the image, or "
                 "list all captions in a metadata.jsonl with file_name and text columns."
             )
-        texts.append(caption_file.read_text(encoding="utf-8").strip())
+        texts.append(_read_text(caption_file).strip())
     return ImageTextPairs(tuple(images), tuple(texts))
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8."
+        ) from error
+
+
 def _from_metadata(folder: Path, meta: Path, text_column: str) -> ImageTextPairs:
+    """Rows of an imagefolder `metadata.jsonl` / `.csv`, each with its 1-based line number."""
+    text = _read_text(meta)
+    rows: list[tuple[int, Any]] = []
     if meta.suffix == ".jsonl":
-        lines = meta.read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as error:
+                raise DataFormatError(
+                    f"{meta}, line {number}, is not valid JSON ({_reason(error)}): write one JSON "
+                    'object per line, e.g. {"file_name": "0.png", "text": "a photo of ..."}.'
+                ) from None
+            rows.append((number, row))
     else:
-        with meta.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        captions = [c for c in (text_column, "text", "caption") if c in header]
+        if "file_name" not in header or not captions:
+            raise DataFormatError(
+                f"{meta} has columns {header}, but needs a 'file_name' column and a caption "
+                f"column ({text_column!r}, 'text' or 'caption'): add them to its first line."
+            )
+        rows = [(reader.line_num, row) for row in reader]
     images, texts = [], []
-    for i, row in enumerate(rows):
-        if "file_name" not in row:
-            raise MissingCaptionError(f"row {i} of {meta} has no 'file_name' column.")
+    for number, row in rows:
+        where = f"{meta.name}, line {number}"
+        if not isinstance(row, dict):
+            raise DataFormatError(
+                f"{where}, holds a {type(row).__name__}, not an object: write "
+                '{"file_name": ..., "text": ...} on each line.'
+            )
+        name = row.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise DataFormatError(
+                f"{where}, has no 'file_name' (got {_short_repr(name)}): give each row the image's "
+                "path relative to the folder."
+            )
         caption = next((row[c] for c in (text_column, "text", "caption") if row.get(c)), None)
         if caption is None:
             raise MissingCaptionError(
-                f"{row['file_name']} has no caption in {meta.name}: fill its '{text_column}' column."
+                f"{name} has no caption in {where}: fill its '{text_column}' column."
             )
-        path = folder / row["file_name"]
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{meta.name} lists {row['file_name']}, which is not in {folder}."
+        if isinstance(caption, bool) or not isinstance(caption, (str, int, float)):
+            raise DataFormatError(
+                f"{where}, has a {type(caption).__name__} caption for {name}: write the caption "
+                "as a string."
+            )
+        path = folder / name
+        if Path(name).is_absolute() or not _inside(path, folder):
+            raise DataFormatError(
+                f"{where}, names {name!r}, which lies outside {folder}: file_name must be a "
+                "path relative to the folder, without '..'."
+            )
+        if not path.is_file():
+            raise DataFormatError(
+                f"{where}, lists {name}, which is not a file in {folder}: add the image or "
+                "remove the row."
             )
         images.append(path)
         texts.append(str(caption).strip())
     return ImageTextPairs(tuple(images), tuple(texts))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _check_paths(pairs: ImageTextPairs, name: str) -> None:
+    """Cheap checks of the image files before any work: each exists and has an image header."""
+    for i, item in enumerate(pairs.images):
+        if isinstance(item, Image.Image):
+            continue
+        if not Path(item).is_file():
+            raise DataFormatError(
+                f"image {i} of the {name} ({item}) is not a file: fix the path, or remove the "
+                "image and its caption."
+            )
+        try:
+            with Image.open(item):  # reads the header only
+                pass
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise DataFormatError(
+                f"image {i} of the {name} ({item}) is not a readable image ({_reason(error)}): "
+                "re-export or re-download it, or remove it and its caption."
+            ) from error
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, UnidentifiedImageError):
+        return "unknown image format"
+    return " ".join(str(error).split())[:160] or type(error).__name__
+
+
+def _short_repr(item: object) -> str:
+    text = repr(item)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_hf_dataset(source: object) -> bool:
@@ -215,4 +339,4 @@ def _from_dataset(dataset: Any, image_column: str, text_column: str) -> ImageTex
 def _describe(item: object) -> str:
     if isinstance(item, (str, Path)):
         return str(item)
-    return type(item).__name__
+    return getattr(item, "filename", None) or type(item).__name__

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 
 from .data import PROCESSOR_KWARGS
+from .errors import ConfigError
 from .families.clip import Tower, block_index, encode_images, encode_texts, find_towers
 
 Metrics = dict[str, float]
@@ -56,7 +57,21 @@ class CallableEvaluator(Evaluator):
         self.fn = fn
 
     def __call__(self, model: nn.Module) -> Metrics:
-        return {k: float(v) for k, v in self.fn(model).items()}
+        metrics = self.fn(model)
+        if not isinstance(metrics, Mapping):
+            raise ConfigError(
+                f"the evaluator returned a {type(metrics).__name__}, not a dict of metrics: make "
+                "it return e.g. {'forget_acc': 0.9, 'utility': 0.8}."
+            )
+        out = {}
+        for key, value in metrics.items():
+            try:
+                out[str(key)] = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"the evaluator's metric {key!r} is {value!r}, not a number: return floats."
+                ) from None
+        return out
 
 
 def as_evaluator(evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]]) -> Evaluator:

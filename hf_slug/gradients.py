@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +23,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageTextPairs, batches
-from .errors import DeltaFormatError, NonFiniteGradientError
+from .data import ImageTextPairs, batches, check_batch_size, load_pairs
+from .errors import (
+    ConfigError,
+    DeltaFormatError,
+    NonFiniteGradientError,
+    UnknownLayerError,
+    UnsupportedModelError,
+)
 from .families.clip import encode_images, encode_texts, require_clip, tower_kind_of
 from .io import fingerprint, read_safetensors, read_safetensors_metadata, write_safetensors
 from .losses import forget_loss, retain_loss
@@ -55,11 +61,13 @@ def compute_gradients(
     takes every n-th batch and the per-tensor sums are all-reduced: every process returns the
     same gradients as one process would (to float rounding).
     """
-    require_clip(model)
+    require_clip_model(model)
     if loss not in ("forget", "retain"):
-        raise ValueError(f"loss must be 'forget' or 'retain', got {loss!r}.")
+        raise ConfigError(f"loss must be 'forget' or 'retain', got {loss!r}: pass one of them.")
+    check_batch_size(batch_size)
+    pairs = load_pairs(pairs, name=f"{loss} set")
     params = dict(model.named_parameters())
-    targets = [params[n] for n in names]
+    targets = [params[n] for n in check_names(params, names)]
     kinds = {tower_kind_of(model, n) for n in names}
     device = next(model.parameters()).device
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
@@ -87,6 +95,37 @@ def compute_gradients(
     grads = {name: (acc / total).to("cpu", storage_dtype) for name, acc in zip(names, sums)}
     check_finite(grads, what=f"{loss} gradient")
     return grads
+
+
+def require_clip_model(model: object) -> None:
+    """Raise `UnsupportedModelError` unless `model` is a loaded two-tower CLIP module."""
+    if isinstance(model, (str, Path)):
+        raise UnsupportedModelError(
+            f"the model is the string {str(model)!r}, not a loaded model: load it first with "
+            f"CLIPModel.from_pretrained({str(model)!r}) and pass that."
+        )
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"the model is a {type(model).__name__}, not a torch module: pass a transformers "
+            "CLIPModel (CLIPModel.from_pretrained(repo_id_or_folder))."
+        )
+    require_clip(model)
+
+
+def check_names(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
+    """`names` as a list, if it is non-empty and every name is a parameter; else a typed error."""
+    if isinstance(names, str) or not names:
+        raise UnknownLayerError(
+            f"gradients need a non-empty list of parameter names, got {names!r}: pass e.g. "
+            "hf_slug.families.clip.candidate_names(model), or SLUGConfig(layer='auto')."
+        )
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise UnknownLayerError(
+            f"{unknown[:3]} are not parameters of the model: pass names from "
+            "hf_slug.families.clip.candidate_names(model)."
+        )
+    return list(names)
 
 
 def _shard(n_pairs: int, batch_size: int, rank: int, world: int) -> list[int]:

@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import ConfigError, NonFiniteGradientError
 from .evaluation import Evaluator, Metrics, as_evaluator
 from .families.clip import short_name
 
@@ -34,13 +37,46 @@ class Criterion:
     utility_metric: str = "utility"
     utility_tolerance: float | None = None  # reject steps losing more than this (absolute)
 
-    def forgets(self, metrics: Metrics) -> bool:
-        if self.forget_metric not in metrics:
-            raise KeyError(
-                f"the evaluator returned no {self.forget_metric!r} metric (it returned "
-                f"{sorted(metrics)}): return it, or set forget_metric to one of those."
+    def __post_init__(self) -> None:
+        for field_name in ("forget_metric", "utility_metric"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(
+                    f"{field_name} must be a metric name (a non-empty str), got {value!r}: pass "
+                    "the key your evaluator returns, e.g. 'forget_acc'."
+                )
+        if not _is_number(self.forget_target):
+            raise ConfigError(
+                f"forget_target must be a finite number, got {self.forget_target!r}: pass e.g. "
+                "forget_target=0.0 (the largest forget metric that counts as forgotten)."
             )
-        return metrics[self.forget_metric] <= self.forget_target + 1e-9
+        if self.utility_tolerance is not None and not (
+            _is_number(self.utility_tolerance) and self.utility_tolerance >= 0
+        ):
+            raise ConfigError(
+                f"utility_tolerance must be None or a finite number >= 0, got "
+                f"{self.utility_tolerance!r}: pass e.g. utility_tolerance=0.02, or None."
+            )
+
+    def forgets(self, metrics: Metrics) -> bool:
+        return self.forget_value(metrics) <= self.forget_target + 1e-9
+
+    def forget_value(self, metrics: Mapping[str, Any]) -> float:
+        """The forget metric of `metrics`; a typed error if it is missing or not finite."""
+        if not isinstance(metrics, Mapping) or self.forget_metric not in metrics:
+            found = sorted(metrics) if isinstance(metrics, Mapping) else type(metrics).__name__
+            raise ConfigError(
+                f"the evaluator returned no {self.forget_metric!r} metric (it returned {found}): "
+                f"make it return {self.forget_metric!r}, or set SLUGConfig(forget_metric=...) "
+                "to one of the keys it returns."
+            )
+        value = metrics[self.forget_metric]
+        if not _is_number(value):
+            raise NonFiniteGradientError(
+                f"the evaluator returned {self.forget_metric!r} = {value!r}, not a finite number: "
+                "check the evaluator and that the model's weights and inputs are finite."
+            )
+        return float(value)
 
     def keeps_utility(self, metrics: Metrics, before: Metrics) -> bool:
         if self.utility_tolerance is None or self.utility_metric not in before:
@@ -157,6 +193,28 @@ class StackedEvaluator(Evaluator):
         return edited(model, self.stack)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_search_options(initial_step: object, max_evaluations: object) -> None:
+    """Raise `ConfigError` unless `initial_step` is finite and > 0 and `max_evaluations` >= 1."""
+    if not (_is_number(initial_step) and initial_step > 0):
+        raise ConfigError(
+            f"initial_step must be a finite number > 0, got {initial_step!r}: pass e.g. "
+            "initial_step=0.1 (the first relative step the search tries)."
+        )
+    if (
+        isinstance(max_evaluations, bool)
+        or not isinstance(max_evaluations, numbers.Integral)
+        or max_evaluations < 1
+    ):
+        raise ConfigError(
+            f"max_evaluations must be an int >= 1, got {max_evaluations!r}: pass e.g. "
+            "max_evaluations=10."
+        )
+
+
 def search_step(
     model: nn.Module,
     names: tuple[str, ...],
@@ -170,8 +228,7 @@ def search_step(
     rel_tolerance: float = 0.05,
 ) -> LayerSearch:
     """Double `s` from `initial_step` until the criterion is met, then bisect; ≤ `max_evaluations`."""
-    if initial_step <= 0 or max_evaluations < 1:
-        raise ValueError("initial_step must be > 0 and max_evaluations >= 1.")
+    check_search_options(initial_step, max_evaluations)
     result = LayerSearch(names)
     low, high = 0.0, None  # the largest step known to fail, the smallest known to succeed
     step = initial_step
@@ -242,6 +299,7 @@ def search_layers(
     progress: bool = True,
 ) -> list[LayerSearch]:
     """Run `search_step` on each unit, with a progress bar over units."""
+    check_search_options(initial_step, max_evaluations)
     searches = []
     bar = tqdm(units, desc="step search", unit="layer", disable=not progress)
     for unit in bar:

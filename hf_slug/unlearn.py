@@ -24,16 +24,17 @@ import torch
 from torch import nn
 
 from .config import SLUGConfig
-from .data import PairSource, load_pairs
-from .errors import DeltaFormatError, UnknownLayerError
+from .data import PairSource, check_batch_size, load_pairs
+from .errors import ConfigError, DeltaFormatError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
-from .families.clip import candidate_names, group_layers, require_clip, resolve_names
-from .gradients import compute_gradients, load_gradients, save_gradients
+from .families.clip import candidate_names, group_layers, resolve_names
+from .gradients import compute_gradients, load_gradients, require_clip_model, save_gradients
 from .io import fingerprint
 from .search import (
     Criterion,
     LayerSearch,
     StackedEvaluator,
+    check_search_options,
     choose,
     edited,
     search_layers,
@@ -131,11 +132,13 @@ class UnlearningResult:
 
 def default_evaluator(processor: Any, forget, retain, config: SLUGConfig) -> ZeroShotEvaluator:
     """Forget images classified among `config.candidate_labels`; retain image→caption retrieval."""
-    if not config.candidate_labels or config.concept not in config.candidate_labels:
-        raise ValueError(
+    labels = config.candidate_labels
+    if not labels or config.concept not in labels or len(set(labels)) < 2:
+        raise ConfigError(
             "the default evaluator classifies forget images among config.candidate_labels, "
-            f"which must include the concept {config.concept!r}: pass candidate_labels=[...] "
-            "(e.g. all identity names), or pass your own evaluator=."
+            f"which must include the concept {config.concept!r} and at least one other name "
+            f"(got {_preview(labels)}): pass candidate_labels=[...] (e.g. all identity names), "
+            "or pass your own evaluator=."
         )
     forget_images = [forget.image(i) for i in range(len(forget))]
     retain_images = [retain.image(i) for i in range(len(retain))]
@@ -188,7 +191,12 @@ def unlearn(
     forget task holds every stacked concept's images the step is the one the stack needs.
     `inplace=True` applies the delta.
     """
-    require_clip(model)
+    _check_arguments(model, processor, config, evaluator, autocast_dtype, cache_dir)
+    for kind, source in (("forget", forget_gradients), ("retain", retain_gradients)):
+        _check_gradient_source(kind, source)
+    criterion = Criterion(
+        config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
+    )
     clock = time.perf_counter()
     timings: dict[str, float] = {}
     forget_pairs = load_pairs(forget, name="forget set").with_captions(
@@ -212,6 +220,25 @@ def unlearn(
         named = set(resolve_names(model, wanted, all_names))
         units = [unit for unit in units if named & set(unit)]  # a named member brings its group
     names = [n for unit in units for n in unit]
+    if not names:
+        raise UnknownLayerError(
+            f"layer={config.layer!r} selects no candidate weight of the {config.towers} tower(s): "
+            "name at least one layer (e.g. 'vision.L0.fc1'), or pass layer='auto'."
+        )
+
+    # The evaluator and the metrics before any edit come first: they are cheaper than the
+    # gradients, and a missing label or metric is reported before the expensive work.
+    start = time.perf_counter()
+    evaluator = (
+        as_evaluator(evaluator)
+        if evaluator is not None
+        else default_evaluator(processor, forget_pairs, retain_pairs, config)
+    )
+    if on_top_of:
+        evaluator = StackedEvaluator(evaluator, on_top_of)
+    before = evaluator(model)
+    already_forgotten = criterion.forgets(before)
+    evaluation_before = time.perf_counter() - start
 
     options = dict(
         batch_size=config.batch_size,
@@ -235,19 +262,8 @@ def unlearn(
     scores = score_layers(model, units, grads["forget"], grads["retain"])
     timings["metrics"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    evaluator = (
-        as_evaluator(evaluator)
-        if evaluator is not None
-        else default_evaluator(processor, forget_pairs, retain_pairs, config)
-    )
-    criterion = Criterion(
-        config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
-    )
-    if on_top_of:
-        evaluator = StackedEvaluator(evaluator, on_top_of)
-    before = evaluator(model)
-    if criterion.forgets(before):
+    start = time.perf_counter() - evaluation_before  # "search" includes the evaluation before
+    if already_forgotten:
         warnings.warn(
             f"the model already meets the forget criterion for {config.concept!r} before any "
             f"edit ({config.forget_metric} = {before[config.forget_metric]:.3f}): there is little "
@@ -306,6 +322,67 @@ def unlearn(
     if inplace and chosen is not None:
         result.apply(model)
     return result
+
+
+def _check_arguments(
+    model: Any,
+    processor: Any,
+    config: Any,
+    evaluator: Any,
+    autocast_dtype: Any,
+    cache_dir: Any,
+) -> None:
+    """Cheap checks of `unlearn`'s arguments, before any data is read or gradient computed."""
+    require_clip_model(model)
+    if not isinstance(config, SLUGConfig):
+        raise ConfigError(
+            f"config must be an hf_slug.SLUGConfig, got a {type(config).__name__}: pass "
+            'SLUGConfig(concept="...", candidate_labels=[...]).'
+        )
+    if processor is None or not callable(processor):
+        raise ConfigError(
+            f"processor must be the model's CLIPProcessor, got a {type(processor).__name__}: pass "
+            "CLIPProcessor.from_pretrained(the same repo id or folder as the model)."
+        )
+    if evaluator is not None and not callable(evaluator):
+        raise ConfigError(
+            f"evaluator must be an hf_slug Evaluator or a callable model -> dict of metrics, got "
+            f"a {type(evaluator).__name__}: pass one, or None for the default evaluator."
+        )
+    if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+        raise ConfigError(
+            f"autocast_dtype must be None or a torch.dtype, got {autocast_dtype!r}: pass e.g. "
+            "torch.bfloat16."
+        )
+    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ConfigError(
+            f"cache_dir {cache_dir} is a file, not a folder: pass a folder path (it is created "
+            "if it does not exist)."
+        )
+    check_batch_size(config.batch_size)
+    check_search_options(config.initial_step, config.max_evaluations)
+
+
+def _check_gradient_source(kind: str, source: Any) -> None:
+    if source is None or isinstance(source, Mapping):
+        return
+    if not isinstance(source, (str, Path)):
+        raise ConfigError(
+            f"{kind}_gradients must be None, a name -> tensor dict or a safetensors path, got a "
+            f"{type(source).__name__}: pass one of those."
+        )
+    if not Path(source).is_file():
+        raise ConfigError(
+            f"{kind}_gradients={str(source)!r} is not a file: pass the path written by "
+            "save_gradients (or scripts/distributed_gradients.py), or None to compute them."
+        )
+
+
+def _preview(labels: Any) -> str:
+    if labels is None:
+        return "None"
+    items = list(labels)
+    return repr(items[:5])[:-1] + (", ...]" if len(items) > 5 else "]")
 
 
 def _gradients(model, processor, pairs, kind, names, source, cache_dir, concept, options):

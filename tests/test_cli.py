@@ -128,7 +128,7 @@ def test_unlearn_inspect_export_merge_eval(workspace):
     ("args", "code", "message"),
     [
         (["unlearn", "--concept", "x"], 2, "required"),  # argparse usage error
-        (["inspect", "/no/such/folder"], 1, "neither an existing folder nor a Hub repo id"),
+        (["inspect", "/no/such/folder"], 2, "neither an existing folder nor a Hub repo id"),
         (["export-lora", "{empty}", "--out", "{empty}/x"], 1, "holds no hf_slug delta"),
         (["frobnicate"], 2, "invalid choice"),
     ],
