@@ -8,40 +8,76 @@
     hf-slug merge --model M --delta deltas/ada --out merged/
     hf-slug export-lora deltas/ada --out lora/ --rank 8
     hf-slug push deltas/ada --repo-id me/clip-forget-ada
+    hf-slug audit deltas/ada --model M --images held_out/ --labels-file names.txt --quick
 
-Exit codes: 0 success, 1 the work failed (bad data, a delta that does not fit, no convergence),
-2 bad command-line usage or a path that does not exist.
+Exit codes: 0 success, 1 the work failed (bad data, a delta that does not fit or holds NaN, no
+convergence), 2 bad command-line usage: a bad option value, a missing flag, a path that does not
+exist, an output folder that cannot be written. Usage is checked before any model is loaded or
+gradient computed. Every error is one line on stderr (`HF_SLUG_DEBUG=1` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from .audit.command import add_parser as add_audit_parser
+from .cli_checks import (
+    existing_folder,
+    existing_source,
+    finite_float,
+    fraction,
+    labels_from,
+    non_negative,
+    output_folder,
+    positive_int,
+    rank,
+    require_finite,
+)
+from .errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `hf-slug`; return the exit code."""
+    """Run `hf-slug`; return the exit code (argparse's own usage errors return 2 too)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or an argparse usage error (already printed)
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE
-    from .errors import SLUGError
-
     try:
         return args.handler(args) or EXIT_OK
-    except (FileNotFoundError, NotADirectoryError) as error:
-        print(f"hf-slug: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("hf-slug: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, FileNotFoundError, NotADirectoryError) as error:
+        _error(error)
         return EXIT_USAGE
-    except (SLUGError, ValueError, KeyError, TypeError, OSError) as error:
-        print(f"hf-slug: error: {error}", file=sys.stderr)
+    except Exception as error:  # every library error (SLUGError and the rest): one line
+        if os.environ.get("HF_SLUG_DEBUG"):
+            raise
+        _error(error)
         return EXIT_FAILED
+
+
+def _error(error: BaseException) -> None:
+    """Print `error` on one stderr line, as argparse does."""
+    from .errors import SLUGError
+
+    text = error.args[0] if isinstance(error, KeyError) and error.args else error
+    message = " ".join(str(text).split())
+    if not isinstance(error, (SLUGError, UsageError, OSError)) or not message:
+        message = f"{type(error).__name__}: {message}".rstrip(": ")
+    print(f"hf-slug: error: {message}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "Stable Diffusion / LLaVA model's CLIP tower) by a one-step update of a single layer, "
         "stored as a small delta you can load, stack, merge and share.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `hf-slug demo` first to see the whole flow on the embedded model.",
+        epilog="Exit codes: 0 success, 1 the work failed, 2 a usage error. Run `hf-slug demo` "
+        "first to see the whole flow on the embedded model.",
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -74,17 +111,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="concept", help="identity, object, style, ... (card tags)")
     p.add_argument("--forget", required=True, help="folder of the concept's images + captions")
     p.add_argument("--retain", required=True, help="folder of other images + captions")
-    p.add_argument("--labels", help="comma-separated names to classify forget images among")
+    p.add_argument(
+        "--labels",
+        help="comma-separated names to classify forget images among (the concept and at least "
+        "one other; --labels or --labels-file is required)",
+    )
     p.add_argument("--labels-file", help="file with one candidate name per line")
     p.add_argument("--tower", choices=["vision", "text", "both"], default="both")
     p.add_argument("--layer", default="auto", help='"auto" (Pareto front) or a layer name')
     p.add_argument("--group", choices=["qkv", "mlp"], help="share one step across q/k/v or fc1/fc2")
     p.add_argument("--caption-mode", choices=["original", "concept_name"], default="original")
-    p.add_argument("--forget-target", type=float, default=0.0, help="max forget accuracy")
-    p.add_argument("--utility-tolerance", type=float, help="max utility drop allowed")
-    p.add_argument("--max-evaluations", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--out", required=True, help="the delta folder to write")
+    p.add_argument(
+        "--forget-target", type=fraction, default=0.0, help="max forget accuracy, in [0, 1]"
+    )
+    p.add_argument("--utility-tolerance", type=non_negative, help="max utility drop allowed")
+    p.add_argument("--max-evaluations", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--out", required=True, help="the delta folder to write (new or empty)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_unlearn)
 
@@ -101,14 +144,20 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         _model_args(p)
         p.add_argument("--delta", action="append", required=True, help="delta folder or repo id")
-        p.add_argument("--weight", action="append", type=float, help="one weight per --delta")
-        p.add_argument("--out", required=True, help="folder for the merged model")
+        p.add_argument(
+            "--weight", action="append", type=finite_float, help="one weight per --delta"
+        )
+        p.add_argument("--out", required=True, help="folder for the merged model (new or empty)")
         p.set_defaults(handler=_merge)
 
     p = sub.add_parser("export-lora", help="write a PEFT LoRA adapter for a delta")
     p.add_argument("delta", help="delta folder or repo id")
-    p.add_argument("--out", required=True)
-    p.add_argument("--rank", help="an integer rank, an energy fraction in (0,1], or omit: exact")
+    p.add_argument("--out", required=True, help="folder for the LoRA (new or empty)")
+    p.add_argument(
+        "--rank",
+        type=rank,
+        help="an integer rank, an energy fraction in (0,1] (e.g. 0.99), or omit: exact",
+    )
     p.add_argument(
         "--format",
         choices=["peft", "diffusers"],
@@ -130,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("delta", help="delta folder or repo id")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_inspect)
+
+    add_audit_parser(sub)
     return parser
 
 
@@ -141,30 +192,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _load_clip(args: argparse.Namespace) -> tuple[Any, Any]:
     from transformers import CLIPModel, CLIPProcessor
 
-    if not Path(args.model).exists() and "/" not in args.model:
-        raise FileNotFoundError(f"--model {args.model}: no such folder, and not a repo id.")
     model = CLIPModel.from_pretrained(args.model, revision=args.revision)
     processor = CLIPProcessor.from_pretrained(args.model, revision=args.revision)
     return model.eval(), processor
 
 
-def _labels(args: argparse.Namespace) -> list[str] | None:
-    if args.labels_file:
-        path = Path(args.labels_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--labels-file {path}: no such file.")
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if args.labels:
-        return [x.strip() for x in args.labels.split(",") if x.strip()]
-    return None
-
-
-def _existing_folder(path: str, flag: str) -> str:
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{flag} {path}: no such folder.")
-    return path
-
-
+# -- commands ---------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import EMBEDDED, TARGETS, run_demo
     from .demo.world import World
@@ -172,42 +205,75 @@ def _demo(args: argparse.Namespace) -> int:
     targets = tuple(args.targets or TARGETS)
     unknown = [t for t in targets if t not in World(0).identities]
     if unknown or len(set(targets)) != 2:
-        print(
-            f"hf-slug: error: --targets needs two different identities of the demo world; "
-            f"unknown: {unknown}; choose among {World(0).identities}.",
-            file=sys.stderr,
+        raise UsageError(
+            f"--targets needs two different identities of the demo world; unknown: {unknown}; "
+            f"choose among {World(0).identities}."
         )
-        return EXIT_USAGE
-    run_demo(Path(args.out), quick=args.quick, targets=targets, model_path=args.model or EMBEDDED)
+    model = existing_folder(args.model, "--model") if args.model else EMBEDDED
+    out = output_folder(args.out, "--out", keeps=("demo_report.json", "deltas", "gradients"))
+    run_demo(out, quick=args.quick, targets=targets, model_path=model)
     return EXIT_OK
 
 
 def _unlearn(args: argparse.Namespace) -> int:
     from . import ConceptDelta, SLUGConfig, unlearn
+    from .config import CONFIG_NAME
+    from .data import load_pairs
+    from .errors import ConfigError, UnknownLayerError
+    from .families.clip import candidate_names, resolve_names
 
-    forget = _existing_folder(args.forget, "--forget")
-    retain = _existing_folder(args.retain, "--retain")
-    model, processor = _load_clip(args)
-    towers = ("vision", "text") if args.tower == "both" else (args.tower,)
-    labels = _labels(args)
-    if labels is not None and args.concept not in labels:
+    forget = existing_folder(args.forget, "--forget")
+    retain = existing_folder(args.retain, "--retain")
+    labels = labels_from(args)
+    if labels is None:
+        raise UsageError(
+            "unlearn needs the names to classify the forget images among: pass --labels "
+            '"Ada Byron,Bob Stone,..." or --labels-file names.txt (the concept and at least one '
+            "other name)."
+        )
+    if args.concept not in labels:
         labels = [args.concept, *labels]
-    config = SLUGConfig(
-        concept=args.concept,
-        towers=towers,
-        layer=args.layer,
-        group=args.group,
-        caption_mode=args.caption_mode,
-        candidate_labels=labels,
-        forget_target=args.forget_target,
-        utility_tolerance=args.utility_tolerance,
-        max_evaluations=args.max_evaluations,
-        batch_size=args.batch_size,
-    )
-    out = Path(args.out)
-    result = unlearn(model, processor, forget, retain, config, progress=not args.quiet)
+    if len(labels) < 2:
+        raise UsageError(
+            f"--labels needs at least one name besides the concept {args.concept!r}: add the "
+            "other names the forget images could be mistaken for."
+        )
+    existing_source(args.model, "--model")
+    out = output_folder(args.out, "--out", keeps=(CONFIG_NAME,), inputs=(forget, retain))
+    towers = ("vision", "text") if args.tower == "both" else (args.tower,)
+    try:
+        config = SLUGConfig(
+            concept=args.concept,
+            towers=towers,
+            layer=args.layer,
+            group=args.group,
+            caption_mode=args.caption_mode,
+            candidate_labels=labels,
+            forget_target=args.forget_target,
+            utility_tolerance=args.utility_tolerance,
+            max_evaluations=args.max_evaluations,
+            batch_size=args.batch_size,
+        )
+    except ConfigError as error:
+        raise UsageError(f"invalid options: {error}") from None
+    forget_pairs = load_pairs(forget, name="forget set (--forget)")
+    retain_pairs = load_pairs(retain, name="retain set (--retain)")
+
+    model, processor = _load_clip(args)
+    if args.layer != "auto":
+        try:
+            resolve_names(model, [args.layer], candidate_names(model, towers))
+        except UnknownLayerError as error:
+            raise UsageError(f"--layer {args.layer}: {error}") from None
+    result = unlearn(model, processor, forget_pairs, retain_pairs, config, progress=not args.quiet)
     print(result.report())
     if not result.converged:
+        print(
+            f"hf-slug: error: no searched layer forgot {args.concept!r} within "
+            f"--max-evaluations {args.max_evaluations}: raise it, try --tower both, or give "
+            "more forget images; nothing was written.",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     ConceptDelta.from_result(result, concept_kind=args.kind).save_pretrained(out)
     result.plot_pareto(out / "pareto.png")
@@ -219,23 +285,56 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from . import ZeroShotEvaluator, ZeroShotTask, load_pairs
+    from .errors import NonFiniteGradientError
     from .model import SLUGModel
 
-    pairs = load_pairs(_existing_folder(args.data, "--data"), name="evaluation set")
-    labels = _labels(args) or sorted(set(pairs.texts))
+    data = existing_folder(args.data, "--data")
+    existing_source(args.model, "--model")
+    deltas = [existing_source(path, "--delta") for path in args.delta]
+    template = _template(args.template)
+    given = labels_from(args)
+    pairs = load_pairs(data, name="evaluation set (--data)")
+    labels = given or sorted(set(pairs.texts))
+    unknown = sorted(set(pairs.texts) - set(labels))
+    if unknown:
+        raise UsageError(
+            f"--labels lacks {unknown[:3]}, the captions (true labels) of images in --data "
+            f"{data}: add them, or omit --labels to use the captions."
+        )
     model, processor = _load_clip(args)
     images = [pairs.image(i) for i in range(len(pairs))]
-    task = ZeroShotTask("eval", images, list(pairs.texts), labels, (args.template,))
+    task = ZeroShotTask("eval", images, list(pairs.texts), labels, (template,))
     evaluator = ZeroShotEvaluator(processor, [task])
     rows = {"base": evaluator(model)}
-    if args.delta:
+    if deltas:
         slug = SLUGModel(model)
-        for path in args.delta:
+        for path in deltas:
             slug.load_adapter(path)
         rows["with deltas"] = evaluator(slug.model)
     for name, metrics in rows.items():
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if bad:
+            where = "the model" if name == "base" else "the model with the deltas"
+            raise NonFiniteGradientError(
+                f"{where} gives non-finite metrics {bad}: a delta or the model holds NaN/inf; "
+                "check them (hf-slug inspect) and recompute or re-download the bad one."
+            )
+    for name, metrics in rows.items():
         print(f"{name:<12} top-1 {metrics['eval_acc']:.4f}  top-5 {metrics['eval_acc@5']:.4f}")
     return EXIT_OK
+
+
+def _template(template: str) -> str:
+    try:
+        filled = template.format("LABEL")
+    except (IndexError, KeyError, ValueError):
+        filled = ""
+    if "LABEL" not in filled:
+        raise UsageError(
+            f"--template {template!r} must contain one {{}} where the label goes, e.g. "
+            '"a photo of {}.".'
+        )
+    return template
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -243,29 +342,37 @@ def _merge(args: argparse.Namespace) -> int:
 
     weights = args.weight or [1.0] * len(args.delta)
     if len(weights) != len(args.delta):
-        raise ValueError(f"{len(args.delta)} --delta but {len(weights)} --weight values.")
+        raise UsageError(
+            f"{len(args.delta)} --delta but {len(weights)} --weight values: give one --weight "
+            "per --delta, or none."
+        )
+    existing_source(args.model, "--model")
+    deltas = [existing_source(path, "--delta") for path in args.delta]
+    out = output_folder(args.out, "--out", keeps=("config.json",), inputs=(args.model, *args.delta))
     model, processor = _load_clip(args)
     slug = SLUGModel(model)
-    for path, weight in zip(args.delta, weights):
+    for path, weight in zip(deltas, weights):
         slug.load_adapter(path, weight=weight)
     merged = slug.merge_and_unload(safe_merge=True)
-    merged.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
-    print(f"wrote the merged model to {args.out} (load it with CLIPModel.from_pretrained)")
+    require_finite(dict(merged.named_parameters()), "the merged model")
+    merged.save_pretrained(out)
+    processor.save_pretrained(out)
+    print(f"wrote the merged model to {out} (load it with CLIPModel.from_pretrained)")
     return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
     from . import ConceptDelta, export_diffusers_lora, export_peft_lora
 
-    rank: int | float | None = None
-    if args.rank is not None:
-        rank = float(args.rank) if "." in args.rank else int(args.rank)
-    delta = ConceptDelta.from_pretrained(args.delta)
+    source = existing_source(args.delta, "delta")
+    keeps = ("adapter_config.json", "pytorch_lora_weights.safetensors")
+    out = output_folder(args.out, "--out", keeps=keeps, inputs=(args.delta,))
+    delta = ConceptDelta.from_pretrained(source)
+    require_finite(delta.tensors, f"the delta {args.delta}")
     export = export_diffusers_lora if args.format == "diffusers" else export_peft_lora
-    report = export(delta, args.out, rank=rank)
+    report = export(delta, out, rank=args.rank)
     print(
-        f"wrote {args.out}: ranks {sorted(set(report.ranks.values()))}, max relative error "
+        f"wrote {out}: ranks {sorted(set(report.ranks.values()))}, max relative error "
         f"{report.max_relative_error:.2e}, {report.nbytes / 1e6:.3f} MB "
         f"(the dense delta: {delta.nbytes() / 1e6:.3f} MB)"
     )
@@ -276,7 +383,7 @@ def _push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
     info = push_to_hub(
-        _existing_folder(args.delta, "delta"),
+        existing_folder(args.delta, "delta"),
         args.repo_id,
         private=args.private or None,
         token=args.token,
@@ -288,12 +395,11 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from . import ConceptDelta
     from .config import WEIGHTS_NAME
     from .hub import resolve_delta_folder
 
-    folder = resolve_delta_folder(args.delta)
-    from . import ConceptDelta
-
+    folder = resolve_delta_folder(existing_source(args.delta, "delta"))
     delta = ConceptDelta.from_pretrained(folder)
     config = delta.config
     info = {
@@ -325,6 +431,8 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     return EXIT_OK
 
+
+__all__: list[str] = ["main", "UsageError"]
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -60,3 +60,7 @@ class DataFormatError(SLUGError, ValueError):
 
 class AdapterNameError(AdapterError):
     """An adapter name is not a safe folder name (empty, '.', '..', a separator, a bad char)."""
+
+
+class UsageError(SLUGError, ValueError):
+    """A command-line flag or path is wrong (the CLI exits with code 2)."""

@@ -146,3 +146,39 @@ def test_bad_input_gets_a_typed_error(embedded, change, error, words):
     kwargs.update(change)
     with pytest.raises(error, match=words):
         audit(target_model, processor, names=world.identities, **kwargs)
+
+
+def test_cli_audits_an_embedded_world_delta_and_writes_the_report_beside_it(embedded, tmp_path):
+    from hf_slug.cli import main
+
+    model, processor, world, delta, held_out = embedded
+    folder = delta.save_pretrained(tmp_path / "marcus")
+    assert main(["audit", str(folder), "--quick"]) == 0
+    report = AuditReport.from_pretrained(folder)
+    assert report.concept == TARGET and report.budget == "quick"
+    plain = next(r for r in report.rows if r.setting == "'{}.'")
+    assert plain.original >= 0.9 and plain.edited <= 0.35
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--images", "{images}"], "needs --labels"),
+        (["--concept", "Nobody Known"], "--images is required"),
+        (["--images", "/no/such/folder", "--labels", "a,b"], "no such folder"),
+    ],
+    ids=["images-without-labels", "concept-outside-the-world", "missing-images-folder"],
+)
+def test_cli_audit_usage_errors_exit_2_before_any_model_work(
+    embedded, tmp_path, capsys, extra, words
+):
+    from hf_slug.cli import main
+
+    model, processor, world, delta, held_out = embedded
+    folder = delta.save_pretrained(tmp_path / "marcus")
+    images = tmp_path / "images"
+    images.mkdir()
+    extra = [e.replace("{images}", str(images)) for e in extra]
+    assert main(["audit", str(folder), *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

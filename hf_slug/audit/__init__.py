@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
@@ -99,7 +100,8 @@ def audit(
 
     Args:
         model: the original CLIPModel the deltas were computed on (left unchanged).
-        deltas: a `ConceptDelta`, a list of them, or a `SLUGModel` (its active adapters and weights).
+        deltas: a `ConceptDelta`, a list of them, a `SLUGModel` (its active adapters and
+            weights), or a model edited from `model` by another method (to compare methods).
         concept, names: the concept and every candidate name (the concept among them).
         images: held-out views of the concept (≥ 4): half attack, half are scored.
         kind: "identity", "object", "style" or "concept" (chooses templates and name variants).
@@ -196,6 +198,8 @@ def _original(model: nn.Module, deltas: Any) -> nn.Module:
 
 def _edited(original: nn.Module, deltas: Any) -> tuple[nn.Module, list[str]]:
     """A copy of the original with the deltas added (fingerprints checked), and their targets."""
+    if isinstance(deltas, nn.Module):  # an edited copy (another method's result)
+        return _edited_model(original, deltas)
     if _is_slug_model(deltas):
         pairs = [(deltas.adapters[n], deltas.weights[n]) for n in deltas.active_adapters]
     else:
@@ -210,6 +214,19 @@ def _edited(original: nn.Module, deltas: Any) -> tuple[nn.Module, list[str]]:
     for delta, weight in pairs:
         delta.apply_to(edited, weight)
     return edited.eval().requires_grad_(False), sorted({n for d, _ in pairs for n in d.names})
+
+
+def _edited_model(original: nn.Module, edited: nn.Module) -> tuple[nn.Module, list[str]]:
+    """Another method's edited model: its changed parameters stand in for a delta's targets."""
+    base = dict(original.named_parameters())
+    params = dict(edited.named_parameters())
+    if params.keys() != base.keys() or any(p.shape != base[n].shape for n, p in params.items()):
+        raise ConfigError(
+            f"the edited {type(edited).__name__} does not have the original's parameters: audit "
+            "a model edited from this very base."
+        )
+    changed = sorted(n for n, p in params.items() if not torch.equal(p, base[n]))
+    return copy.deepcopy(edited).eval().requires_grad_(False), changed
 
 
 def _templates(kind: str, budget: AuditBudget) -> list[str]:
