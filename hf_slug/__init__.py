@@ -4,8 +4,6 @@ Example:
     >>> from hf_slug import SLUGConfig, unlearn, ConceptDelta
 """
 
-__version__ = "0.1.0"
-
 from .config import SLUGConfig, UnlearningConfig
 from .data import ImageTextPairs, load_pairs
 from .delta import ConceptDelta
@@ -23,6 +21,7 @@ from .errors import (
     SLUGError,
     UnknownLayerError,
     UnsupportedModelError,
+    UsageError,
 )
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
 from .export import export_peft_lora
@@ -30,8 +29,10 @@ from .families.diffusion import DiffusionEvaluator, export_diffusers_lora, unlea
 from .families.vlm import VLMIdentityEvaluator, VLMUnlearning, unlearn_vlm
 from .hub import push_to_hub
 from .model import SLUGModel
+from .names import validate_adapter_name
 from .stacking import StackRequest, unlearn_stack
 from .unlearn import UnlearningResult, unlearn
+from .version import __version__
 
 __all__ = [
     "StackRequest",
@@ -59,6 +60,7 @@ __all__ = [
     "UnlearningConfig",
     "UnlearningResult",
     "UnsupportedModelError",
+    "UsageError",
     "VLMIdentityEvaluator",
     "VLMUnlearning",
     "ZeroShotEvaluator",
@@ -70,4 +72,5 @@ __all__ = [
     "unlearn",
     "unlearn_pipeline",
     "unlearn_vlm",
+    "validate_adapter_name",
 ]

@@ -15,14 +15,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
+import numbers
+import re
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DeltaFormatError
-from .io import write_json
+import torch
+
+from .errors import ConfigError, DeltaFormatError
+from .io import finite_real, parse_json_bytes, write_json
+from .version import __version__
 
 CONFIG_NAME = "slug_config.json"
 WEIGHTS_NAME = "slug_model.safetensors"
@@ -30,9 +35,22 @@ STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, act
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
+
+
+TOWERS = ("vision", "text")
+CAPTION_MODES = ("original", "concept_name")
+DELTA_FORMATS = ("dense", "lowrank")
+MAX_NESTING = 64  # metrics / settings deeper than this are not a config hf_slug wrote
+
+
+def _positive_int(value: Any, name: str, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(
+            f"{name} must be a positive int, got {value!r}: pass {example} or another positive "
+            "number."
+        )
+    return value
 
 
 @dataclass
@@ -73,15 +91,99 @@ class SLUGConfig:
     utility_metric: str = "utility"
 
     def __post_init__(self) -> None:
+        """Check every field's type and range (ConfigError), before any gradient work."""
+        if not isinstance(self.concept, str) or not self.concept.strip():
+            raise ConfigError(
+                f"concept must be a non-empty string naming what to unlearn, got "
+                f"{self.concept!r}: pass e.g. concept='Ada Byron'."
+            )
         if isinstance(self.towers, str):
             self.towers = (self.towers,)
+        if not isinstance(self.towers, (list, tuple)):
+            raise ConfigError(
+                f"towers must be 'vision', 'text' or a tuple of them, got {self.towers!r}: pass "
+                "e.g. towers=('vision', 'text')."
+            )
         self.towers = tuple(self.towers)
-        if not self.concept or not isinstance(self.concept, str):
-            raise ValueError("concept must be a non-empty string naming what to unlearn.")
-        if self.caption_mode not in ("original", "concept_name"):
-            raise ValueError(
+        if not self.towers or any(t not in TOWERS for t in self.towers):
+            raise ConfigError(
+                f"towers must be a non-empty subset of {TOWERS}, got {self.towers!r}: pass "
+                "e.g. towers=('vision', 'text')."
+            )
+        self._check_layer()
+        if self.group not in (None, "qkv", "mlp"):
+            raise ConfigError(f"group must be None, 'qkv' or 'mlp', got {self.group!r}.")
+        if self.caption_mode not in CAPTION_MODES:
+            raise ConfigError(
                 f"caption_mode must be 'original' or 'concept_name', got {self.caption_mode!r}."
             )
+        self._check_labels()
+        _positive_int(self.batch_size, "batch_size", "batch_size=32")
+        _positive_int(self.max_evaluations, "max_evaluations", "max_evaluations=10")
+        if self.top_k is not None:
+            _positive_int(self.top_k, "top_k", "top_k=4, or top_k=None for every front layer")
+        step = finite_real(self.initial_step)
+        if step is None or step <= 0:
+            raise ConfigError(
+                f"initial_step must be a finite number > 0, got {self.initial_step!r}: pass "
+                "e.g. initial_step=0.1."
+            )
+        if finite_real(self.forget_target) is None:
+            raise ConfigError(
+                f"forget_target must be a finite number on the forget metric's scale, got "
+                f"{self.forget_target!r}: pass e.g. forget_target=0.0 (never recognised)."
+            )
+        tolerance = self.utility_tolerance
+        if tolerance is not None and (finite_real(tolerance) is None or tolerance < 0):
+            raise ConfigError(
+                f"utility_tolerance must be None or a finite number >= 0, got {tolerance!r}: "
+                "pass e.g. utility_tolerance=0.01."
+            )
+        if not isinstance(self.include_projections, bool):
+            raise ConfigError(
+                f"include_projections must be True or False, got {self.include_projections!r}."
+            )
+        for name in ("forget_metric", "utility_metric"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(
+                    f"{name} must be a metric name (a non-empty str), got {getattr(self, name)!r}."
+                )
+
+    def _check_layer(self) -> None:
+        layer = self.layer
+        if isinstance(layer, str):
+            if not layer.strip():
+                raise ConfigError(
+                    "layer must be 'auto' or a layer name, got an empty string: pass "
+                    "layer='auto' or e.g. layer='vision.L3.fc1'."
+                )
+            return
+        if isinstance(layer, tuple):
+            layer = list(layer)
+        if not isinstance(layer, list) or not layer:
+            raise ConfigError(
+                f"layer must be 'auto', a layer name or a non-empty list of names, got "
+                f"{self.layer!r}: pass layer='auto' or e.g. layer=['vision.L3.fc1']."
+            )
+        if any(not isinstance(n, str) or not n.strip() for n in layer):
+            raise ConfigError(
+                f"every layer name must be a non-empty string, got {self.layer!r}: pass e.g. "
+                "layer=['vision.L3.fc1']."
+            )
+        self.layer = layer
+
+    def _check_labels(self) -> None:
+        labels = self.candidate_labels
+        if labels is None:
+            return
+        if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
+            raise ConfigError(
+                f"candidate_labels must be None or a non-empty list of names, got {labels!r}: "
+                f"pass e.g. candidate_labels=[{self.concept!r}, 'another name']."
+            )
+        if any(not isinstance(x, str) or not x.strip() for x in labels):
+            raise ConfigError(f"every candidate label must be a non-empty string, got {labels!r}.")
+        self.candidate_labels = list(labels)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -145,32 +247,34 @@ class UnlearningConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UnlearningConfig:
-        """Build from a dict: unknown keys warn and are ignored, missing required keys raise."""
+    def from_dict(cls, data: Any, source: str | Path = "the slug config") -> UnlearningConfig:
+        """Build from decoded JSON, checking every field's type, finiteness and range.
+
+        Unknown keys warn and are ignored; missing required keys or a value that is not an
+        object raise DeltaFormatError; a field of the wrong type or value raises ConfigError.
+        """
         if not isinstance(data, dict):
             raise DeltaFormatError(
-                f"a slug config must be a JSON object, got {type(data).__name__}."
+                f"{source} must be a JSON object, got {type(data).__name__}: it is not an "
+                "hf_slug delta config or it was damaged; save the delta again."
             )
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise DeltaFormatError(
-                f"the slug config lacks required key(s) {missing}: it is not an hf_slug delta "
+                f"{source} lacks required key(s) {missing}: it is not an hf_slug delta "
                 "config or it was truncated; save the delta again."
             )
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in data if k not in known)
         if unknown:
             warnings.warn(
                 f"ignoring unknown slug config key(s) {unknown} (written by a newer hf_slug?).",
                 stacklevel=2,
             )
-        kwargs = {k: v for k, v in data.items() if k in known}
-        try:
-            kwargs["targets"] = {n: TargetInfo(**t) for n, t in data["targets"].items()}
-        except (TypeError, AttributeError) as error:
-            raise DeltaFormatError(
-                f"the slug config's 'targets' are malformed: {error}."
-            ) from error
+        kwargs = {}
+        for key, value in data.items():
+            if key in known:
+                kwargs[key] = _FIELD_CHECKS[key](value, f"{source}: {key!r}")
         return cls(**kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -178,6 +282,11 @@ class UnlearningConfig:
         path = Path(directory) / CONFIG_NAME
         write_json(path, self.to_dict())
         return path
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str | Path) -> UnlearningConfig:
+        """Parse the bytes of a `slug_config.json` (bad UTF-8 / JSON: DeltaFormatError)."""
+        return cls.from_dict(parse_json_bytes(raw, source), source)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> UnlearningConfig:
@@ -188,8 +297,147 @@ class UnlearningConfig:
                 f"{path} does not exist: {directory} is not an hf_slug delta folder (it needs "
                 f"{CONFIG_NAME} and {WEIGHTS_NAME})."
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise DeltaFormatError(f"{path} is not valid JSON ({error}); save it again.") from error
-        return cls.from_dict(data)
+        return cls.from_bytes(path.read_bytes(), path)
+
+
+# -- field checks of a loaded config --------------------------------------------------------------
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _bad(where: str, want: str, value: Any, fix: str) -> ConfigError:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return ConfigError(f"{where} must be {want}, got {type(value).__name__} {shown}: {fix}.")
+
+
+def _text(optional: bool = False, choices: tuple[str, ...] | None = None, empty: bool = True):
+    def check(value: Any, where: str) -> str | None:
+        if value is None and optional:
+            return None
+        ok = isinstance(value, str) and (empty or value.strip())
+        if ok and (choices is None or value in choices):
+            return value
+        want = (
+            f"one of {list(choices)}"
+            if choices
+            else "a non-empty string"
+            if not empty
+            else "a string"
+        )
+        want += " or null" if optional else ""
+        raise _bad(where, want, value, "fix the value or save the delta again")
+
+    return check
+
+
+def _finite_non_negative(value: Any, where: str) -> float:
+    number = finite_real(value)
+    if number is None or number < 0:
+        raise _bad(where, "a finite number >= 0", value, "save the delta again")
+    return number
+
+
+def _rank(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(where, "null or a positive int", value, "save the delta again")
+    return value
+
+
+def _dtype_name(value: Any, where: str) -> str:
+    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+        return value
+    raise _bad(where, "a torch dtype name such as 'float32'", value, "save the delta again")
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and dicts nest in `value` (iterative: no recursion limit)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            todo.extend((c, level + 1) for c in children)
+    return deepest
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _bad(where, "an object", value, "save the delta again")
+    if _depth(value) > MAX_NESTING:
+        raise ConfigError(
+            f"{where} nests deeper than {MAX_NESTING} levels: it was not written by hf_slug; "
+            "save the delta again."
+        )
+    return value
+
+
+def _scales(value: Any, where: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise _bad(where, "an object of tensor name -> number", value, "save the delta again")
+    scales = {}
+    for name, scale in value.items():
+        number = finite_real(scale)
+        if number is None:
+            raise _bad(f"{where}[{name!r}]", "a finite number", scale, "save the delta again")
+        scales[name] = number
+    return scales
+
+
+def _target(name: Any, info: Any, where: str) -> TargetInfo:
+    where = f"{where}[{name!r}]"
+    if not isinstance(name, str) or not name:
+        raise _bad(where, "keyed by a parameter name", name, "save the delta again")
+    if not isinstance(info, dict):
+        raise _bad(where, "an object with shape, dtype, sha256, tower", info, "save it again")
+    missing = [k for k in ("shape", "dtype", "sha256") if k not in info]
+    if missing:
+        raise DeltaFormatError(f"{where} lacks {missing}: save the delta again.")
+    unknown = sorted(str(k) for k in info if k not in ("shape", "dtype", "sha256", "tower"))
+    if unknown:
+        warnings.warn(f"{where}: ignoring unknown key(s) {unknown}.", stacklevel=4)
+    shape = info["shape"]
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+    ):
+        raise _bad(f"{where}['shape']", "a list of positive ints", shape, "save the delta again")
+    sha = info["sha256"]
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise _bad(f"{where}['sha256']", "64 lowercase hex digits (a string)", sha, "save it again")
+    tower = _text(optional=True, choices=TOWERS)(info.get("tower"), f"{where}['tower']")
+    return TargetInfo(list(shape), _dtype_name(info["dtype"], f"{where}['dtype']"), sha, tower)
+
+
+def _targets(value: Any, where: str) -> dict[str, TargetInfo]:
+    if not isinstance(value, dict):
+        raise _bad(where, "an object of parameter name -> target", value, "save it again")
+    return {name: _target(name, info, where) for name, info in value.items()}
+
+
+def _concept(value: Any, where: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise _bad(where, "a non-empty string", value, "write the concept's name there")
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "concept": _concept,
+    "step": _finite_non_negative,
+    "targets": _targets,
+    "scales": _scales,
+    "concept_kind": _text(),
+    "model_family": _text(empty=False),
+    "component": _text(optional=True),
+    "caption_mode": _text(choices=CAPTION_MODES),
+    "base_model_name_or_path": _text(optional=True),
+    "base_model_revision": _text(optional=True),
+    "delta_format": _text(choices=DELTA_FORMATS),
+    "delta_dtype": _dtype_name,
+    "rank": _rank,
+    "metrics": _mapping,
+    "settings": _mapping,
+    "hf_slug_version": _text(),
+}

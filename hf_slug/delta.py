@@ -1,6 +1,8 @@
 """A concept's delta: its tensors, the config that says what they apply to, and their files.
 
-On disk a delta is a folder with `slug_config.json` and `slug_model.safetensors`. Tensor keys are
+On disk a delta is a folder with `slug_config.json` and `slug_model.safetensors`, written as a
+whole (`hf_slug.io.atomic_folder`) and read as a whole (`hf_slug.io.PinnedFolder`), so a reader
+never pairs one save's config with another save's tensors. Tensor keys are
 parameter paths in the model the delta applies to (`vision_model.encoder.layers.3.mlp.fc1.weight`,
 or `text_encoder.…` in a pipeline). A dense delta stores one tensor per target; a low-rank one
 stores `{name}.up` (out × r) and `{name}.down` (r × in) with Δ = up @ down.
@@ -13,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -20,11 +23,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from .config import CONFIG_NAME, WEIGHTS_NAME, TargetInfo, UnlearningConfig
-from .errors import DeltaFormatError, FingerprintMismatchError, NonFiniteGradientError
-from .io import atomic_path, fingerprint, read_safetensors, write_json
+from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, TargetInfo, UnlearningConfig
+from .errors import (
+    AdapterError,
+    ConfigError,
+    DeltaFormatError,
+    FingerprintMismatchError,
+    NonFiniteGradientError,
+)
+from .families.clip import block_index, find_towers
+from .io import (
+    PinnedFolder,
+    atomic_folder,
+    fingerprint,
+    parse_safetensors_bytes,
+    read_consistently,
+    write_json,
+)
+from .names import StackEntry, folder_layout, owned_entries, read_stack_index
 
 if TYPE_CHECKING:
     from .unlearn import UnlearningResult
@@ -40,16 +59,62 @@ class ConceptDelta:
     tensors: dict[str, torch.Tensor]
 
     def __post_init__(self) -> None:
-        expected = set(self.config.targets)
+        """Check that the tensors are exactly the config's targets, with their shapes."""
+        names = self.config.targets
         if self.config.delta_format == "lowrank":
-            present = {k.removesuffix(UP) for k in self.tensors if k.endswith(UP)}
+            expected = {n + suffix for n in names for suffix in (UP, DOWN)}
         else:
-            present = set(self.tensors)
-        if present != expected:
+            expected = set(names)
+        if set(self.tensors) != expected:
+            extra = sorted(set(self.tensors) - expected)[:3]
+            lacking = sorted(expected - set(self.tensors))[:3]
             raise DeltaFormatError(
-                f"the delta's tensors {sorted(present)[:3]} do not match its config's targets "
-                f"{sorted(expected)[:3]}: the folder is inconsistent; save it again."
+                f"the delta's tensors do not match its config's targets (unexpected {extra}, "
+                f"missing {lacking}): the folder is inconsistent; save it again."
             )
+        for name, info in names.items():
+            self._check_shape(name, list(info.shape))
+
+    def _check_shape(self, name: str, want: list[int]) -> None:
+        if self.config.delta_format != "lowrank":
+            tensor = self.tensors[name]
+            _floating(name, tensor)
+            if list(tensor.shape) != want:
+                raise DeltaFormatError(
+                    f"the delta for {name} has shape {list(tensor.shape)}, its config says "
+                    f"{want}: the folder is inconsistent; save it again."
+                )
+            return
+        up, down = self.tensors[name + UP], self.tensors[name + DOWN]
+        _floating(name + UP, up)
+        _floating(name + DOWN, down)
+        if up.ndim != 2 or down.ndim != 2 or up.shape[1] != down.shape[0] or up.shape[1] < 1:
+            raise DeltaFormatError(
+                f"the low-rank factors of {name} do not multiply: up is {list(up.shape)}, down "
+                f"is {list(down.shape)} (they need out x r and r x in, r >= 1); save it again."
+            )
+        if [up.shape[0], down.shape[1]] != want:
+            raise DeltaFormatError(
+                f"the low-rank factors of {name} make a {[up.shape[0], down.shape[1]]} delta, "
+                f"its config says {want}: the folder is inconsistent; save it again."
+            )
+
+    def check_finite(self, source: str | Path | None = None) -> None:
+        """Raise NonFiniteGradientError if a stored tensor or the dense delta holds NaN/inf."""
+        where = f"{source}: " if source else ""
+        for key, tensor in self.tensors.items():
+            if not torch.isfinite(tensor).all():
+                raise NonFiniteGradientError(
+                    f"{where}the delta for {self.config.concept!r} holds NaN/inf in {key}: it "
+                    "would corrupt every output. Recompute the delta or load a good copy."
+                )
+        for name, value in self.dense().items():
+            if not torch.isfinite(value).all():
+                raise NonFiniteGradientError(
+                    f"{where}the low-rank factors of {name} in the delta for "
+                    f"{self.config.concept!r} overflow to NaN/inf when multiplied: recompute "
+                    "the delta or load a good copy."
+                )
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -101,6 +166,15 @@ class ConceptDelta:
             }
         return {n: self.tensors[n].float() for n in self.names}
 
+    def digest(self) -> str:
+        """sha256 over the stored tensors (names and values): which delta a report is about."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(self.tensors):
+            digest.update(f"{name}:{fingerprint(self.tensors[name])};".encode())
+        return digest.hexdigest()
+
     def nbytes(self) -> int:
         """Bytes of tensor data this delta stores."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
@@ -118,6 +192,28 @@ class ConceptDelta:
             ranks.append(up.shape[1])
         config = replace(self.config, delta_format="lowrank", rank=max(ranks))
         return ConceptDelta(config, tensors), errors
+
+    def rekeyed(self, mapping: Mapping[str, str]) -> ConceptDelta:
+        """This delta with its target names mapped (`mapping`: old name -> host name)."""
+        if all(k == v for k, v in mapping.items()):
+            return self
+        suffixes = ("", UP, DOWN)
+        tensors = {}
+        for key, value in self.tensors.items():
+            base = next(k for k in mapping for s in suffixes if key == k + s)
+            tensors[mapping[base] + key[len(base) :]] = value
+        targets = {mapping[k]: v for k, v in self.config.targets.items()}
+        scales = {mapping.get(k, k): v for k, v in self.config.scales.items()}
+        return ConceptDelta(replace(self.config, targets=targets, scales=scales), tensors)
+
+    def check_weighted(self, weight: float, name: str) -> None:
+        """Raise NonFiniteGradientError if `weight` × this delta overflows to inf."""
+        for key, value in self.dense().items():
+            if not torch.isfinite(weight * value).all():
+                raise NonFiniteGradientError(
+                    f"weight {weight:g} times the delta of {name!r} overflows to inf in {key}: "
+                    "pass a smaller weight."
+                )
 
     # -- checks and application -----------------------------------------------------------
     def check_base(
@@ -152,6 +248,15 @@ class ConceptDelta:
                 continue
             base = base_tensors[name] if base_tensors and name in base_tensors else params[name]
             actual = fingerprint(base.to(_dtype(info.dtype)))
+            held = str(base.dtype).removeprefix("torch.")
+            if actual != info.sha256 and held != info.dtype:
+                raise FingerprintMismatchError(
+                    f"{name} does not match the delta for {self.config.concept!r} because of "
+                    f"its dtype: the model holds {held}, the delta was computed on "
+                    f"{info.dtype}. Load the model in {info.dtype} "
+                    f"(torch_dtype=torch.{info.dtype}) before applying, or pass "
+                    "check_fingerprint=False if you accept the rounding."
+                )
             if actual != info.sha256:
                 raise FingerprintMismatchError(
                     f"{name} is not the tensor the delta for {self.config.concept!r} was computed "
@@ -175,9 +280,19 @@ class ConceptDelta:
 
     # -- files ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the folder; `dtype=torch.float16` halves it. Nothing is replaced on failure."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write the folder; `dtype=torch.float16` halves it. Nothing is replaced on failure.
+
+        The folder is replaced as a whole (see `hf_slug.io.atomic_folder`): the new config and
+        tensors appear together, a stack saved there before (its `slug_stack.json` and adapter
+        sub-folders) is replaced by this one delta, and files hf_slug did not write (README.md,
+        notes) are kept.
+        """
+        with atomic_folder(directory, owned_entries) as tmp:
+            self.write_files(tmp, dtype=dtype)
+        return Path(directory)
+
+    def write_files(self, directory: Path, *, dtype: torch.dtype | None = None) -> None:
+        """Write config and tensors into `directory` (created; no atomicity: see save_pretrained)."""
         tensors = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in self.tensors.items()}
         if any(not torch.isfinite(t).all() for t in tensors.values()):
             raise NonFiniteGradientError(
@@ -188,30 +303,45 @@ class ConceptDelta:
             str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else "float32"
         )
         config = replace(self.config, delta_dtype=stored)
-        from safetensors.torch import save_file
-
-        with atomic_path(directory / WEIGHTS_NAME) as weights_tmp:
-            save_file(tensors, str(weights_tmp), metadata={"format": "pt", "hf_slug": "delta"})
-            with atomic_path(directory / CONFIG_NAME) as config_tmp:
-                write_json(config_tmp, config.to_dict())
-        return directory
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu") for k, v in tensors.items()}
+        save_file(
+            tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "hf_slug": "delta"}
+        )
+        write_json(directory / CONFIG_NAME, config.to_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **hub_kwargs: Any) -> ConceptDelta:
-        """Load a delta folder, or a Hub repo id (see `hf_slug.hub.resolve_delta_folder`)."""
-        from .hub import resolve_delta_folder
+        """Load a delta folder, or a Hub repo id (see `hf_slug.hub.resolve_folder`).
 
-        folder = resolve_delta_folder(path, **hub_kwargs)
-        config = UnlearningConfig.from_pretrained(folder)
-        tensors = read_safetensors(folder / WEIGHTS_NAME)
-        delta = cls(config, tensors)
-        for name, info in config.targets.items():
-            shape = list(delta.dense()[name].shape)
-            if shape != list(info.shape):
-                raise DeltaFormatError(
-                    f"{folder}: the delta for {name} has shape {shape}, its config says "
-                    f"{info.shape}; the folder is inconsistent."
-                )
+        The config is validated field by field, the tensors against it, and a delta holding
+        NaN/inf is refused (NonFiniteGradientError). A save replacing the folder meanwhile is
+        waited out: the config and tensors read always come from the same save.
+        """
+        from .hub import not_a_delta_error, resolve_folder
+
+        def read() -> ConceptDelta:
+            folder = resolve_folder(path, **hub_kwargs)
+            with PinnedFolder(folder) as pinned:
+                kind = folder_layout(pinned.is_file(CONFIG_NAME), pinned.is_file(STACK_NAME), path)
+                if kind != "delta":
+                    raise not_a_delta_error(folder, path, stack=kind == "stack")
+                return cls.read_pinned(pinned, folder)
+
+        return read_consistently(read)
+
+    @classmethod
+    def read_pinned(cls, pinned: PinnedFolder, source: str | Path) -> ConceptDelta:
+        """Read and check the delta in an opened folder (see `hf_slug.io.PinnedFolder`)."""
+        source = Path(source)
+        config = UnlearningConfig.from_bytes(pinned.read_bytes(CONFIG_NAME), source / CONFIG_NAME)
+        tensors = parse_safetensors_bytes(pinned.read_bytes(WEIGHTS_NAME), source / WEIGHTS_NAME)
+        pinned.check_unchanged()
+        try:
+            delta = cls(config, tensors)
+        except DeltaFormatError as error:
+            raise DeltaFormatError(f"{source}: {error}") from error
+        delta.check_finite(source)
         return delta
 
 
@@ -224,6 +354,11 @@ def low_rank_factors(
     numerical rank of `numpy.linalg.matrix_rank`); an int keeps that
     many; a float in (0, 1] keeps the fewest values holding that fraction of the squared norm.
     """
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, numbers.Real)):
+        raise ConfigError(
+            f"rank must be None, a positive int or an energy fraction in (0, 1], got {rank!r}: "
+            "pass e.g. rank=8 or rank=0.99."
+        )
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     if rank is None:
         # numpy.linalg.matrix_rank's rule: values below float32 noise carry nothing
@@ -231,12 +366,14 @@ def low_rank_factors(
         keep = max(1, int((s > tolerance).sum())) if s.numel() and s[0] > 0 else 1
     elif isinstance(rank, float):
         if not 0 < rank <= 1:
-            raise ValueError(f"an energy fraction must be in (0, 1], got {rank}.")
+            raise ConfigError(
+                f"an energy fraction must be in (0, 1], got {rank}: pass e.g. rank=0.99."
+            )
         energy = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-300)
         keep = int((energy < rank - 1e-12).sum()) + 1
     else:
         if rank < 1:
-            raise ValueError(f"rank must be at least 1, got {rank}.")
+            raise ConfigError(f"rank must be at least 1, got {rank}: pass e.g. rank=8.")
         keep = min(int(rank), s.numel())
     root = s[:keep].sqrt()
     up = (u[:, :keep] * root).float()
@@ -253,6 +390,81 @@ def _dtype(name: str) -> torch.dtype:
     return value
 
 
+def _floating(name: str, tensor: torch.Tensor) -> None:
+    if not tensor.is_floating_point():
+        raise DeltaFormatError(
+            f"the delta tensor {name} has dtype {tensor.dtype}, not a floating-point dtype: the "
+            "file is not an hf_slug delta; save it again."
+        )
+
+
 def folder_size(directory: str | Path) -> int:
     """Total bytes of the files in a folder (not recursive)."""
     return sum(os.path.getsize(p) for p in Path(directory).iterdir() if p.is_file())
+
+
+def read_delta_or_stack(
+    path: str | Path, adapter_name: str | None, hub_kwargs: dict[str, Any]
+) -> ConceptDelta | list[tuple[StackEntry, ConceptDelta]]:
+    """A delta, or a stack's (entry, delta) pairs (only `adapter_name`'s if given), read whole.
+
+    Every entry of the stack index is validated (`hf_slug.names.read_stack_index`) and each
+    adapter folder must be a plain sub-folder, so nothing outside the folder is read.
+    """
+    from .hub import not_a_delta_error, resolve_folder
+
+    folder = resolve_folder(path, **hub_kwargs)
+    with PinnedFolder(folder) as pinned:
+        kind = folder_layout(pinned.is_file(CONFIG_NAME), pinned.is_file(STACK_NAME), path)
+        if kind == "delta":
+            return ConceptDelta.read_pinned(pinned, folder)
+        if kind is None:
+            raise not_a_delta_error(folder, path)
+        entries = read_stack_index(pinned.read_bytes(STACK_NAME), folder / STACK_NAME)
+        if adapter_name is not None:
+            entries = [e for e in entries if e.name == adapter_name]
+            if not entries:
+                raise AdapterError(f"{path} holds no adapter named {adapter_name!r}.")
+        loaded = []
+        for entry in entries:
+            with pinned.sub(entry.name) as sub:
+                source = folder / entry.name
+                inner = folder_layout(sub.is_file(CONFIG_NAME), sub.is_file(STACK_NAME), source)
+                if inner != "delta":
+                    raise not_a_delta_error(source, source, stack=inner == "stack")
+                loaded.append((entry, ConceptDelta.read_pinned(sub, source)))
+        return loaded
+
+
+def host_parameter(
+    root: nn.Module, params: dict, key: str, info: TargetInfo, config: UnlearningConfig
+) -> str:
+    """Where a delta's tensor lives in this host: the same name, or the same block by structure.
+
+    A delta computed on a `CLIPModel` (`text_model.encoder.layers.3…`) finds its tensor in a
+    pipeline's `text_encoder.encoder.layers.3…` or a VLM's vision tower; the fingerprint check
+    then proves it is the same tensor.
+    """
+    if key in params:
+        return key
+    found = block_index(key)
+    towers = [t for t in find_towers(root) if info.tower in (None, t.kind)]
+    if config.component:
+        towers = [t for t in towers if config.component in t.path.split(".")] or towers
+    if found is not None:
+        block, weight = found
+        hits = [t.name(f"encoder.layers.{block}.{weight}") for t in towers]
+        hits = [h for h in hits if h in params]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise DeltaFormatError(
+                f"the delta's {key} matches several towers here ({hits}): the delta must name its "
+                "component (e.g. text_encoder or text_encoder_2)."
+            )
+    raise DeltaFormatError(
+        f"the delta for {config.concept!r} targets {key}, which this "
+        f"{type(root).__name__} does not have (no {info.tower or 'CLIP'} tower with that block). "
+        f"Load it onto the model family it was made for ({config.model_family}, base "
+        f"{config.base_model_name_or_path})."
+    )

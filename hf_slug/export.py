@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .delta import ConceptDelta, low_rank_factors
+from .errors import DeltaFormatError, NonFiniteGradientError
 from .io import write_json, write_safetensors
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -41,15 +42,32 @@ class ExportReport:
 def lora_factors(
     deltas: dict[str, torch.Tensor], rank: int | float | None
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, float]]:
-    """module path -> (A, B) with `B @ A ≈ Δ` (A: r × in, B: out × r), and the relative errors."""
+    """module path -> (A, B) with `B @ A ≈ Δ` (A: r × in, B: out × r), and the relative errors.
+
+    A delta holding NaN/inf raises NonFiniteGradientError (PEFT and diffusers exports alike).
+    """
+    check_finite_deltas(deltas)
     factors, errors = {}, {}
     for name, delta in deltas.items():
         if not name.endswith(".weight") or delta.ndim != 2:
-            raise ValueError(f"only 2-D `.weight` deltas export to LoRA, got {name}.")
+            raise DeltaFormatError(
+                f"only 2-D `.weight` deltas export to LoRA, got {name} with shape "
+                f"{list(delta.shape)}: export the delta's weight matrices only."
+            )
         up, down, error = low_rank_factors(delta, rank)
         factors[name.removesuffix(".weight")] = (down.contiguous(), up.contiguous())
         errors[name.removesuffix(".weight")] = error
     return factors, errors
+
+
+def check_finite_deltas(deltas: dict[str, torch.Tensor], how: str = "") -> None:
+    """Raise NonFiniteGradientError naming the first tensor that holds NaN/inf."""
+    for name, value in deltas.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteGradientError(
+                f"refusing to export: {name} holds NaN/inf{' ' + how if how else ''}, which no "
+                "LoRA can represent. Recompute the delta, or load a good copy of it."
+            )
 
 
 def export_peft_lora(
@@ -60,7 +78,10 @@ def export_peft_lora(
     base_model_name_or_path: str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> ExportReport:
-    """Write a PEFT LoRA adapter for `delta` (a ConceptDelta or name -> dense tensor)."""
+    """Write a PEFT LoRA adapter for `delta` (a ConceptDelta or name -> dense tensor).
+
+    A delta holding NaN/inf is refused with NonFiniteGradientError before anything is written.
+    """
     try:
         from peft import LoraConfig
     except ImportError as error:  # pragma: no cover - peft is a declared extra
@@ -86,6 +107,7 @@ def export_peft_lora(
     for module, (a, b) in factors.items():
         tensors[f"base_model.model.{module}.lora_A.weight"] = a.to(dtype)
         tensors[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype)
+    check_finite_deltas(tensors, f"in {dtype} (pass dtype=torch.float32)")
     directory = Path(directory)
     write_safetensors(directory / PEFT_WEIGHTS_NAME, tensors, {"format": "pt"})
     write_json(directory / PEFT_CONFIG_NAME, _jsonable(config.to_dict()))

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import math
 import re
 import shutil
 import string
@@ -21,6 +21,8 @@ from typing import Any
 
 from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, UnlearningConfig
 from .errors import DeltaFormatError, HubError
+from .io import FolderReplacedError, PinnedFolder, missing_folder_error, read_consistently
+from .names import folder_layout, read_stack_index
 
 PEFT_CONFIG = "adapter_config.json"
 CARD_NAME = "README.md"
@@ -36,22 +38,31 @@ def resolve_folder(
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
 ) -> Path:
-    """A local folder for a path, or for a Hub repo id (downloaded, or read from the cache)."""
+    """A local folder for a path, or for a Hub repo id (downloaded, or read from the cache).
+
+    `subfolder` must be a relative path that stays inside the folder or snapshot.
+    """
+    if subfolder is not None:
+        subfolder = _checked_subfolder(subfolder)
     local = Path(path_or_repo_id)
     if local.exists():
         folder = local / subfolder if subfolder else local
+        _inside(folder, local, subfolder)
         if not folder.is_dir():
             raise DeltaFormatError(f"{folder} is not a folder: pass the delta folder itself.")
         return folder
     repo_id = str(path_or_repo_id)
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id) or ".." in repo_id.split("/"):
+        replaced = missing_folder_error(local)
+        if isinstance(replaced, FolderReplacedError):  # a save is replacing that folder
+            raise replaced
         raise DeltaFormatError(
             f"{repo_id} is neither an existing folder nor a Hub repo id (org/name): check the path."
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    patterns = [f"{subfolder.strip('/')}/**", "*.json", "*.md"] if subfolder else None
+    patterns = [f"{subfolder}/**", "*.json", "*.md"] if subfolder else None
     try:
         snapshot = Path(
             snapshot_download(
@@ -63,6 +74,9 @@ def resolve_folder(
             )
         )
     except LocalEntryNotFoundError as error:
+        replaced = missing_folder_error(local)
+        if isinstance(replaced, FolderReplacedError):  # a local save is replacing it
+            raise replaced from error
         raise HubError(
             f"{repo_id} (revision {revision or 'main'}) is not in the local Hugging Face cache and "
             "the Hub cannot be reached (HF_HUB_OFFLINE is set, or no network): download it "
@@ -71,6 +85,7 @@ def resolve_folder(
     except HfHubHTTPError as error:
         raise HubError(f"cannot download {repo_id} from the Hub: {error}") from error
     folder = snapshot / subfolder if subfolder else snapshot
+    _inside(folder, snapshot, subfolder)
     if not folder.is_dir():
         raise HubError(
             f"{repo_id} has no sub-folder {subfolder!r} at revision {revision or 'main'}."
@@ -78,41 +93,97 @@ def resolve_folder(
     return folder
 
 
+def _checked_subfolder(subfolder: Any) -> str:
+    """A relative sub-folder path without '.', '..', empty parts, backslashes or a drive."""
+    if not isinstance(subfolder, str):
+        raise DeltaFormatError(
+            f"subfolder must be a str, got {type(subfolder).__name__}: pass e.g. subfolder='a'."
+        )
+    parts = subfolder.strip("/").split("/")
+    bad = (
+        not subfolder.strip("/")
+        or subfolder.startswith(("/", "~"))
+        or "\\" in subfolder
+        or ":" in subfolder
+        or any(p in ("", ".", "..") for p in parts)
+    )
+    if bad:
+        raise DeltaFormatError(
+            f"subfolder {subfolder!r} must be a relative path inside the folder or repo (no "
+            "'..', '.', empty parts, backslashes or absolute paths): pass e.g. subfolder='a'."
+        )
+    return "/".join(parts)
+
+
+def _inside(folder: Path, root: Path, subfolder: str | None) -> None:
+    """Second line of defence: the resolved sub-folder must stay inside `root`."""
+    if subfolder and not folder.resolve().is_relative_to(root.resolve()):
+        raise DeltaFormatError(
+            f"subfolder {subfolder!r} leads outside {root} (a symbolic link): pass a plain "
+            "sub-folder of it."
+        )
+
+
 def resolve_delta_folder(path_or_repo_id: str | Path, **hub_kwargs: Any) -> Path:
     """Like `resolve_folder`, and check that the folder holds one hf_slug delta."""
     folder = resolve_folder(path_or_repo_id, **hub_kwargs)
-    if (folder / CONFIG_NAME).is_file():
+    kind = folder_layout(
+        (folder / CONFIG_NAME).is_file(), (folder / STACK_NAME).is_file(), path_or_repo_id
+    )
+    if kind == "delta":
         return folder
+    raise not_a_delta_error(folder, path_or_repo_id, stack=kind == "stack")
+
+
+def not_a_delta_error(folder: Path, source: str | Path, *, stack: bool = False) -> DeltaFormatError:
+    """The error for a folder that holds no single hf_slug delta, saying what it holds instead."""
     subfolders = sorted(p.parent.name for p in folder.glob(f"*/{CONFIG_NAME}"))
-    if subfolders:
-        raise DeltaFormatError(
-            f"{path_or_repo_id} holds several hf_slug deltas in sub-folders {subfolders}: pass "
+    if stack or subfolders:
+        return DeltaFormatError(
+            f"{source} holds several hf_slug deltas in sub-folders {subfolders}: pass "
             "subfolder= one of them, or load them all with SLUGModel.from_pretrained."
         )
     if (folder / PEFT_CONFIG).is_file():
-        raise DeltaFormatError(
-            f"{path_or_repo_id} holds a PEFT adapter ({PEFT_CONFIG}), not an hf_slug delta: load "
+        return DeltaFormatError(
+            f"{source} holds a PEFT adapter ({PEFT_CONFIG}), not an hf_slug delta: load "
             "it with peft.PeftModel.from_pretrained(model, ...) instead."
         )
-    raise DeltaFormatError(
-        f"{path_or_repo_id} holds no hf_slug delta: a delta folder has {CONFIG_NAME} and "
-        f"{WEIGHTS_NAME}."
+    return DeltaFormatError(
+        f"{source} holds no hf_slug delta: a delta folder has {CONFIG_NAME} and {WEIGHTS_NAME}."
     )
 
 
 # -- model cards ----------------------------------------------------------------------------
 def delta_configs(folder: Path) -> dict[str, UnlearningConfig]:
-    """The delta configs in a folder: itself (name "") or its stack's sub-folders."""
-    if (folder / CONFIG_NAME).is_file():
-        return {"": UnlearningConfig.from_pretrained(folder)}
-    index = folder / STACK_NAME
-    if index.is_file():
-        names = [e["name"] for e in json.loads(index.read_text(encoding="utf-8"))["adapters"]]
-        return {n: UnlearningConfig.from_pretrained(folder / n) for n in names}
-    raise DeltaFormatError(
-        f"{folder} holds no hf_slug delta ({CONFIG_NAME}) or stack ({STACK_NAME}): save one "
-        "with ConceptDelta.save_pretrained or SLUGModel.save_pretrained first."
-    )
+    """The delta configs in a folder: itself (name "") or its stack's sub-folders.
+
+    The stack index goes through the same validated parser as `SLUGModel.load_adapter`
+    (`hf_slug.names.read_stack_index`), so no entry can name a folder outside `folder`.
+    """
+    folder = Path(folder)
+
+    def read() -> dict[str, UnlearningConfig]:
+        with PinnedFolder(folder) as pinned:
+            kind = folder_layout(pinned.is_file(CONFIG_NAME), pinned.is_file(STACK_NAME), folder)
+            if kind == "delta":
+                raw = pinned.read_bytes(CONFIG_NAME)
+                return {"": UnlearningConfig.from_bytes(raw, folder / CONFIG_NAME)}
+            if kind == "stack":
+                entries = read_stack_index(pinned.read_bytes(STACK_NAME), folder / STACK_NAME)
+                configs = {}
+                for entry in entries:
+                    with pinned.sub(entry.name) as sub:
+                        raw = sub.read_bytes(CONFIG_NAME)
+                    configs[entry.name] = UnlearningConfig.from_bytes(
+                        raw, folder / entry.name / CONFIG_NAME
+                    )
+                return configs
+        raise DeltaFormatError(
+            f"{folder} holds no hf_slug delta ({CONFIG_NAME}) or stack ({STACK_NAME}): save one "
+            "with ConceptDelta.save_pretrained or SLUGModel.save_pretrained first."
+        )
+
+    return read_consistently(read)
 
 
 def model_card(folder: str | Path, repo_id: str | None = None) -> str:
@@ -159,10 +230,12 @@ def _replace_section(text: str, section: str) -> str:
 def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: str | None) -> str:
     first = next(iter(configs.values()))
     concepts = [c.concept for c in configs.values()]
-    metrics = first.metrics or {}
+    metrics = first.metrics if isinstance(first.metrics, dict) else {}
     before, after = metrics.get("before", {}), metrics.get("after", {})
+    before = before if isinstance(before, dict) else {}
+    after = after if isinstance(after, dict) else {}
     rows = ["| metric | before | after |", "|---|---|---|"]
-    rows += [f"| {k} | {before[k]:.4f} | {after.get(k, float('nan')):.4f} |" for k in before]
+    rows += [f"| {k} | {_number(before[k])} | {_number(after.get(k))} |" for k in before]
     pareto = next((p for p in ("pareto.png", "pareto_front.png") if (folder / p).exists()), None)
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
     source = repo_id or "path/to/this/folder"
@@ -191,21 +264,60 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
         "delta_format": first.delta_format,
         "delta_dtype": first.delta_dtype,
         "size": f"{size / 1e6:.2f} MB",
-        "rule": metrics.get("rule", "named by the user"),
+        "rule": str(metrics.get("rule", "named by the user")),
         "metrics_table": "\n".join(rows) if before else "(no metrics recorded)",
         "pareto": f"![Pareto front: importance vs alignment]({pareto})" if pareto else "",
         "usage": usage,
-        "evaluated": "Evaluated: " + ", ".join(sorted(before)) + "." if before else "",
+        "audit": _audit_section(folder, configs),
+        "evaluated": "Evaluated: " + ", ".join(sorted(map(str, before))) + "." if before else "",
     }
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+
+
+def _audit_section(folder: Path, configs: dict[str, UnlearningConfig]) -> str:
+    """The audit table (`hf-slug audit`) when the folder holds one of the deltas it carries."""
+    from .audit.report import AUDIT_NAME, AuditReport
+    from .delta import ConceptDelta
+
+    if not (folder / AUDIT_NAME).is_file():
+        return (
+            "No audit has been run on this delta. `hf-slug audit FOLDER --model BASE --images "
+            "HELD_OUT --labels-file NAMES` tries held-out phrasings, name variants, image "
+            "augmentations, PGD, a learned prompt and relearning, and writes its table here."
+        )
+    report = AuditReport.from_pretrained(folder)
+    held = sorted(ConceptDelta.from_pretrained(folder / name).digest() for name in configs)
+    if sorted(report.settings.get("deltas", [])) != held:
+        return (
+            "This folder holds an audit of other deltas than the ones it carries now (it was "
+            "saved before them): run `hf-slug audit` again."
+        )
+    figure = (
+        "\n\n![Recovery against attack budget](slug_audit.png)"
+        if (folder / "slug_audit.png").is_file()
+        else ""
+    )
+    return report.to_markdown().strip() + figure
 
 
 def _steps(config: UnlearningConfig) -> str:
     """The step, or one per component for a delta that edits several (SDXL's two encoders)."""
     parts = (config.metrics or {}).get("components", {})
     if isinstance(parts, dict) and len(parts) > 1:
-        return ", ".join(f"{name}: {part['step']:.4g}" for name, part in parts.items())
+        return ", ".join(
+            f"{name}: {_number(part.get('step') if isinstance(part, dict) else None, '.4g')}"
+            for name, part in parts.items()
+        )
     return f"{config.step:.4g}"
+
+
+def _number(value: Any, spec: str = ".4f") -> str:
+    """A metric for the card: formatted if it is a number, else shown as it is ('—' if absent)."""
+    if value is None:
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec) if math.isfinite(value) else str(value)
+    return str(value)
 
 
 # -- pushing ----------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ sum is written into the weights (in fp32) and the originals are kept to unmerge 
 Every added adapter is active at its weight until `set_adapters`, `delete_adapter` or
 `disable_adapters` says otherwise: nothing is deactivated silently.
 
+Adapter names are folder names of a saved stack and are validated everywhere
+(`hf_slug.names.validate_adapter_name`); weights must be finite numbers and deltas finite
+(NonFiniteGradientError otherwise); merges check the merged weights first (`safe_merge=True`).
+
 Example:
     >>> slug = SLUGModel(model)  # doctest: +SKIP
     >>> slug.add_adapter("ada", result)  # an UnlearningResult or a ConceptDelta
@@ -18,8 +22,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import json
-import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,13 +32,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import CONFIG_NAME, STACK_NAME, TargetInfo, UnlearningConfig
-from .delta import ConceptDelta
+from .config import STACK_NAME, TargetInfo
+from .delta import ConceptDelta, host_parameter, read_delta_or_stack
 from .errors import AdapterError, DeltaFormatError, NonFiniteGradientError
 from .export import ExportReport, export_peft_lora
-from .families.clip import block_index, find_towers
-from .hub import push_to_hub, resolve_folder
-from .io import write_json
+from .hub import push_to_hub
+from .io import atomic_folder, read_consistently, write_json
+from .names import (
+    StackEntry,
+    adapter_names_list,
+    adapter_weight,
+    adapter_weights_list,
+    default_adapter_name,
+    owned_entries,
+    parse_stack_index,
+    validate_adapter_name,
+)
 
 
 def module_tree(host: Any) -> nn.Module:
@@ -96,30 +107,35 @@ class SLUGModel:
         check_fingerprint: bool = True,
         **hub_kwargs: Any,
     ) -> list[str]:
-        """Load a delta folder, a saved stack, or a Hub repo; return the adapter names added."""
-        folder = resolve_folder(path, **hub_kwargs)
-        entries = _stack_entries(folder)
-        if entries is not None:
-            if adapter_name is not None:
-                entries = [e for e in entries if e["name"] == adapter_name]
-                if not entries:
-                    raise AdapterError(f"{path} holds no adapter named {adapter_name!r}.")
-            added = []
-            for entry in entries:
-                delta = ConceptDelta.from_pretrained(folder / entry["name"])
+        """Load a delta folder, a saved stack, or a Hub repo; return the adapter names added.
+
+        A stack is read as a whole (every entry of its index validated, every delta checked)
+        before any adapter is added, and if one cannot be added none stays added.
+        """
+        if adapter_name is not None:
+            validate_adapter_name(adapter_name)
+        weight = adapter_weight(weight, "weight")
+        loaded = read_consistently(lambda: read_delta_or_stack(path, adapter_name, hub_kwargs))
+        if isinstance(loaded, ConceptDelta):
+            name = adapter_name or default_adapter_name(loaded.config.concept)
+            self.add_adapter(name, loaded, weight, check_fingerprint=check_fingerprint)
+            return [name]
+        added: list[str] = []
+        try:
+            for entry, delta in loaded:
                 self.add_adapter(
-                    entry["name"],
+                    entry.name,
                     delta,
-                    entry.get("weight", 1.0) * weight,
-                    active=entry.get("active", True),
+                    entry.weight * weight,
+                    active=entry.active,
                     check_fingerprint=check_fingerprint,
                 )
-                added.append(entry["name"])
-            return added
-        delta = ConceptDelta.from_pretrained(folder)
-        name = adapter_name or _name_for(delta.config.concept)
-        self.add_adapter(name, delta, weight, check_fingerprint=check_fingerprint)
-        return [name]
+                added.append(entry.name)
+        except BaseException:
+            for name in reversed(added):
+                self.delete_adapter(name)
+            raise
+        return added
 
     def add_adapter(
         self,
@@ -131,23 +147,30 @@ class SLUGModel:
         check_fingerprint: bool = True,
     ) -> None:
         """Attach a `ConceptDelta` (or an `UnlearningResult`) under `adapter_name`."""
+        validate_adapter_name(adapter_name)
+        weight = adapter_weight(weight, f"the weight of {adapter_name!r}")
+        if not isinstance(active, bool):
+            raise AdapterError(f"active must be True or False, got {active!r}.")
         if not isinstance(delta, ConceptDelta):
             delta = ConceptDelta.from_result(delta)
-        if adapter_name in self.adapters:
+        clash = [n for n in self.adapters if n.lower() == adapter_name.lower()]
+        if clash:
             raise AdapterError(
-                f"an adapter named {adapter_name!r} exists: delete_adapter it first or pick "
-                "another adapter_name."
+                f"an adapter named {clash[0]!r} exists (names are folder names, compared "
+                "ignoring case): delete_adapter it first or pick another adapter_name."
             )
+        delta.check_finite(f"adapter {adapter_name!r}")
+        delta.check_weighted(weight, adapter_name)
         root = module_tree(self.model)
         params = dict(root.named_parameters())
         mapping = {
-            key: _resolve(root, params, key, info, delta.config)
+            key: host_parameter(root, params, key, info, delta.config)
             for key, info in delta.config.targets.items()
         }
         for host in mapping.values():
             if not isinstance(_owner(root, host), nn.Linear):
                 raise DeltaFormatError(f"{host} is not the weight of an nn.Linear layer.")
-        renamed = _renamed(delta, mapping)
+        renamed = delta.rekeyed(mapping)
         base = {host: self._base.get(host, params[host]) for host in mapping.values()}
         renamed.check_base(root, check_fingerprint=check_fingerprint, base_tensors=base)
         active_hosts = {h for a in self.active_adapters for h in self.targets[a].values()}
@@ -162,7 +185,7 @@ class SLUGModel:
             self._base.setdefault(host, params[host].detach().clone())
         self.adapters[adapter_name] = renamed
         self.targets[adapter_name] = {h: h for h in mapping.values()}
-        self.weights[adapter_name] = float(weight)
+        self.weights[adapter_name] = weight
         if active:
             self._active.append(adapter_name)
         self._refresh()
@@ -188,16 +211,16 @@ class SLUGModel:
             if weights is not None:
                 raise AdapterError("pass weights= or adapter_weights=, not both.")
             weights = adapter_weights
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names = adapter_names_list(adapter_names)
         self._require(names)
         if weights is None:
-            weights = [self.weights[n] for n in names]
-        elif isinstance(weights, (int, float)):
-            weights = [float(weights)] * len(names)
-        if len(weights) != len(names):
-            raise AdapterError(f"{len(names)} adapters but {len(weights)} weights.")
-        for name, w in zip(names, weights):
-            self.weights[name] = float(w)
+            values = [self.weights[n] for n in names]
+        else:
+            values = adapter_weights_list(weights, names)
+        for name, w in zip(names, values):
+            self.adapters[name].check_weighted(w, name)
+        for name, w in zip(names, values):
+            self.weights[name] = w
         self._active = names
         self._refresh()
 
@@ -233,8 +256,12 @@ class SLUGModel:
     def merged(self) -> bool:
         return self._merged
 
-    def merge_adapter(self, *, safe_merge: bool = False) -> None:
-        """Write `base + Σ wₐ·Δₐ` of the active adapters into the weights (fp32 sum)."""
+    def merge_adapter(self, *, safe_merge: bool = True) -> None:
+        """Write `base + Σ wₐ·Δₐ` of the active adapters into the weights (fp32 sum).
+
+        `safe_merge=True` (the default) first checks that every merged weight is finite in the
+        model's dtype and raises NonFiniteGradientError, changing nothing, if one is not.
+        """
         if safe_merge:
             self._check_finite()
         self._merged = True
@@ -245,7 +272,7 @@ class SLUGModel:
         self._merged = False
         self._refresh()
 
-    def fuse(self, *, safe_merge: bool = False) -> None:
+    def fuse(self, *, safe_merge: bool = True) -> None:
         """`merge_adapter`, in diffusers' vocabulary (`fuse_lora`)."""
         self.merge_adapter(safe_merge=safe_merge)
 
@@ -253,7 +280,7 @@ class SLUGModel:
         """`unmerge_adapter`, in diffusers' vocabulary (`unfuse_lora`)."""
         self.unmerge_adapter()
 
-    def merge_and_unload(self, *, safe_merge: bool = False) -> Any:
+    def merge_and_unload(self, *, safe_merge: bool = True) -> Any:
         """Merge the active adapters for good, drop all adapter state, return the model."""
         if safe_merge:
             self._check_finite()
@@ -278,9 +305,12 @@ class SLUGModel:
         active: bool = False,
     ) -> None:
         """A new adapter equal to `Σ wₐ·Δₐ` (dense), added inactive unless `active=True`."""
+        validate_adapter_name(adapter_name)
+        adapter_names = adapter_names_list(adapter_names)
         self._require(adapter_names)
-        if len(adapter_names) != len(weights):
-            raise AdapterError(f"{len(adapter_names)} adapters but {len(weights)} weights.")
+        if not adapter_names:
+            raise AdapterError("add_weighted_adapter needs at least one adapter to combine.")
+        weights = adapter_weights_list(weights, adapter_names)
         tensors: dict[str, torch.Tensor] = {}
         targets: dict[str, TargetInfo] = {}
         for name, w in zip(adapter_names, weights):
@@ -308,17 +338,28 @@ class SLUGModel:
         *,
         dtype: torch.dtype | None = None,
     ) -> Path:
-        """One sub-folder per adapter plus `slug_stack.json` (names, weights, active)."""
-        names = list(selected_adapters) if selected_adapters is not None else list(self.adapters)
+        """One sub-folder per adapter plus `slug_stack.json` (names, weights, active).
+
+        The folder is replaced as a whole (see `hf_slug.io.atomic_folder`): a reader sees the
+        old stack or the new one, never a mix; if writing any adapter fails nothing changes. A
+        single delta saved there before (`slug_config.json`) or adapters not in this save are
+        replaced; files hf_slug did not write (README.md, notes) are kept.
+        """
+        names = (
+            adapter_names_list(selected_adapters)
+            if selected_adapters is not None
+            else list(self.adapters)
+        )
         self._require(names)
-        directory = Path(directory)
-        for name in names:
-            self.adapters[name].save_pretrained(directory / name, dtype=dtype)
-        entries = [
-            {"name": n, "weight": self.weights[n], "active": n in self._active} for n in names
-        ]
-        write_json(directory / STACK_NAME, {"adapters": entries})
-        return directory
+        if not names:
+            raise AdapterError("no adapter to save: add or load one first.")
+        entries = [StackEntry(n, self.weights[n], n in self._active).to_dict() for n in names]
+        parse_stack_index({"adapters": entries}, "the stack to save")
+        with atomic_folder(directory, owned_entries) as tmp:
+            for name in names:
+                self.adapters[name].write_files(tmp / name, dtype=dtype)
+            write_json(tmp / STACK_NAME, {"adapters": entries})
+        return Path(directory)
 
     def to_peft_lora(
         self,
@@ -327,7 +368,9 @@ class SLUGModel:
         adapter_names: Sequence[str] | None = None,
     ) -> ExportReport:
         """Export `Σ wₐ·Δₐ` of the active adapters (or of `adapter_names`) as one PEFT LoRA."""
-        names = list(adapter_names) if adapter_names is not None else self.active_adapters
+        names = (
+            adapter_names_list(adapter_names) if adapter_names is not None else self.active_adapters
+        )
         self._require(names)
         if not names:
             raise AdapterError("no adapter to export: add or activate one first.")
@@ -346,7 +389,11 @@ class SLUGModel:
         revision: str | None = None,
     ) -> Any:
         """Upload the adapters with a model card (one adapter at the repo root, else a stack)."""
-        names = list(selected_adapters) if selected_adapters is not None else list(self.adapters)
+        names = (
+            adapter_names_list(selected_adapters)
+            if selected_adapters is not None
+            else list(self.adapters)
+        )
         self._require(names)
         with tempfile.TemporaryDirectory(prefix="hf_slug_") as tmp:
             folder = Path(tmp) / "delta"
@@ -397,6 +444,8 @@ class SLUGModel:
 
     # -- internals ---------------------------------------------------------------------------
     def _require(self, names: Sequence[str]) -> None:
+        for name in names:
+            validate_adapter_name(name)
         unknown = [n for n in names if n not in self.adapters]
         if unknown:
             raise AdapterError(
@@ -414,12 +463,24 @@ class SLUGModel:
         return total
 
     def _check_finite(self) -> None:
-        bad = [h for h, d in self._sum().items() if not torch.isfinite(d).all()]
-        if bad:
-            raise NonFiniteGradientError(
-                f"refusing to merge: the summed delta of {bad[0]} holds NaN/inf. Delete the "
-                "adapter that carries it (see status()) or reload it from a good copy."
-            )
+        """Raise unless every merged weight (base + Σ wₐ·Δₐ, in the model's dtype) is finite."""
+        params = dict(module_tree(self.model).named_parameters())
+        for host, delta in self._sum().items():
+            carriers = [a for a in self.active_adapters if host in self.targets[a].values()]
+            if not torch.isfinite(delta).all():
+                raise NonFiniteGradientError(
+                    f"refusing to merge: the summed delta of {host} (adapters {carriers}) holds "
+                    "NaN/inf. Delete the adapter that carries it (see status()) or reload it "
+                    "from a good copy."
+                )
+            base = self._base[host]
+            merged = (base.float() + delta.to(base.device)).to(params[host].dtype)
+            if not torch.isfinite(merged).all():
+                raise NonFiniteGradientError(
+                    f"refusing to merge: base + delta of {host} (adapters {carriers}) overflows "
+                    f"{params[host].dtype}. Lower the adapters' weights, or load the model in "
+                    "float32 before merging."
+                )
 
     def _refresh(self) -> None:
         """Bring weights and hooks in line with the merged flag, active set and weights."""
@@ -468,65 +529,3 @@ def _adder(combined: dict[str, torch.Tensor], host: str):
 
 def _owner(root: nn.Module, param_name: str) -> nn.Module:
     return root.get_submodule(param_name.rsplit(".", 1)[0])
-
-
-def _resolve(
-    root: nn.Module, params: dict, key: str, info: TargetInfo, config: UnlearningConfig
-) -> str:
-    """Where a delta's tensor lives in this host: the same name, or the same block by structure.
-
-    A delta computed on a `CLIPModel` (`text_model.encoder.layers.3…`) finds its tensor in a
-    pipeline's `text_encoder.encoder.layers.3…` or a VLM's vision tower; the fingerprint check
-    then proves it is the same tensor.
-    """
-    if key in params:
-        return key
-    found = block_index(key)
-    towers = [t for t in find_towers(root) if info.tower in (None, t.kind)]
-    if config.component:
-        towers = [t for t in towers if config.component in t.path.split(".")] or towers
-    if found is not None:
-        block, weight = found
-        hits = [t.name(f"encoder.layers.{block}.{weight}") for t in towers]
-        hits = [h for h in hits if h in params]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise DeltaFormatError(
-                f"the delta's {key} matches several towers here ({hits}): the delta must name its "
-                "component (e.g. text_encoder or text_encoder_2)."
-            )
-    raise DeltaFormatError(
-        f"the delta for {config.concept!r} targets {key}, which this "
-        f"{type(root).__name__} does not have (no {info.tower or 'CLIP'} tower with that block). "
-        f"Load it onto the model family it was made for ({config.model_family}, base "
-        f"{config.base_model_name_or_path})."
-    )
-
-
-def _renamed(delta: ConceptDelta, mapping: dict[str, str]) -> ConceptDelta:
-    if all(k == v for k, v in mapping.items()):
-        return delta
-    suffixes = ("", ".up", ".down")
-    tensors = {}
-    for key, value in delta.tensors.items():
-        base = next(k for k in mapping for s in suffixes if key == k + s)
-        tensors[mapping[base] + key[len(base) :]] = value
-    targets = {mapping[k]: v for k, v in delta.config.targets.items()}
-    scales = {mapping.get(k, k): v for k, v in delta.config.scales.items()}
-    return ConceptDelta(replace(delta.config, targets=targets, scales=scales), tensors)
-
-
-def _name_for(concept: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", concept.lower()).strip("_") or "default"
-
-
-def _stack_entries(folder: Path) -> list[dict] | None:
-    """The entries of a saved stack (`slug_stack.json`) in `folder`, or None for one delta."""
-    index = folder / STACK_NAME
-    if (folder / CONFIG_NAME).is_file() or not index.is_file():
-        return None
-    try:
-        return json.loads(index.read_text(encoding="utf-8"))["adapters"]
-    except (json.JSONDecodeError, KeyError) as error:
-        raise DeltaFormatError(f"{index} is malformed ({error}); save the stack again.") from error

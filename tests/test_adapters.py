@@ -207,15 +207,20 @@ def test_low_rank_storage(setup, tmp_path, rank):
 
 
 def test_safe_merge_refuses_non_finite_deltas(setup):
+    """add_adapter refuses a NaN/inf delta; one corrupted after adding is refused by the merges
+    (safe_merge is the default)."""
     model, _, deltas, _ = setup
     bad = copy.deepcopy(deltas["a"])
     next(iter(bad.tensors.values()))[0, 0] = float("inf")
     slug = SLUGModel(copy.deepcopy(model))
-    slug.add_adapter("bad", bad)
+    with pytest.raises(NonFiniteGradientError, match="NaN/inf"):
+        slug.add_adapter("bad", bad)
+    slug.add_adapter("later_bad", copy.deepcopy(deltas["a"]))
+    next(iter(slug.adapters["later_bad"].tensors.values()))[0, 0] = float("inf")
     with pytest.raises(NonFiniteGradientError, match="refusing to merge"):
-        slug.merge_adapter(safe_merge=True)
+        slug.merge_adapter()
     with pytest.raises(NonFiniteGradientError):
-        slug.merge_and_unload(safe_merge=True)
+        slug.merge_and_unload()
     for name, p in slug.model.named_parameters():
         assert torch.equal(p, dict(model.named_parameters())[name])
 

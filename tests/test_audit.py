@@ -182,3 +182,20 @@ def test_cli_audit_usage_errors_exit_2_before_any_model_work(
     assert main(["audit", str(folder), *extra]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_the_model_card_carries_the_audit_of_the_delta_it_holds_and_not_a_stale_one(
+    embedded, tmp_path
+):
+    from hf_slug.hub import model_card
+
+    model, processor, world, delta, held_out = embedded
+    folder = delta.save_pretrained(tmp_path / "marcus")
+    assert "No audit has been run" in model_card(folder)
+    budget = AuditBudget("tiny", templates=2, prompt_steps=2, pgd_steps=1, relearn_sizes=(1,),
+                         relearn_max_steps=1)  # fmt: skip
+    audit(model, processor, delta, TARGET, world.identities, held_out, budget=budget).save(folder)
+    card = model_card(folder)
+    assert "| phrasing | '{}.' |" in card and "slug_audit.png" in card
+    _weakened(delta, 0.5).save_pretrained(folder)  # a new delta; the old audit stays beside it
+    assert "audit of other deltas" in model_card(folder)

@@ -161,6 +161,7 @@ def audit(
                 )
     report = AuditReport(concept, budget.name, rows, curves, settings=asdict(budget), seconds=0.0)
     report.settings["templates_used"] = len(_templates(kind, budget))
+    report.settings["deltas"] = _digests(deltas)
     report.seconds = time.perf_counter() - started
     broken = report.broken_probes()
     if broken:
@@ -227,6 +228,17 @@ def _edited_model(original: nn.Module, edited: nn.Module) -> tuple[nn.Module, li
         )
     changed = sorted(n for n, p in params.items() if not torch.equal(p, base[n]))
     return copy.deepcopy(edited).eval().requires_grad_(False), changed
+
+
+def _digests(deltas: Any) -> list[str]:
+    """The audited deltas' digests (a model card shows an audit only of the delta it holds)."""
+    if isinstance(deltas, ConceptDelta):
+        return [deltas.digest()]
+    if _is_slug_model(deltas):
+        return [deltas.adapters[n].digest() for n in deltas.active_adapters]
+    if isinstance(deltas, nn.Module):
+        return []
+    return [d.digest() for d in deltas]
 
 
 def _templates(kind: str, budget: AuditBudget) -> list[str]:
