@@ -37,7 +37,28 @@ TARGETS = (
     "boat:object",
     "watercolor:style",
 )
-METHODS = ("SLUG", "GA", "GAFT", "SalUn", "SSD")
+METHODS = ("SLUG", "SLUG-ensemble", "GA", "GAFT", "SalUn", "SSD")
+MARGIN = 0.02  # SLUG-ensemble: an image counts as recognised within this cosine of the best
+
+
+def ensemble_evaluator(task: Any, processor: Any, kind: str, margin: float = MARGIN) -> Any:
+    """The val evaluator with its forget task judged by every criterion phrasing (any one names
+    the target → recognised) and a margin: the criterion the audit suggested."""
+    from dataclasses import replace
+
+    from hf_slug import ZeroShotEvaluator
+    from hf_slug.phrasings import criterion_templates
+
+    templates = criterion_templates(kind if kind in ("identity", "object", "style") else "concept")
+    tasks = [
+        replace(t, templates=templates, prompts=None, scoring="any", margin=margin)
+        if t.name == "forget"
+        else t
+        for t in task.val_tasks
+    ]
+    return ZeroShotEvaluator(processor, tasks)
+
+
 VIEWS = 24  # held-out test views per concept
 
 
@@ -53,17 +74,19 @@ def held_out(world: World, kind: str, target: str) -> tuple[list, list[str]]:
 
 
 def unlearned(
-    method: str, model: Any, processor: Any, task: Any, names: list[str], lr: dict
+    method: str, model: Any, processor: Any, task: Any, names: list[str], lr: dict, margin: float
 ) -> Any:
     """The edited model (or SLUG's delta) and what the run did."""
-    if method == "SLUG":
+    if method.startswith("SLUG"):
         config = SLUGConfig(
             concept=task.spec.target, candidate_labels=names, top_k=4, max_evaluations=10
         )
-        result = unlearn(
-            model, processor, task.forget, task.retain, config,
-            evaluator=task.evaluator(processor, "val"),
-        )  # fmt: skip
+        evaluator = (
+            ensemble_evaluator(task, processor, task.spec.kind, margin)
+            if method == "SLUG-ensemble"
+            else task.evaluator(processor, "val")
+        )
+        result = unlearn(model, processor, task.forget, task.retain, config, evaluator=evaluator)
         if not result.converged:
             return None, {"reached": False}
         delta = ConceptDelta.from_result(result, concept_kind=task.spec.kind)
@@ -81,6 +104,12 @@ def unlearned(
             edited, processor, task.forget, task.retain, check, config, progress=False
         )
     return edited, {"reached": outcome.reached, "steps": outcome.steps}
+
+
+def test_metrics(model: Any, processor: Any, task: Any, edit: Any) -> dict[str, float]:
+    """FA@1, FA@5, retain and utility on the test split (the protocol's template)."""
+    edited = edit if isinstance(edit, torch.nn.Module) else edit.apply_to(copy.deepcopy(model))
+    return task.report(task.evaluator(processor, "test")(edited))
 
 
 SUMMARY = (  # (row label, family, statistic over its rows, column)
@@ -135,6 +164,11 @@ def markdown(report: dict[str, Any]) -> str:
             if column == "reference":
                 original = "–"
             lines.append(f"| {label} | {original} | " + " | ".join(cells) + " |")
+        for key in ("FA@1", "retain", "utility"):
+            base = runs[0]["before"][key]
+            cells = [f"{r['test'][key]:.1f}" if "test" in r else "–" for r in runs]
+            label = f"test {key} (protocol template)"
+            lines.append(f"| {label} | {base:.1f} | " + " | ".join(cells) + " |")
         reached = ", ".join(f"{r['method']} {'yes' if r['reached'] else 'NO'}" for r in runs)
         lines += ["", f"Val forget target reached: {reached}.", ""]
     return "\n".join(lines)
@@ -146,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--budget", default="full", choices=("quick", "full"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--margin", type=float, default=MARGIN, help="SLUG-ensemble's margin")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -158,21 +193,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         kind = kind or "identity"
         task = build_task(TaskSpec(target, kind), processor)
         images, names = held_out(world, kind, target)
+        before = task.report(task.evaluator(processor, "test")(model))
         reference = novel_views(world, 16) if kind == "identity" else None
         for method in args.methods:
             clock = time.perf_counter()
-            edit, info = unlearned(method, model, processor, task, names, lr)
+            edit, info = unlearned(method, model, processor, task, names, lr, args.margin)
             info["unlearn_s"] = time.perf_counter() - clock
-            record = {"target": target, "kind": kind, "method": method, **info}
+            record = {"target": target, "kind": kind, "method": method, "before": before, **info}
             if edit is not None:
+                record["test"] = test_metrics(model, processor, task, edit)
                 report = audit(
-                    model, processor, edit, target, names, images, kind=kind,
-                    reference_images=reference, budget=args.budget,
-                )  # fmt: skip
+                    model,
+                    processor,
+                    edit,
+                    target,
+                    names,
+                    images,
+                    kind=kind,
+                    reference_images=reference,
+                    budget=args.budget,
+                )
                 record["audit"] = report.to_dict()
             runs.append(record)
             print(f"{target} / {method}: {info}", file=sys.stderr)
-    out = {"command": command_line(), "budget": args.budget, "views": VIEWS, "runs": runs}
+    out = {
+        "command": command_line(),
+        "budget": args.budget,
+        "views": VIEWS,
+        "margin": args.margin,
+        "runs": runs,
+    }
     write_json(args.out / "robustness.json", out)
     (args.out / "robustness_tables.md").write_text(markdown(out), encoding="utf-8")
     return out

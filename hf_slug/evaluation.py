@@ -91,6 +91,12 @@ class ZeroShotTask:
     """Images with their true labels, classified among `label_names` by prompt ensembles.
 
     Metrics are named `{name}_acc` (top-1) and `{name}_acc@5` (top-5).
+
+    `scoring="mean"` averages each label's prompts into one embedding (the CLIP convention);
+    `scoring="any"` counts an image as recognised when *any single* phrasing ranks its label
+    first (every label needs the same number of prompts, aligned by position) — a forget
+    criterion that each phrasing must fail. With `margin` > 0 an image also counts as recognised
+    while its label's cosine trails the best other label's by less than `margin`.
     """
 
     name: str
@@ -100,8 +106,24 @@ class ZeroShotTask:
     templates: Sequence[str] = ("{}",)
     prompts: Mapping[str, Sequence[str]] | None = None  # label -> prompts; overrides templates
     counts_for_utility: bool = True
+    scoring: str = "mean"
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"task {self.name!r}: scoring must be one of {SCORINGS}.")
+        if not isinstance(self.margin, (int, float)) or not 0 <= self.margin < 2:
+            raise ConfigError(
+                f"task {self.name!r}: margin must be a cosine difference in [0, 2), got "
+                f"{self.margin!r}; 0 keeps the plain top-1."
+            )
+        if self.scoring == "any":
+            counts = {len(self.texts_of(label)) for label in self.label_names}
+            if len(counts) != 1:
+                raise ConfigError(
+                    f"task {self.name!r}: scoring='any' compares phrasings position by position, "
+                    "so every label needs the same number of prompts; use templates=."
+                )
         unknown = sorted(set(self.labels) - set(self.label_names))
         if unknown:
             raise ValueError(f"task {self.name!r}: labels {unknown[:3]} are not in label_names.")
@@ -110,14 +132,18 @@ class ZeroShotTask:
                 f"task {self.name!r}: {len(self.images)} images, {len(self.labels)} labels."
             )
 
+    def texts_of(self, label: str) -> list[str]:
+        """The prompts of one label."""
+        return list(
+            self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
+        )
+
     def texts(self) -> tuple[list[str], list[int]]:
         """Every prompt, and the label index each belongs to."""
         texts, owners = [], []
         for i, label in enumerate(self.label_names):
-            prompts = (
-                self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
-            )
-            texts += list(prompts)
+            prompts = self.texts_of(label)
+            texts += prompts
             owners += [i] * len(prompts)
         return texts, owners
 
@@ -202,9 +228,7 @@ class ZeroShotEvaluator(Evaluator):
                     task = self.tasks[i]
                     image_f = self._current(model, self._images[i])
                     text_f = self._current(model, self._texts[i])
-                    top1, top5 = _accuracy(
-                        image_f, text_f, self._owners[i], self._truth[i], len(task.label_names)
-                    )
+                    top1, top5 = _accuracy(image_f, text_f, self._owners[i], self._truth[i], task)
                     metrics[f"{task.name}_acc"] = top1
                     metrics[f"{task.name}_acc@5"] = top5
                     if task.counts_for_utility and task.name != "forget":
@@ -307,19 +331,29 @@ def _label_embeddings(text_f: torch.Tensor, owners: torch.Tensor, n_labels: int)
     return F.normalize(sums, dim=-1)
 
 
+SCORINGS = ("mean", "any")
+
+
 def _accuracy(
     image_f: torch.Tensor,
     text_f: torch.Tensor,
     owners: torch.Tensor,
     truth: torch.Tensor,
-    n_labels: int,
+    task: ZeroShotTask,
 ) -> tuple[float, float]:
-    logits = image_f @ _label_embeddings(text_f, owners, n_labels).T
+    """Top-1 and top-5 recognition rates under the task's scoring and margin."""
+    n_labels = len(task.label_names)
+    if task.scoring == "mean":
+        logits = (image_f @ _label_embeddings(text_f, owners, n_labels).T)[:, None]
+    else:  # (images, phrasings, labels): the labels' prompts are stored label by label
+        logits = (image_f @ text_f.T).view(len(image_f), n_labels, -1).transpose(1, 2)
+    own = logits.gather(2, truth.view(-1, 1, 1).expand(-1, logits.shape[1], 1))
+    boosted = logits.scatter(2, truth.view(-1, 1, 1).expand_as(own), own + task.margin)
     k = min(5, n_labels)
-    top = logits.topk(k, dim=-1).indices
-    top1 = (top[:, 0] == truth).float().mean().item()
-    top5 = (top == truth[:, None]).any(dim=-1).float().mean().item()
-    return top1, top5
+    top = boosted.topk(k, dim=-1).indices  # (images, phrasings, k)
+    hit1 = (top[..., 0] == truth[:, None]).any(dim=1)
+    hit5 = (top == truth[:, None, None]).any(dim=-1).any(dim=1)
+    return hit1.float().mean().item(), hit5.float().mean().item()
 
 
 class _Replay(nn.Module):

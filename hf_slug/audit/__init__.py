@@ -103,7 +103,8 @@ def audit(
         deltas: a `ConceptDelta`, a list of them, a `SLUGModel` (its active adapters and
             weights), or a model edited from `model` by another method (to compare methods).
         concept, names: the concept and every candidate name (the concept among them).
-        images: held-out views of the concept (≥ 4): half attack, half are scored.
+        images: held-out views of the concept (≥ 4). Phrasing and image probes score them all;
+            the learned prompt and relearning train on every other view and score the rest.
         kind: "identity", "object", "style" or "concept" (chooses templates and name variants).
         reference_images: views of a concept the original never knew (scale for inversion and
             relearning; also pushed towards the concept by PGD). Optional.
@@ -138,9 +139,9 @@ def audit(
         for step in bar:
             bar.set_postfix_str(step)
             if step == "phrasings":
-                rows += _phrasing_rows(scorers, held_out, names, target, kind, budget)
+                rows += _phrasing_rows(scorers, images, names, target, kind, budget)
             elif step == "image":
-                rows += _image_rows(scorers, held_out, names, target, reference, budget)
+                rows += _image_rows(scorers, images, names, target, reference, budget)
             elif step == "learned prompt":
                 row, curves = _inversion(
                     scorers, attack, held_out, names, target, reference, budget
