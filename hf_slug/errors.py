@@ -64,3 +64,7 @@ class AdapterNameError(AdapterError):
 
 class UsageError(SLUGError, ValueError):
     """A command-line flag or path is wrong (the CLI exits with code 2)."""
+
+
+class StackError(SLUGError, RuntimeError):
+    """A stack of deltas does not meet its concepts' forget criteria (`unlearn_stack`)."""

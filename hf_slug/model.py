@@ -173,14 +173,6 @@ class SLUGModel:
         renamed = delta.rekeyed(mapping)
         base = {host: self._base.get(host, params[host]) for host in mapping.values()}
         renamed.check_base(root, check_fingerprint=check_fingerprint, base_tensors=base)
-        active_hosts = {h for a in self.active_adapters for h in self.targets[a].values()}
-        shared = active_hosts & set(mapping.values())
-        if active and shared:
-            warnings.warn(
-                f"{adapter_name!r} edits {sorted(shared)}, which active adapters edit too; "
-                "their deltas add up.",
-                stacklevel=2,
-            )
         for host in mapping.values():
             self._base.setdefault(host, params[host].detach().clone())
         self.adapters[adapter_name] = renamed
@@ -189,6 +181,7 @@ class SLUGModel:
         if active:
             self._active.append(adapter_name)
         self._refresh()
+        self._warn_interference([adapter_name])
 
     # -- which adapters act ----------------------------------------------------------------
     @property
@@ -223,6 +216,7 @@ class SLUGModel:
             self.weights[name] = w
         self._active = names
         self._refresh()
+        self._warn_interference(names)
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make `adapter_name` the only active adapter."""
@@ -451,6 +445,13 @@ class SLUGModel:
             raise AdapterError(
                 f"no adapter named {unknown}: the loaded adapters are {sorted(self.adapters)}."
             )
+
+    def _warn_interference(self, new: Sequence[str]) -> None:
+        """Warn about known interference between `new` and the active adapters (stacking.py)."""
+        from .stacking import interference
+
+        for message in interference(self.adapters, self.targets, self.active_adapters, new):
+            warnings.warn(message, stacklevel=3)
 
     def _sum(self, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """host name -> Σ over the active adapters (or `names`) of wₐ·Δₐ (fp32)."""

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SLUGConfig
 from .data import PairSource
 from .delta import ConceptDelta
+from .errors import ConfigError, StackError
 from .evaluation import Evaluator, as_evaluator
 from .search import Criterion, StackedEvaluator, edited
 from .unlearn import UnlearningResult, unlearn
@@ -54,6 +56,7 @@ def unlearn_stack(
     rounds: int = 3,
     cache_dir: str | Path | None = None,
     independent: Sequence[UnlearningResult] | None = None,
+    on_failure: str = "warn",
     progress: bool = True,
 ) -> list[UnlearningResult]:
     """Unlearn every requested concept so that all their deltas, summed, forget all of them.
@@ -63,7 +66,18 @@ def unlearn_stack(
     concept's forget images (on validation data). Gradients are cached in `cache_dir` (default: a
     temporary folder). `independent`: results of `unlearn` already run on the requests (same
     order, same `cache_dir`), to skip the first pass.
+
+    A re-search keeps its utility guard (`config.utility_tolerance`) against θ⁰, not against the
+    stack, so the losses of the deltas cannot add up past it. When the rounds are over, the whole
+    stack is checked once more: a concept that still fails is reported with its forget metric
+    — a warning (`on_failure="warn"`) or a `StackError` (`on_failure="raise"`). A re-searched
+    delta records the concepts it was tuned with (`result.on_top_of`, saved in its config's
+    metrics as `searched_on_top_of`); `SLUGModel` warns when it is loaded without them.
     """
+    if on_failure not in ("warn", "raise"):
+        raise ConfigError(
+            f"on_failure must be 'warn' or 'raise', got {on_failure!r}: pass one of those."
+        )
     if len({r.config.concept for r in requests}) != len(requests):
         raise ValueError("each concept of a stack must be requested once.")
     if independent is not None and len(independent) != len(requests):
@@ -130,7 +144,44 @@ def unlearn_stack(
             bar.set_postfix_str(", ".join(redone) or "stable")
             if not redone:
                 break
+    failing = _failing(model, requests, results)
+    if failing:
+        message = (
+            f"after {rounds} round(s) the stack still fails "
+            + "; ".join(failing)
+            + ": raise rounds=, max_evaluations or initial_step, or unlearn fewer concepts at "
+            "once (benchmarks/stacking.md)."
+        )
+        if on_failure == "raise":
+            raise StackError(message)
+        warnings.warn(message, stacklevel=2)
     return results
+
+
+def _failing(
+    model: nn.Module, requests: Sequence[StackRequest], results: Sequence[UnlearningResult]
+) -> list[str]:
+    """'concept (metric = value > target)' for each concept the whole stack does not forget."""
+    failing = []
+    for i, (request, result) in enumerate(zip(requests, results)):
+        config = request.config
+        if not result.converged:
+            failing.append(f"{config.concept!r} (no layer met its criterion alone)")
+            continue
+        others = [
+            ConceptDelta.from_result(r) for j, r in enumerate(results) if j != i and r.converged
+        ]
+        with edited(model, result.deltas):
+            metrics = StackedEvaluator(as_evaluator(request.evaluator), others).evaluate_only(
+                model, (config.forget_metric,)
+            )
+        criterion = Criterion(config.forget_metric, config.forget_target)
+        if not criterion.forgets(metrics):
+            failing.append(
+                f"{config.concept!r} ({config.forget_metric} = "
+                f"{criterion.forget_value(metrics):.4g} > target {config.forget_target:g})"
+            )
+    return failing
 
 
 def _holds(
@@ -143,3 +194,60 @@ def _holds(
             model, (config.forget_metric,)
         )
     return Criterion(config.forget_metric, config.forget_target).forgets(metrics)
+
+
+def interference(
+    adapters: Mapping[str, ConceptDelta],
+    targets: Mapping[str, Mapping[str, str]],
+    active: Sequence[str],
+    new: Sequence[str],
+) -> list[str]:
+    """Known interference patterns between the `new` adapters and the other `active` ones.
+
+    `adapters`: name -> delta (keyed by host tensor names, as `SLUGModel` keeps them);
+    `targets`: name -> {delta key: host tensor}. Patterns: two deltas on one tensor (their
+    cosine says whether they cancel or push the same direction), and a delta searched on top of
+    concepts that are not active. Each message says what was found and what to do.
+    """
+    messages = []
+    concepts = {adapters[a].config.concept for a in active}
+    for name in new:
+        if name not in active:
+            continue
+        mine = _host_dense(adapters[name], targets[name])
+        for other in active:
+            if other == name or (other in new and active.index(other) > active.index(name)):
+                continue
+            theirs = _host_dense(adapters[other], targets[other])
+            for host in sorted(set(mine) & set(theirs)):
+                cos = float(
+                    torch.nn.functional.cosine_similarity(
+                        mine[host].flatten(), theirs[host].flatten(), dim=0
+                    )
+                )
+                effect = (
+                    "they partly cancel, so a concept can come back"
+                    if cos < -0.2
+                    else "they push one direction further, so retain and utility pay twice"
+                    if cos > 0.2
+                    else "their changes compound on one tensor"
+                )
+                messages.append(
+                    f"{name!r} and {other!r} both edit {host}: their deltas add up (cosine "
+                    f"{cos:+.2f}; {effect}). Check both concepts on held-out views, or make one "
+                    f"again with unlearn(..., avoid=[the other delta]) or unlearn_stack."
+                )
+        tuned = adapters[name].config.metrics.get("searched_on_top_of") or []
+        absent = sorted({str(c) for c in tuned} - concepts)
+        if absent:
+            messages.append(
+                f"{name!r} was searched with the deltas of {absent} applied, and they are not "
+                "active: its step fits that stack, so alone it may not forget "
+                f"{adapters[name].config.concept!r}. Load those deltas too, or use its "
+                "independently made delta."
+            )
+    return messages
+
+
+def _host_dense(delta: ConceptDelta, mapping: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    return {mapping.get(k, k): v.float() for k, v in delta.dense().items()}

@@ -173,6 +173,7 @@ def unlearn(
     gradient_checkpointing: bool = False,
     accelerator: Any | None = None,
     on_top_of: Sequence[Any] = (),
+    avoid: Sequence[Any] = (),
     inplace: bool = False,
     progress: bool = True,
 ) -> UnlearningResult:
@@ -188,7 +189,10 @@ def unlearn(
     `compute_gradients` (mixed precision, less activation memory, data-parallel processes).
     `on_top_of` (ConceptDeltas or name -> tensor dicts) stacks: gradients stay at θ⁰, but the
     evaluation and the step search run with those deltas applied, so with an evaluator whose
-    forget task holds every stacked concept's images the step is the one the stack needs.
+    forget task holds every stacked concept's images the step is the one the stack needs; the
+    utility guard (`config.utility_tolerance`) then compares with θ⁰, not with the stack.
+    `avoid` (ConceptDeltas, UnlearningResults or tensor names): tensors other concepts' deltas
+    already edit are no candidates, so the deltas of a stack never add up on one tensor.
     `inplace=True` applies the delta.
     """
     _check_arguments(model, processor, config, evaluator, autocast_dtype, cache_dir)
@@ -214,6 +218,14 @@ def unlearn(
                 f"none of the given candidates is a candidate weight of the {config.towers} "
                 "tower(s); check the names against hf_slug.families.clip.candidate_names(model)."
             )
+    avoided = avoided_tensors(avoid)
+    if avoided:
+        all_names = [n for n in all_names if n not in avoided]
+        if not all_names:
+            raise UnknownLayerError(
+                f"avoid= excludes every candidate weight of the {config.towers} tower(s): avoid "
+                "fewer deltas, or add the other tower (SLUGConfig(towers=...))."
+            )
     units = group_layers(all_names, config.group)
     if config.layer != "auto":
         wanted = [config.layer] if isinstance(config.layer, str) else list(config.layer)
@@ -234,7 +246,10 @@ def unlearn(
         if evaluator is not None
         else default_evaluator(processor, forget_pairs, retain_pairs, config)
     )
+    reference = None  # the guard's baseline: θ⁰, never the stack (so losses cannot add up)
     if on_top_of:
+        if criterion.utility_tolerance is not None:
+            reference = evaluator(model)
         evaluator = StackedEvaluator(evaluator, on_top_of)
     before = evaluator(model)
     already_forgotten = criterion.forgets(before)
@@ -276,7 +291,7 @@ def unlearn(
         grads["forget"],
         evaluator,
         criterion,
-        before,
+        before if reference is None else {**before, **_guarded(reference, criterion)},
         initial_step=config.initial_step,
         max_evaluations=config.max_evaluations,
         progress=progress,
@@ -361,6 +376,34 @@ def _check_arguments(
         )
     check_batch_size(config.batch_size)
     check_search_options(config.initial_step, config.max_evaluations)
+
+
+def _guarded(reference: Metrics, criterion: Criterion) -> Metrics:
+    """The θ⁰ value of the guarded metric (the guard of a stacked search compares to it)."""
+    key = criterion.utility_metric
+    return {key: reference[key]} if key in reference else {}
+
+
+def avoided_tensors(avoid: Sequence[Any]) -> set[str]:
+    """The tensor names edited by `avoid`'s deltas, results or names."""
+    if isinstance(avoid, (str, bytes)):
+        avoid = [avoid]
+    names: set[str] = set()
+    for item in avoid:
+        if isinstance(item, str):
+            names.add(item)
+        elif hasattr(item, "config") and hasattr(item.config, "targets"):
+            names.update(item.config.targets)  # a ConceptDelta
+        elif isinstance(getattr(item, "deltas", None), Mapping):
+            names.update(item.deltas)  # an UnlearningResult
+        elif isinstance(item, Mapping):
+            names.update(item)
+        else:
+            raise ConfigError(
+                f"avoid= takes ConceptDeltas, UnlearningResults or tensor names, got a "
+                f"{type(item).__name__}: pass the deltas already in the stack."
+            )
+    return names
 
 
 def _check_gradient_source(kind: str, source: Any) -> None:
