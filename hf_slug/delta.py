@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -44,9 +44,7 @@ from .io import (
     write_json,
 )
 from .names import StackEntry, folder_layout, owned_entries, read_stack_index
-
-if TYPE_CHECKING:
-    from .unlearn import UnlearningResult
+from .resolve import not_a_delta_error, resolve_folder
 
 UP, DOWN = ".up", ".down"
 
@@ -118,39 +116,19 @@ class ConceptDelta:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_result(
-        cls,
-        result: UnlearningResult,
-        *,
-        concept_kind: str = "concept",
-        model_family: str = "clip",
-        component: str | None = None,
-        rename: Mapping[str, str] | None = None,
-    ) -> ConceptDelta:
-        """The delta of an `UnlearningResult`; `rename` maps CLIPModel names to host names."""
-        if not result.converged:
-            raise ValueError(
-                f"the search for {result.config.concept!r} met no criterion, so there is no delta "
-                "to keep; see result.searches, or force a layer and step."
+    def from_result(cls, result: Any, **kwargs: Any) -> ConceptDelta:
+        """The delta of an `UnlearningResult`: `result.to_delta(**kwargs)`.
+
+        Keywords: `concept_kind`, `model_family`, `component`, `rename` (CLIPModel names to
+        host names). The result builds it, so this module needs nothing from the search.
+        """
+        to_delta = getattr(result, "to_delta", None)
+        if not callable(to_delta):
+            raise AdapterError(
+                f"expected an UnlearningResult (from hf_slug.unlearn), got "
+                f"{type(result).__name__}: pass the result of unlearn(...) or a ConceptDelta."
             )
-        rename = dict(rename or {})
-        targets = {rename.get(n, n): TargetInfo(**info) for n, info in result.base_tensors.items()}
-        config = UnlearningConfig(
-            concept=result.config.concept,
-            step=float(result.step),
-            targets=targets,
-            scales={rename.get(n, n): float(s) for n, s in result.scales.items()},
-            concept_kind=concept_kind,
-            model_family=model_family,
-            component=component,
-            caption_mode=result.config.caption_mode,
-            base_model_name_or_path=result.base_model_name_or_path,
-            base_model_revision=result.base_model_revision,
-            metrics=result.summary(),
-            settings=result.config.to_dict(),
-        )
-        tensors = {rename.get(n, n): t.float().cpu() for n, t in result.deltas.items()}
-        return cls(config, tensors)
+        return to_delta(**kwargs)
 
     # -- views ----------------------------------------------------------------------------
     @property
@@ -312,13 +290,12 @@ class ConceptDelta:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **hub_kwargs: Any) -> ConceptDelta:
-        """Load a delta folder, or a Hub repo id (see `hf_slug.hub.resolve_folder`).
+        """Load a delta folder, or a Hub repo id (see `hf_slug.resolve.resolve_folder`).
 
         The config is validated field by field, the tensors against it, and a delta holding
         NaN/inf is refused (NonFiniteGradientError). A save replacing the folder meanwhile is
         waited out: the config and tensors read always come from the same save.
         """
-        from .hub import not_a_delta_error, resolve_folder
 
         def read() -> ConceptDelta:
             folder = resolve_folder(path, **hub_kwargs)
@@ -411,8 +388,6 @@ def read_delta_or_stack(
     Every entry of the stack index is validated (`hf_slug.names.read_stack_index`) and each
     adapter folder must be a plain sub-folder, so nothing outside the folder is read.
     """
-    from .hub import not_a_delta_error, resolve_folder
-
     folder = resolve_folder(path, **hub_kwargs)
     with PinnedFolder(folder) as pinned:
         kind = folder_layout(pinned.is_file(CONFIG_NAME), pinned.is_file(STACK_NAME), path)

@@ -53,7 +53,7 @@ from .families.clip import tower_of
 if TYPE_CHECKING:  # diffusers is optional: imported lazily by the builders below
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-TOKENIZER_DIR = Path(__file__).resolve().parent / "demo" / "embedded_clip"
+TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"  # package data
 """Folder holding the real CLIP BPE tokenizer files (`vocab.json`, `merges.txt`)."""
 
 IMAGE_SIZE = 32

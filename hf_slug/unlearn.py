@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SLUGConfig
+from .config import SLUGConfig, TargetInfo, UnlearningConfig
 from .data import PairSource, check_batch_size, load_pairs
+from .delta import ConceptDelta
 from .errors import ConfigError, DeltaFormatError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
 from .families.clip import candidate_names, group_layers, resolve_names
@@ -89,6 +90,39 @@ class UnlearningResult:
                 p = params[name]
                 p.copy_((p.float() + weight * delta.to(p.device)).to(p.dtype))
         return model
+
+    def to_delta(
+        self,
+        *,
+        concept_kind: str = "concept",
+        model_family: str = "clip",
+        component: str | None = None,
+        rename: Mapping[str, str] | None = None,
+    ) -> ConceptDelta:
+        """This result's delta (`ConceptDelta.from_result`); `rename` maps names to host names."""
+        if not self.converged:
+            raise ConfigError(
+                f"the search for {self.config.concept!r} met no criterion, so there is no delta "
+                "to keep; see result.searches, or force a layer and step."
+            )
+        rename = dict(rename or {})
+        targets = {rename.get(n, n): TargetInfo(**info) for n, info in self.base_tensors.items()}
+        config = UnlearningConfig(
+            concept=self.config.concept,
+            step=float(self.step),
+            targets=targets,
+            scales={rename.get(n, n): float(s) for n, s in self.scales.items()},
+            concept_kind=concept_kind,
+            model_family=model_family,
+            component=component,
+            caption_mode=self.config.caption_mode,
+            base_model_name_or_path=self.base_model_name_or_path,
+            base_model_revision=self.base_model_revision,
+            metrics=self.summary(),
+            settings=self.config.to_dict(),
+        )
+        tensors = {rename.get(n, n): t.float().cpu() for n, t in self.deltas.items()}
+        return ConceptDelta(config, tensors)
 
     def plot_pareto(self, path: str | Path) -> Path:
         """Save the Pareto-front plot (alignment vs importance, chosen layer circled)."""
