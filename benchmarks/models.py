@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "hf_slug" / "demo" / "embedded_clip"
+from hf_slug.testing import TOKENIZER_DIR  # the real CLIP BPE files, shipped as package data
 
 
 @dataclass(frozen=True)

