@@ -168,7 +168,7 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
 
 def _audit_section(folder: Path, configs: dict[str, UnlearningConfig]) -> str:
     """The audit table (`hf-slug audit`) when the folder holds one of the deltas it carries."""
-    from .audit.report import AUDIT_NAME, AuditReport
+    from .audit_report import AUDIT_NAME, AuditReport
     from .delta import ConceptDelta
 
     if not (folder / AUDIT_NAME).is_file():

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..audit_report import AUDIT_NAME, AuditReport, ProbeRow
 from ..delta import ConceptDelta
 from ..errors import ConfigError
 from ..families.clip import require_clip
@@ -38,7 +39,6 @@ from .probes import (
     phrasing_rates,
     relearn_steps,
 )
-from .report import AUDIT_NAME, AuditReport, ProbeRow
 
 __all__ = ["AUDIT_NAME", "AuditBudget", "AuditReport", "ProbeRow", "audit"]
 

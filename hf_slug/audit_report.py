@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DeltaFormatError
-from ..io import atomic_path, write_json
+from .errors import DeltaFormatError
+from .io import atomic_path, write_json
 
 AUDIT_NAME = "slug_audit.json"
 AUDIT_TABLE = "slug_audit.md"
@@ -141,7 +141,7 @@ class AuditReport:
 
     def plot(self, path: str | Path) -> Path:
         """Recovery against attack budget: learned-prompt FA@1 by step; relearning steps by n."""
-        from ..plots import _pyplot, _save
+        from .plots import _pyplot, _save
 
         plt = _pyplot()
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
