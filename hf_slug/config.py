@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import re
 import warnings
 from collections.abc import Callable
@@ -25,8 +24,9 @@ from typing import Any
 
 import torch
 
+from .checks import finite_real, positive_int, positive_number
 from .errors import ConfigError, DeltaFormatError
-from .io import finite_real, parse_json_bytes, write_json
+from .io import parse_json_bytes, write_json
 from .version import __version__
 
 CONFIG_NAME = "slug_config.json"
@@ -42,15 +42,6 @@ TOWERS = ("vision", "text")
 CAPTION_MODES = ("original", "concept_name")
 DELTA_FORMATS = ("dense", "lowrank")
 MAX_NESTING = 64  # metrics / settings deeper than this are not a config hf_slug wrote
-
-
-def _positive_int(value: Any, name: str, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ConfigError(
-            f"{name} must be a positive int, got {value!r}: pass {example} or another positive "
-            "number."
-        )
-    return value
 
 
 @dataclass
@@ -118,16 +109,11 @@ class SLUGConfig:
                 f"caption_mode must be 'original' or 'concept_name', got {self.caption_mode!r}."
             )
         self._check_labels()
-        _positive_int(self.batch_size, "batch_size", "batch_size=32")
-        _positive_int(self.max_evaluations, "max_evaluations", "max_evaluations=10")
+        positive_int(self.batch_size, "batch_size", "batch_size=32")
+        positive_int(self.max_evaluations, "max_evaluations", "max_evaluations=10")
         if self.top_k is not None:
-            _positive_int(self.top_k, "top_k", "top_k=4, or top_k=None for every front layer")
-        step = finite_real(self.initial_step)
-        if step is None or step <= 0:
-            raise ConfigError(
-                f"initial_step must be a finite number > 0, got {self.initial_step!r}: pass "
-                "e.g. initial_step=0.1."
-            )
+            positive_int(self.top_k, "top_k", "top_k=4, or top_k=None for every front layer")
+        positive_number(self.initial_step, "initial_step", "initial_step=0.1")
         if finite_real(self.forget_target) is None:
             raise ConfigError(
                 f"forget_target must be a finite number on the forget metric's scale, got "

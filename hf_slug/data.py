@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .checks import positive_int
 from .errors import ConfigError, DataFormatError, EmptyDatasetError, MissingCaptionError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -174,16 +174,7 @@ PROCESSOR_KWARGS: dict[str, Any] = {"return_tensors": "pt", "padding": True, "tr
 
 def check_batch_size(batch_size: object) -> int:
     """Return `batch_size` if it is a positive int; raise `ConfigError` otherwise."""
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise ConfigError(
-            f"batch_size must be a positive int, got {batch_size!r}: pass batch_size=32 or "
-            "another positive number."
-        )
-    return int(batch_size)
+    return positive_int(batch_size, "batch_size", "batch_size=32")
 
 
 def _from_folder(folder: Path, text_column: str) -> ImageTextPairs:

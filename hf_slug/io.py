@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import numbers
 import os
 import secrets
 import shutil
@@ -157,19 +155,6 @@ def parse_safetensors_bytes(raw: bytes, source: str | Path) -> dict[str, torch.T
             f"{source} is not a readable safetensors file ({error}); it is truncated or corrupt. "
             "Download or save it again."
         ) from error
-
-
-def finite_real(value: Any) -> float | None:
-    """`value` as a float if it is a finite real number (bools and strings are not), else None."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        number = float(value)
-    except (OverflowError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 # -- pinned reads -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .checks import finite_real
 from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME
 from .errors import (
     AdapterError,
@@ -32,7 +33,7 @@ from .errors import (
     DeltaFormatError,
     NonFiniteGradientError,
 )
-from .io import finite_real, parse_json_bytes
+from .io import parse_json_bytes
 
 ADAPTER_NAME_PATTERN = r"[A-Za-z0-9](?:[A-Za-z0-9 _.-]{0,126}[A-Za-z0-9_-])?"
 _NAME = re.compile(ADAPTER_NAME_PATTERN)

@@ -13,8 +13,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
-import numbers
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checks import finite_real, positive_int, positive_number
 from .errors import ConfigError, NonFiniteGradientError
 from .evaluation import Evaluator, Metrics, as_evaluator
 from .families.clip import short_name
@@ -194,25 +193,13 @@ class StackedEvaluator(Evaluator):
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return finite_real(value) is not None
 
 
 def check_search_options(initial_step: object, max_evaluations: object) -> None:
     """Raise `ConfigError` unless `initial_step` is finite and > 0 and `max_evaluations` >= 1."""
-    if not (_is_number(initial_step) and initial_step > 0):
-        raise ConfigError(
-            f"initial_step must be a finite number > 0, got {initial_step!r}: pass e.g. "
-            "initial_step=0.1 (the first relative step the search tries)."
-        )
-    if (
-        isinstance(max_evaluations, bool)
-        or not isinstance(max_evaluations, numbers.Integral)
-        or max_evaluations < 1
-    ):
-        raise ConfigError(
-            f"max_evaluations must be an int >= 1, got {max_evaluations!r}: pass e.g. "
-            "max_evaluations=10."
-        )
+    positive_number(initial_step, "initial_step", "initial_step=0.1 (the first step tried)")
+    positive_int(max_evaluations, "max_evaluations", "max_evaluations=10")
 
 
 def search_step(

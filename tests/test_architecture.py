@@ -25,6 +25,7 @@ LAYERS = ("base", "core", "api", "hosts", "facade", "apps")
 LAYER = {
     # base: files, errors and words; no torch model, no hf_slug type above them
     "hf_slug.errors": "base",
+    "hf_slug.checks": "base",
     "hf_slug.version": "base",
     "hf_slug.io": "base",
     "hf_slug.phrasings": "base",

@@ -332,7 +332,7 @@ class _Evaluator(Evaluator):
         pytest.param({"initial_step": math.nan}, r"initial_step must be a finite number"),
         pytest.param({"initial_step": -0.1}, r"initial_step must be a finite number > 0"),
         pytest.param({"initial_step": math.inf}, r"initial_step"),
-        pytest.param({"max_evaluations": 0}, r"max_evaluations must be an int >= 1"),
+        pytest.param({"max_evaluations": 0}, r"max_evaluations must be a positive int"),
         pytest.param({"max_evaluations": 2.5}, r"max_evaluations"),
     ],
     ids=["step-nan", "step-negative", "step-inf", "no-evaluations", "evaluations-float"],
