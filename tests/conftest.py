@@ -33,7 +33,16 @@ __all__ = [
     "tiny_processor",
 ]
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(min(2, torch.get_num_threads()))  # the fixtures that train pin 1 thread
+
+NUMERICS = (
+    "numerics: asserts what a tiny model learns or a search finds (trained fixtures, step "
+    "searches); .ci/run runs these again under other CPU kernels"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", NUMERICS)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +57,8 @@ def model() -> CLIPModel:
 
 @pytest.fixture(scope="session")
 def shapes_clip():
-    """A tiny CLIP trained for ~15 s on six coloured-shape classes (see tests/shapes.py)."""
+    """A tiny CLIP trained for ~15 s on six coloured-shape classes, its held-out margins checked
+    (see tests/shapes.py; `HF_SLUG_SHAPES_SEED` trains it from another seed)."""
     from shapes import train_shapes_clip
 
     return train_shapes_clip()

@@ -50,6 +50,7 @@ def embedded():
 FLOORS = {"identity": 0.80, "object": 0.80, "style": 0.70, "digit": 0.80}
 
 
+@pytest.mark.numerics
 def test_shipped_weights_reach_the_stated_accuracies(embedded):
     model, processor = embedded
     world = World(0)
@@ -70,6 +71,7 @@ def test_shipped_weights_reach_the_stated_accuracies(embedded):
         assert metrics[f"{task}_acc"] >= floor, (task, metrics)
 
 
+@pytest.mark.numerics
 def test_demo_runs_end_to_end_in_its_quick_setting(tmp_path):
     measured = run_demo(tmp_path, quick=True)
     first, second = measured["targets"]

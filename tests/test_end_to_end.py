@@ -5,11 +5,18 @@ from __future__ import annotations
 import copy
 
 import pytest
-from shapes import NAMES, per_class_accuracy, samples, unlearn_shape, validation_evaluator
+from shapes import (
+    TEST_PER_CLASS,
+    assert_forgotten_and_kept,
+    per_class_accuracy,
+    samples,
+    unlearn_shape,
+    validation_evaluator,
+)
 
 from hf_slug.search import edited
 
-MARGIN = 0.15  # the other classes' accuracy may drop by at most this much on unseen images
+pytestmark = pytest.mark.numerics
 
 
 @pytest.mark.parametrize("target", ["zorb", "quax"])
@@ -17,16 +24,12 @@ def test_unlearning_one_class_keeps_the_others(shapes_clip, target, tmp_path):
     model, processor = copy.deepcopy(shapes_clip[0]), shapes_clip[1]
     result = unlearn_shape(model, processor, target, seed=1, cache_dir=tmp_path)
     assert result.converged, result.report()
-    assert result.after["forget_acc"] == 0.0  # the criterion, on validation images
-    test_images, test_labels = samples(12, seed=4)  # images neither the search nor training saw
+    assert result.after["forget_acc"] == 0.0  # the criterion, met exactly on validation images
+    test_images, test_labels = samples(TEST_PER_CLASS, seed=4)  # unseen by training and search
     before = per_class_accuracy(model, processor, test_images, test_labels)
     result.apply(model)
     after = per_class_accuracy(model, processor, test_images, test_labels)
-    assert before[target] >= 0.9
-    assert after[target] <= 0.1, (before, after)
-    for name in NAMES:
-        if name != target:
-            assert after[name] >= before[name] - MARGIN, (name, before, after)
+    assert_forgotten_and_kept(before, after, [target])
     assert (tmp_path / "retain_gradients.safetensors").exists()
     assert result.plot_pareto(tmp_path / "pareto.png").stat().st_size > 10_000
 

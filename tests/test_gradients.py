@@ -51,6 +51,7 @@ def reference_gradients(model, processor, pairs, loss, names):
     return {n: params[n].grad for n in names}
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("loss", ["forget", "retain"])
 def test_gradients_match_hand_written_reference(model, processor, pairs, loss):
     names = candidate_names(model)
@@ -62,6 +63,7 @@ def test_gradients_match_hand_written_reference(model, processor, pairs, loss):
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.numerics
 def test_forget_gradient_does_not_depend_on_batch_size(model, processor, pairs):
     names = candidate_names(model, ("text",))
     full = compute_gradients(
@@ -75,6 +77,7 @@ def test_forget_gradient_does_not_depend_on_batch_size(model, processor, pairs):
             torch.testing.assert_close(small[name], full[name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.numerics
 def test_retain_gradient_does_not_depend_on_batch_order(model, processor, pairs):
     names = candidate_names(model, ("vision",))
     forward = compute_gradients(

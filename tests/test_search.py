@@ -34,6 +34,7 @@ def mean_forget_cosine(model, processor, pairs):
     return float(F.cosine_similarity(v, t).mean())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("weight", ["mlp.fc1.weight", "self_attn.v_proj.weight"])
 @pytest.mark.parametrize("tower", ["vision_model", "text_model"])
@@ -119,6 +120,7 @@ def test_utility_guard_rejects_a_costly_step(model):
     assert search.status.startswith("utility guard")
 
 
+@pytest.mark.numerics
 def test_cached_prefix_evaluation_equals_a_full_forward(model, processor):
     tasks = [
         ZeroShotTask("forget", random_images(5, seed=4), ["Ada Byron"] * 5, NAMES),
@@ -140,6 +142,7 @@ def test_cached_prefix_evaluation_equals_a_full_forward(model, processor):
         fast.end()
 
 
+@pytest.mark.numerics
 def test_unlearn_with_a_named_layer_and_grouping(model, processor, forget):
     retain = load_pairs((random_images(8, seed=2), [f"thing {i}" for i in range(8)]))
     config = SLUGConfig(

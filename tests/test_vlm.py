@@ -122,6 +122,7 @@ def world():
     )
 
 
+@pytest.mark.numerics
 # -- which blocks reach the language model ------------------------------------------------------
 @pytest.mark.parametrize(
     ("feature_layer", "usable"),
@@ -143,12 +144,14 @@ def test_usable_blocks_are_exactly_those_whose_edit_changes_the_language_model(
     assert reached == usable  # what transformers actually does, not only what the config says
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(("feature_layer", "match"), [(0, "nothing to edit"), (4, "valid: -4")])
 def test_feature_layers_reaching_no_block_or_out_of_range_are_refused(world, feature_layer, match):
     with pytest.raises(ValueError, match=match):
         usable_vision_blocks(world["vlm"], feature_layer)
 
 
+@pytest.mark.numerics
 def test_blocks_above_the_feature_layer_are_never_candidates(world):
     ada = world["ada"]
     assert ada.usable_blocks == (0, 1)
@@ -169,6 +172,7 @@ def test_blocks_above_the_feature_layer_are_never_candidates(world):
         )
 
 
+@pytest.mark.numerics
 # -- applying the delta ----------------------------------------------------------------------
 def test_delta_is_keyed_by_the_vlm_names_and_equals_editing_the_tower_by_hand(world):
     vlm, clip, ada = world["vlm"], world["clip"], world["ada"]
@@ -195,6 +199,7 @@ def test_delta_is_keyed_by_the_vlm_names_and_equals_editing_the_tower_by_hand(wo
         assert torch.equal(p, dict(hand.named_parameters())[name]), name
 
 
+@pytest.mark.numerics
 def test_language_model_and_projector_stay_bit_identical(world):
     vlm, ada = world["vlm"], world["ada"]
     merged = SLUGModel(copy.deepcopy(vlm))
@@ -210,6 +215,7 @@ def test_language_model_and_projector_stay_bit_identical(world):
     assert changed == set(ada.delta.names)
 
 
+@pytest.mark.numerics
 def test_the_vlm_delta_finds_the_tower_in_another_layout(world):
     """A delta keyed `model.vision_tower.…` resolves into a CLIPModel's `vision_model.…`."""
     clip, ada = world["clip"], world["ada"]
@@ -222,6 +228,7 @@ def test_the_vlm_delta_finds_the_tower_in_another_layout(world):
         assert torch.equal(p, dict(hand.named_parameters())[name]), name
 
 
+@pytest.mark.numerics
 def test_stacking_weighting_merging_and_saving_on_the_vlm(world, tmp_path):
     vlm, clip, ada, bob, inputs = (world[k] for k in ("vlm", "clip", "ada", "bob", "inputs"))
     assert set(ada.delta.names).isdisjoint(bob.delta.names)
@@ -249,6 +256,7 @@ def test_stacking_weighting_merging_and_saving_on_the_vlm(world, tmp_path):
     torch.testing.assert_close(logits(model, inputs), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.numerics
 # -- refusals ------------------------------------------------------------------------------------
 def test_a_different_vision_tower_is_refused_before_any_computation(world, monkeypatch):
     vlm, ada = world["vlm"], world["ada"]
@@ -271,6 +279,7 @@ def test_a_different_vision_tower_is_refused_before_any_computation(world, monke
         SLUGModel(other_vlm).add_adapter("ada", ada.delta)
 
 
+@pytest.mark.numerics
 def test_a_half_precision_vlm_passes_the_check_and_gets_a_delta_for_its_own_tensors(world):
     vlm = copy.deepcopy(world["vlm"]).half()
     check_same_tower(vlm, world["clip"])  # the CLIP tensors cast to float16 are the VLM's
@@ -322,6 +331,7 @@ def _siglip_llava(clip):
     return tiny_llava(clip, vision_config=vision)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize(
     ("build", "match"),
     [
@@ -346,6 +356,7 @@ def test_models_without_a_clip_vision_tower_are_refused_with_what_is_supported(w
         )
 
 
+@pytest.mark.numerics
 def test_a_config_without_a_feature_layer_asks_for_one(world):
     tower = CLIPVisionModel(world["clip"].config.vision_config)  # a CLIP tower, no VLM config
     with pytest.raises(UnsupportedModelError, match="pass feature_layer="):
@@ -353,6 +364,7 @@ def test_a_config_without_a_feature_layer_asks_for_one(world):
     assert usable_vision_blocks(tower, feature_layer=-2) == [0, 1]
 
 
+@pytest.mark.numerics
 def test_a_text_only_config_is_refused(world):
     with pytest.raises(ValueError, match="vision tower only"):
         unlearn_vlm(
@@ -365,6 +377,7 @@ def test_a_text_only_config_is_refused(world):
         )
 
 
+@pytest.mark.numerics
 # -- evaluation ----------------------------------------------------------------------------------
 def test_identity_questions_generate_end_to_end_before_and_after(world):
     vlm, processor, ada = world["vlm"], world["processor"], world["ada"]
@@ -413,6 +426,7 @@ def test_identity_questions_generate_end_to_end_before_and_after(world):
     assert len(out[0]) - inputs["input_ids"].shape[1] == 3
 
 
+@pytest.mark.numerics
 def test_prompt_comes_from_the_chat_template_or_a_given_template(world):
     processor = copy.deepcopy(world["processor"])
     images = random_images(2, seed=6)
@@ -450,6 +464,7 @@ def test_name_in_answer_scoring(answers, names, want):
     assert score_answers(answers, names, "Ada Byron") == want
 
 
+@pytest.mark.numerics
 def test_scoring_and_evaluator_errors(world):
     with pytest.raises(ValueError, match="no image is labelled"):
         score_answers(["x"], ["Bob Stone"], "Ada Byron")
@@ -467,6 +482,7 @@ def test_scoring_and_evaluator_errors(world):
     assert table.splitlines()[2].split() == ["vqa", "nan", "0.5000"]
 
 
+@pytest.mark.numerics
 def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
     ada = world["ada"].result
     with pytest.warns(UserWarning, match="already meets the forget criterion"):
