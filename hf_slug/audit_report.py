@@ -161,7 +161,10 @@ class AuditReport:
                     ys = [getattr(r, column) for r in rows]
                     ys = [limit + 1 if y is None else y for y in ys]
                     right.plot(xs, ys, marker=marker, label=f"{column}, {family}")
+        sizes = sorted({int(r.setting.split()[0]) for r in self.rows if r.unit == "steps"})
         right.set(xscale="log", xlabel="forget images used", ylabel="steps to FA@1 ≥ 50 %")
+        right.set_xticks(sizes or [1], [str(n) for n in sizes or [1]])
+        right.minorticks_off()
         right.set_title("relearning (top: not reached)")
         right.legend(fontsize=6)
         fig.suptitle(f"audit of {self.concept}")
