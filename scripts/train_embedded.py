@@ -13,6 +13,12 @@ Full run (2 CPU cores, about 25 minutes; run it in the background and poll the l
 
 Smoke run: `python scripts/train_embedded.py --out /tmp/embedded_smoke --quick`.
 Rewrite the model card from an existing log: `--card-only`.
+
+`--world b` trains the same architecture on the independent world B of `benchmarks/world_b.py`
+instead (no model card; the log goes to `--out`):
+
+    OMP_WAIT_POLICY=PASSIVE nohup python scripts/train_embedded.py --world b \\
+        --out benchmarks/world_b/clip --seed 1 --minutes 25 --no-card > /tmp/train_world_b.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -54,12 +60,28 @@ TextEncoder = Callable[[CLIPModel, list[str]], torch.Tensor]
 DEFAULT_CARD = REPO / "model_cards" / "embedded_clip.md"
 PROJECT_AT = 50  # step at which the step count is fitted to --minutes (before warmup ends)
 CAP_MARGIN = 0.92  # fraction of --minutes planned for, leaving room for slow-downs and evals
+WORLDS = ("embedded", "b")
+# training views per concept (identity, object×style, digit); world B has fewer identities and
+# object×style pairs (18 and 8×6 against 26 and 12×8), so more views of each
+DEFAULT_VIEWS = {"embedded": (300, 120, 600), "b": (400, 240, 600)}
+DEFAULT_OUT = {
+    "embedded": REPO / "hf_slug" / "demo" / "embedded_clip",
+    "b": REPO / "benchmarks" / "world_b" / "clip",
+}
+DEFAULT_VAL_VIEWS = {"embedded": (8, 2, 20), "b": (12, 4, 20)}
+DEFAULT_TEST_VIEWS = {"embedded": (40, 10, 70), "b": (60, 20, 70)}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options; defaults are the settings of the shipped model."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "hf_slug" / "demo" / "embedded_clip")
+    p.add_argument("--out", type=Path, default=None, help=f"default {DEFAULT_OUT}")
+    p.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="embedded",
+        help="embedded: hf_slug.demo.world's world; b: benchmarks/world_b.py (no model card)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=25.0, help="cap on the training loop")
     p.add_argument("--steps", type=int, default=2200)
@@ -79,9 +101,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--views",
         type=int,
         nargs=3,
-        default=(300, 120, 600),
+        default=None,
         metavar=("IDENTITY", "OBJECT_STYLE", "DIGIT"),
-        help="training views per concept (identity, object×style, digit)",
+        help=f"training views per concept (identity, object×style, digit); default {DEFAULT_VIEWS}",
     )
     p.add_argument(
         "--shares",
@@ -91,8 +113,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar=("IDENTITY", "OBJECT_STYLE", "DIGIT"),
         help="fraction of each batch per kind",
     )
-    p.add_argument("--val-views", type=int, nargs=3, default=(8, 2, 20))
-    p.add_argument("--test-views", type=int, nargs=3, default=(40, 10, 70))
+    p.add_argument("--val-views", type=int, nargs=3, default=None, help=f"{DEFAULT_VAL_VIEWS}")
+    p.add_argument("--test-views", type=int, nargs=3, default=None, help=f"{DEFAULT_TEST_VIEWS}")
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--card", type=Path, default=DEFAULT_CARD, help="model card to write")
@@ -100,6 +122,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--card-only", action="store_true", help="rewrite the card from --out's log")
     p.add_argument("--quick", action="store_true", help="tiny smoke run (seconds)")
     args = p.parse_args(argv)
+    for key, defaults in (
+        ("out", DEFAULT_OUT),
+        ("views", DEFAULT_VIEWS),
+        ("val_views", DEFAULT_VAL_VIEWS),
+        ("test_views", DEFAULT_TEST_VIEWS),
+    ):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[args.world])
+    if args.world != "embedded":
+        if args.card_only:
+            p.error("--card-only describes the embedded world only.")
+        args.no_card = True  # the card describes the embedded world
     if args.quick:
         args.steps, args.views, args.val_views, args.test_views = (
             30,
@@ -453,6 +487,15 @@ def param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
+def make_world(name: str, seed: int, image_size: int) -> World:
+    """The world to train on: the embedded one, or world B (`benchmarks/world_b.py`)."""
+    if name == "b":
+        from benchmarks.world_b import world_b
+
+        return world_b(seed=seed, image_size=image_size)
+    return World(seed=seed, image_size=image_size)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Train, evaluate, save and reload; return the training log."""
     start = time.time()
@@ -462,7 +505,7 @@ def train(args: argparse.Namespace) -> dict:
     tokenizer_dir = REPO / "hf_slug" / "demo" / "embedded_clip"
     processor = build_processor(args.image_size, tokenizer_dir)
     tokenizer = processor.tokenizer
-    world = World(seed=args.seed, image_size=args.image_size)
+    world = make_world(args.world, args.seed, args.image_size)
 
     pools, tokens, codes = build_pools(world, tokenizer, args.views)
     val = EvalSet(world, "val", args.val_views)
@@ -541,6 +584,7 @@ def train(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "world": {
+            "design": world.design.name,
             "image_size": args.image_size,
             "identities": world.identities,
             "objects": world.objects,

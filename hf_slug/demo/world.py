@@ -18,7 +18,9 @@ keyed by (seed, kind, split, concept, index), so a split's views are never rende
 split, and ``samples`` returns a prefix-stable, reproducible list.
 
 The concepts themselves (identity designs, objects, styles, templates, the digit partition) are
-fixed; ``seed`` only chooses the views.
+fixed by a `WorldDesign`; ``seed`` only chooses the views. `EMBEDDED_DESIGN`, the default, is the
+world described here, the one the embedded CLIP was trained on; another design (other people,
+colours, objects, styles and caption templates) gives an independent world to check results on.
 
 Example:
     >>> world = World(seed=0)
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -203,6 +205,80 @@ def fill_template(template: str, label: str, style: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# World designs
+# ---------------------------------------------------------------------------------------------
+
+RGB = tuple[int, int, int]
+# (body, detail, light) masks, object colour, rng -> float RGB image at twice the output size
+StyleFn = Callable[
+    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator], np.ndarray
+]
+# float RGB image at the output size, rng -> the style's finished image (e.g. pixelation)
+FinishFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class WorldDesign:
+    """Everything fixed about a world: its concepts and how they are drawn and captioned.
+
+    Identities are drawn from `features` (the keys of `FEATURES`, with any non-empty subset of
+    each one's values) with `feature_weights`, using `design_seed`, and named from the name
+    pools; their colours come from the palettes. `object_masks(obj, w)` returns an object's
+    (body, detail, light) masks as an RGB image (see `draw_primitives`); `style_renderers` paint
+    them; `style_finishers` post-process a style's downsampled image. Caption templates are as
+    `TRAIN_TEMPLATES` and `EVAL_TEMPLATES`. Digits and their split partition are shared by all
+    designs.
+    """
+
+    name: str
+    design_seed: int
+    first_bearded: tuple[str, ...]
+    first_other: tuple[str, ...]
+    last_names: tuple[str, ...]
+    n_drawn_identities: int
+    features: Mapping[str, tuple[str, ...]]
+    feature_weights: Mapping[str, tuple[float, ...]]
+    min_feature_differences: int
+    skin: Mapping[str, RGB]
+    hair: Mapping[str, RGB]
+    clothes: Mapping[str, RGB]
+    eyes: Mapping[str, RGB]
+    accents: tuple[RGB, ...]
+    real_portraits: tuple[str, ...]
+    objects: tuple[str, ...]
+    object_masks: Callable[[str, int], Image.Image]
+    styles: tuple[str, ...]
+    style_renderers: Mapping[str, StyleFn]
+    style_finishers: Mapping[str, FinishFn]
+    train_templates: Mapping[str, tuple[Template, ...]]
+    eval_templates: Mapping[str, tuple[Template, ...]]
+
+    def __post_init__(self) -> None:
+        if tuple(self.features) != tuple(FEATURES):
+            raise ValueError(f"features must have the keys {tuple(FEATURES)}, in that order.")
+        palettes = {"skin": self.skin, "hair_colour": self.hair, "clothing_colour": self.clothes}
+        for key, values in self.features.items():
+            drawable = set(FEATURES[key]) if key not in palettes else set(values)
+            if not values or not set(values) <= drawable:
+                raise ValueError(f"feature {key!r}: choose 1+ values from {FEATURES[key]}.")
+        for key, palette in palettes.items():
+            missing = set(self.features[key]) - set(palette)
+            if missing:
+                raise ValueError(f"no colour for {key} values {sorted(missing)}.")
+        unknown = set(self.real_portraits) - set(REAL_PORTRAITS)
+        if unknown:
+            raise ValueError(f"no photo for portraits {sorted(unknown)}: use {REAL_PORTRAITS}.")
+        if set(self.styles) - set(self.style_renderers):
+            raise ValueError("every style needs a renderer.")
+        for table, kinds in (
+            (self.train_templates, KINDS),
+            (self.eval_templates, ("identity", "object", "style", "object_style", "digit")),
+        ):
+            if set(kinds) - set(table):
+                raise ValueError(f"templates needed for {sorted(set(kinds) - set(table))}.")
+
+
+# ---------------------------------------------------------------------------------------------
 # Identity designs
 # ---------------------------------------------------------------------------------------------
 
@@ -235,28 +311,30 @@ def feature_differences(a: IdentityDesign, b: IdentityDesign) -> int:
     return sum(x != y for x, y in zip(a.features(), b.features()))
 
 
-@lru_cache(maxsize=1)
-def identity_designs() -> tuple[IdentityDesign, ...]:
-    """The drawn identities: fixed, and pairwise different in ≥ `MIN_FEATURE_DIFFERENCES`."""
-    rng = np.random.default_rng(_DESIGN_SEED)
+@lru_cache(maxsize=8)
+def identity_designs(design: WorldDesign | None = None) -> tuple[IdentityDesign, ...]:
+    """A design's drawn identities (default: the embedded world's): fixed, and pairwise
+    different in ≥ its `min_feature_differences` features."""
+    wd = design or EMBEDDED_DESIGN
+    rng = np.random.default_rng(wd.design_seed)
     chosen: list[dict[str, str]] = []
-    while len(chosen) < N_DRAWN_IDENTITIES:
+    while len(chosen) < wd.n_drawn_identities:
         cand = {}
-        for key, values in FEATURES.items():
-            w = np.asarray(_FEATURE_WEIGHTS.get(key, (1,) * len(values)), dtype=float)
+        for key, values in wd.features.items():
+            w = np.asarray(wd.feature_weights.get(key, (1,) * len(values)), dtype=float)
             cand[key] = values[rng.choice(len(values), p=w / w.sum())]
         diffs = [sum(cand[k] != c[k] for k in FEATURES) for c in chosen]
-        if all(d >= MIN_FEATURE_DIFFERENCES for d in diffs):
+        if all(d >= wd.min_feature_differences for d in diffs):
             chosen.append(cand)
-    bearded, other = iter(_FIRST_BEARDED), iter(_FIRST_OTHER)
+    bearded, other = iter(wd.first_bearded), iter(wd.first_other)
     designs = []
     for i, feats in enumerate(chosen):
         first = next(bearded) if feats["beard"] != "none" else next(other)
         designs.append(
             IdentityDesign(
-                name=f"{first} {_LAST[i]}",
-                eye_colour=tuple(EYES)[int(rng.integers(len(EYES)))],
-                accent=int(rng.integers(len(ACCENTS))),
+                name=f"{first} {wd.last_names[i]}",
+                eye_colour=tuple(wd.eyes)[int(rng.integers(len(wd.eyes)))],
+                accent=int(rng.integers(len(wd.accents))),
                 **feats,
             )
         )
@@ -307,19 +385,24 @@ class World:
     Attributes:
         seed: chooses the views (concepts and the digit partition are fixed).
         image_size: side of the rendered square RGB images, in pixels.
-        identities: drawn identity names, then "Grace Hopper" and "Eileen Collins".
+        design: the concepts and how they are drawn and captioned (default `EMBEDDED_DESIGN`).
+        identities: drawn identity names, then the real portraits (embedded design:
+            "Grace Hopper" and "Eileen Collins").
         objects, styles, digits: the object names, style names and digit words ("zero".."nine").
     """
 
-    def __init__(self, seed: int = 0, image_size: int = IMAGE_SIZE):
+    def __init__(
+        self, seed: int = 0, image_size: int = IMAGE_SIZE, design: WorldDesign | None = None
+    ):
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}.")
         self.seed = int(seed)
         self.image_size = int(image_size)
-        self.designs: dict[str, IdentityDesign] = {d.name: d for d in identity_designs()}
-        self.identities: list[str] = [*self.designs, *REAL_PORTRAITS]
-        self.objects: list[str] = list(OBJECTS)
-        self.styles: list[str] = list(STYLES)
+        self.design = design or EMBEDDED_DESIGN
+        self.designs: dict[str, IdentityDesign] = {d.name: d for d in identity_designs(self.design)}
+        self.identities: list[str] = [*self.designs, *self.design.real_portraits]
+        self.objects: list[str] = list(self.design.objects)
+        self.styles: list[str] = list(self.design.styles)
         self.digits: list[str] = list(DIGITS)
 
     # -- public API ----------------------------------------------------------------------------
@@ -389,7 +472,8 @@ class World:
         """
         _check_split(split)
         attributes_of(kind, label, style)
-        table = TRAIN_TEMPLATES if split == "train" else EVAL_TEMPLATES
+        d = self.design
+        table = d.train_templates if split == "train" else d.eval_templates
         return [(fill_template(t, label, style), states) for t, states in table[kind]]
 
     def prompts(self, kind: str) -> dict[str, list[str]]:
@@ -406,7 +490,7 @@ class World:
         if kind not in labels:
             raise ValueError(f"unknown prompt kind {kind!r}: use one of {PROMPT_KINDS}.")
         return {
-            label: [fill_template(t, label) for t, _ in EVAL_TEMPLATES[kind]]
+            label: [fill_template(t, label) for t, _ in self.design.eval_templates[kind]]
             for label in labels[kind]
         }
 
@@ -419,7 +503,7 @@ class World:
 
     def _render_identity(self, name: str, split: str, rng: np.random.Generator) -> Image.Image:
         size = self.image_size
-        if name in REAL_PORTRAITS:
+        if name in self.design.real_portraits:
             rgb = _portrait_view(REAL_PORTRAITS.index(name), size, rng)
             if rng.random() < 0.1:
                 rgb = rgb.mean(axis=2, keepdims=True).repeat(3, axis=2)
@@ -427,7 +511,7 @@ class World:
                 rgb = _blur_rgb(rgb, float(rng.uniform(0.2, 1.0)))
             return _finish(rgb, split, rng)
         big = 2 * size
-        person = _draw_person(self.designs[name], big, rng)
+        person = _draw_person(self.designs[name], big, rng, self.design)
         angle = rng.uniform(-12, 12)
         scale = rng.uniform(0.88, 1.12)
         shift = rng.uniform(-0.07, 0.07, size=2)
@@ -445,7 +529,7 @@ class World:
     ) -> Image.Image:
         size = self.image_size
         big = 2 * size
-        masks = _object_masks(obj, big)
+        masks = self.design.object_masks(obj, big)
         angle = rng.uniform(-15, 15)
         scale = rng.uniform(0.78, 0.96)
         shift = rng.uniform(-0.05, 0.05, size=2)
@@ -453,12 +537,10 @@ class World:
         masks = _affine(masks, angle, scale, shift, flip)
         m = np.asarray(masks, dtype=np.float32) / 255.0
         colour = _object_colour(split, rng)
-        rgb = _STYLE_RENDERERS[style](m[..., 0], m[..., 1], m[..., 2], colour, rng)
+        rgb = self.design.style_renderers[style](m[..., 0], m[..., 1], m[..., 2], colour, rng)
         rgb = rgb.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
-        if style == "pixel art":
-            rgb = _pixelate(rgb, rng)
-        elif style == "mosaic":
-            rgb = _tile(rgb, rng)
+        if style in self.design.style_finishers:
+            rgb = self.design.style_finishers[style](rgb, rng)
         lo, hi = (0.9, 1.1) if split == "train" else (0.85, 1.15)
         rgb = rgb * rng.uniform(lo, hi) + rng.normal(0, 0.01, rgb.shape)
         return _to_image(rgb)
@@ -604,8 +686,14 @@ _FACE_BOX = {"oval": (0.18, 0.235), "round": (0.205, 0.21), "long": (0.16, 0.255
 _FACE_BOX["square"] = (0.195, 0.225)
 
 
-def _draw_person(d: IdentityDesign, w: int, rng: np.random.Generator) -> Image.Image:
-    """The person of design `d` on a transparent w×w canvas, front view, small variations."""
+def _draw_person(
+    d: IdentityDesign, w: int, rng: np.random.Generator, design: WorldDesign | None = None
+) -> Image.Image:
+    """The person of design `d` on a transparent w×w canvas, front view, small variations.
+
+    Colours come from the palettes of the world's `design` (default: the embedded world's).
+    """
+    wd = design or EMBEDDED_DESIGN
     img = Image.new("RGBA", (w, w), (0, 0, 0, 0))
     dr = ImageDraw.Draw(img)
 
@@ -615,10 +703,10 @@ def _draw_person(d: IdentityDesign, w: int, rng: np.random.Generator) -> Image.I
     def pts(*xy: float) -> list[tuple[float, float]]:
         return [(xy[i] * w, xy[i + 1] * w) for i in range(0, len(xy), 2)]
 
-    skin = _jitter(SKIN[d.skin], rng)
-    hair = _jitter(HAIR[d.hair_colour], rng)
-    cloth = _jitter(CLOTHES[d.clothing_colour], rng)
-    accent = _jitter(ACCENTS[d.accent], rng)
+    skin = _jitter(wd.skin[d.skin], rng)
+    hair = _jitter(wd.hair[d.hair_colour], rng)
+    cloth = _jitter(wd.clothes[d.clothing_colour], rng)
+    accent = _jitter(wd.accents[d.accent], rng)
     lw = max(1, round(0.015 * w))
     cx, cy = 0.5, 0.42 + rng.uniform(-0.01, 0.01)
     hw, hh = _FACE_BOX[d.face]
@@ -713,7 +801,7 @@ def _draw_person(d: IdentityDesign, w: int, rng: np.random.Generator) -> Image.I
     for sx in (-1, 1):
         ex = cx + sx * 0.075
         dr.ellipse(box(ex - 0.036, ey - 0.021, ex + 0.036, ey + 0.021), fill=(250, 250, 250))
-        dr.ellipse(box(ex - 0.017, ey - 0.017, ex + 0.017, ey + 0.017), fill=EYES[d.eye_colour])
+        dr.ellipse(box(ex - 0.017, ey - 0.017, ex + 0.017, ey + 0.017), fill=wd.eyes[d.eye_colour])
         dr.ellipse(box(ex - 0.007, ey - 0.007, ex + 0.007, ey + 0.007), fill=(10, 10, 10))
         dr.line(pts(ex - 0.04, ey - 0.05, ex + 0.04, ey - 0.05), fill=brow, width=lw + 1)
     dr.line(
@@ -932,9 +1020,17 @@ _ROLE_CHANNEL = {"body": 0, "erase": 0, "detail": 1, "light": 2}
 @lru_cache(maxsize=64)
 def _object_masks(obj: str, w: int) -> Image.Image:
     """The object's (body, detail, light) masks as the channels of one RGB image, w×w."""
+    return draw_primitives(SHAPES[obj], w)
+
+
+def draw_primitives(prims: Sequence[Prim], w: int) -> Image.Image:
+    """Primitives (unit coordinates, see `SHAPES`) drawn as (body, detail, light) masks, w×w.
+
+    The masks are the channels of one RGB image; "erase" primitives clear the body mask.
+    """
     layers = [Image.new("L", (w, w), 0) for _ in range(3)]
     draws = [ImageDraw.Draw(layer) for layer in layers]
-    for prim in SHAPES[obj]:
+    for prim in prims:
         shape, coords, role = prim[:3]
         dr = draws[_ROLE_CHANNEL[role]]
         value = 0 if role == "erase" else 255
@@ -1008,11 +1104,6 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 def _hue_of(colour: np.ndarray) -> float:
     return colorsys.rgb_to_hsv(*colour)[0]
-
-
-StyleFn = Callable[
-    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.random.Generator], np.ndarray
-]
 
 
 def _watercolor(
@@ -1238,3 +1329,33 @@ def _digit_partition() -> dict[str, list[np.ndarray]]:
         for split, part in zip(SPLITS, (idx[:a], idx[a:b], idx[b:])):
             parts[split].append(np.sort(part))
     return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded world's design
+# ---------------------------------------------------------------------------------------------
+
+EMBEDDED_DESIGN = WorldDesign(
+    name="embedded",
+    design_seed=_DESIGN_SEED,
+    first_bearded=_FIRST_BEARDED,
+    first_other=_FIRST_OTHER,
+    last_names=_LAST,
+    n_drawn_identities=N_DRAWN_IDENTITIES,
+    features=FEATURES,
+    feature_weights=_FEATURE_WEIGHTS,
+    min_feature_differences=MIN_FEATURE_DIFFERENCES,
+    skin=SKIN,
+    hair=HAIR,
+    clothes=CLOTHES,
+    eyes=EYES,
+    accents=ACCENTS,
+    real_portraits=REAL_PORTRAITS,
+    objects=OBJECTS,
+    object_masks=_object_masks,
+    styles=STYLES,
+    style_renderers=_STYLE_RENDERERS,
+    style_finishers={"pixel art": _pixelate, "mosaic": _tile},
+    train_templates=TRAIN_TEMPLATES,
+    eval_templates=EVAL_TEMPLATES,
+)
