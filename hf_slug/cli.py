@@ -34,12 +34,14 @@ from .cli_checks import (
     fraction,
     labels_from,
     non_negative,
+    number,
     output_folder,
     positive_int,
     rank,
     require_finite,
 )
 from .errors import UsageError
+from .phrasings import CRITERION_TEMPLATES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -108,9 +110,39 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
     _model_args(p)
     p.add_argument("--concept", required=True, help='the concept\'s name, e.g. "Ada Byron"')
-    p.add_argument("--kind", default="concept", help="identity, object, style, ... (card tags)")
+    p.add_argument(
+        "--kind",
+        default="concept",
+        choices=sorted(CRITERION_TEMPLATES),
+        help="the concept's kind: picks the phrasings the forget criterion checks (card tags)",
+    )
     p.add_argument("--forget", required=True, help="folder of the concept's images + captions")
     p.add_argument("--retain", required=True, help="folder of other images + captions")
+    p.add_argument(
+        "--val-forget",
+        help="validation images of the concept (+ captions); with --val-retain, the search is "
+        "scored on these and --forget/--retain go whole to the gradients",
+    )
+    p.add_argument("--val-retain", help="validation images of other concepts (+ captions)")
+    p.add_argument(
+        "--validation-share",
+        type=number(float, 0.0, 0.99, "a number in [0, 0.99]"),
+        default=0.25,
+        help="without --val-*: share of --forget and --retain held out for validation "
+        "(0: score in-sample)",
+    )
+    p.add_argument(
+        "--template",
+        action="append",
+        default=[],
+        help="an extra phrasing the criterion checks, with {} for the name (repeatable)",
+    )
+    p.add_argument(
+        "--margin",
+        type=number(float, 0.0, 1.99, "a cosine margin in [0, 1.99]"),
+        default=0.05,
+        help="cosine margin by which every phrasing must fail to name the concept",
+    )
     p.add_argument(
         "--labels",
         help="comma-separated names to classify forget images among (the concept and at least "
@@ -253,9 +285,24 @@ def _unlearn(args: argparse.Namespace) -> int:
             utility_tolerance=args.utility_tolerance,
             max_evaluations=args.max_evaluations,
             batch_size=args.batch_size,
+            concept_kind=args.kind,
+            templates=tuple(args.template),
+            margin=args.margin,
+            validation_share=args.validation_share,
         )
     except ConfigError as error:
         raise UsageError(f"invalid options: {error}") from None
+    if (args.val_forget is None) != (args.val_retain is None):
+        raise UsageError(
+            "--val-forget and --val-retain go together: pass both validation folders, or "
+            "neither (then --validation-share of --forget and --retain is held out)."
+        )
+    validation = None
+    if args.val_forget is not None:
+        validation = tuple(
+            load_pairs(existing_folder(path, flag), name=f"validation set ({flag})")
+            for path, flag in ((args.val_forget, "--val-forget"), (args.val_retain, "--val-retain"))
+        )
     forget_pairs = load_pairs(forget, name="forget set (--forget)")
     retain_pairs = load_pairs(retain, name="retain set (--retain)")
 
@@ -265,7 +312,15 @@ def _unlearn(args: argparse.Namespace) -> int:
             resolve_names(model, [args.layer], candidate_names(model, towers))
         except UnknownLayerError as error:
             raise UsageError(f"--layer {args.layer}: {error}") from None
-    result = unlearn(model, processor, forget_pairs, retain_pairs, config, progress=not args.quiet)
+    result = unlearn(
+        model,
+        processor,
+        forget_pairs,
+        retain_pairs,
+        config,
+        validation=validation,
+        progress=not args.quiet,
+    )
     print(result.report())
     if not result.converged:
         print(

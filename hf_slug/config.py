@@ -27,6 +27,7 @@ import torch
 from .checks import finite_real, positive_int, positive_number
 from .errors import ConfigError, DeltaFormatError
 from .io import parse_json_bytes, write_json
+from .phrasings import criterion_templates
 from .version import __version__
 
 CONFIG_NAME = "slug_config.json"
@@ -56,6 +57,14 @@ class SLUGConfig:
         group: None, "qkv" (q/k/v share one step) or "mlp" (fc1/fc2 share one step).
         caption_mode: forget captions as given ("original") or replaced by `concept`.
         candidate_labels: names the default evaluator classifies forget images among.
+        concept_kind: "identity", "object", "style" or "concept": picks the built-in phrasings
+            the default forget criterion checks (`hf_slug.phrasings`) and the card's tags.
+        templates: the user's own phrasings (each with one "{}"), checked besides the built-in.
+        margin: the default criterion counts an image as still recognised while, under any
+            phrasing, the concept's cosine trails the best other label's by less than this.
+        validation_share: without an evaluator, this share of the forget and of the retain pairs
+            (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
+            it. 0 scores on the gradient pairs themselves (reported as "in-sample").
         top_k: search only the `top_k` most important front layers per tower (None: all).
         forget_target: the forget metric must fall to at most this (0 = never recognised).
         utility_tolerance: reject steps that lower the utility metric by more than this.
@@ -71,6 +80,11 @@ class SLUGConfig:
     group: str | None = None
     caption_mode: str = "original"
     candidate_labels: list[str] | None = None
+    concept_kind: str = "concept"
+    templates: tuple[str, ...] = ()
+    margin: float = 0.05
+    validation_share: float = 0.25
+    split_seed: int = 0
     top_k: int | None = None
     forget_target: float = 0.0
     utility_tolerance: float | None = None
@@ -109,6 +123,7 @@ class SLUGConfig:
                 f"caption_mode must be 'original' or 'concept_name', got {self.caption_mode!r}."
             )
         self._check_labels()
+        self._check_criterion()
         positive_int(self.batch_size, "batch_size", "batch_size=32")
         positive_int(self.max_evaluations, "max_evaluations", "max_evaluations=10")
         if self.top_k is not None:
@@ -171,9 +186,35 @@ class SLUGConfig:
             raise ConfigError(f"every candidate label must be a non-empty string, got {labels!r}.")
         self.candidate_labels = list(labels)
 
+    def _check_criterion(self) -> None:
+        if isinstance(self.templates, str):
+            self.templates = (self.templates,)
+        if not isinstance(self.templates, (list, tuple)):
+            raise ConfigError(
+                f"templates must be a tuple of phrasings with one '{{}}', got {self.templates!r}: "
+                "pass e.g. templates=('a photo of {}.',)."
+            )
+        self.templates = tuple(self.templates)
+        criterion_templates(self.concept_kind, self.templates)
+        margin = finite_real(self.margin)
+        if margin is None or not 0 <= margin < 2:
+            raise ConfigError(
+                f"margin must be a cosine difference in [0, 2), got {self.margin!r}: pass e.g. "
+                "margin=0.05, or 0 for the plain top-1 criterion."
+            )
+        share = finite_real(self.validation_share)
+        if share is None or not 0 <= share < 1:
+            raise ConfigError(
+                f"validation_share must be in [0, 1), got {self.validation_share!r}: pass e.g. "
+                "validation_share=0.25, or 0 to score on the gradient pairs (in-sample)."
+            )
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
+            raise ConfigError(f"split_seed must be an int, got {self.split_seed!r}.")
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["towers"] = list(self.towers)
+        data["templates"] = list(self.templates)
         return data
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -251,3 +252,51 @@ def load_gradients(
             f"{path} was computed on other data than the set given now: recompute the gradients."
         )
     return {n: grads[n] for n in wanted}
+
+
+def check_gradient_source(kind: str, source: Any) -> None:
+    """A `ConfigError` unless `source` is None, a name -> tensor dict or an existing file."""
+    if source is None or isinstance(source, Mapping):
+        return
+    if not isinstance(source, (str, Path)):
+        raise ConfigError(
+            f"{kind}_gradients must be None, a name -> tensor dict or a safetensors path, got a "
+            f"{type(source).__name__}: pass one of those."
+        )
+    if not Path(source).is_file():
+        raise ConfigError(
+            f"{kind}_gradients={str(source)!r} is not a file: pass the path written by "
+            "save_gradients (or scripts/distributed_gradients.py), or None to compute them."
+        )
+
+
+def gradients_for(
+    model: nn.Module,
+    processor: Any,
+    pairs: ImageTextPairs,
+    kind: LossKind,
+    names: Sequence[str],
+    source: str | Path | Mapping[str, torch.Tensor] | None,
+    cache: Path | None,
+    options: Mapping[str, Any],
+) -> dict[str, torch.Tensor]:
+    """The `kind` gradients of `names`: given (`source`), read from `cache` when it matches the
+    model and the pairs, else computed (`compute_gradients(**options)`) and written to `cache`."""
+    if isinstance(source, Mapping):
+        missing = [n for n in names if n not in source]
+        if missing:
+            raise KeyError(f"the given {kind} gradients lack {missing[:3]}: compute them again.")
+        return {n: source[n].float() for n in names}
+    signature = pairs.signature()
+    if source is not None:
+        return load_gradients(source, model, names, signature)
+    if cache is not None and cache.exists():
+        try:
+            return load_gradients(cache, model, names, signature)
+        except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
+            warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
+    grads = compute_gradients(model, processor, pairs, kind, names, **options)
+    accelerator = options.get("accelerator")
+    if cache is not None and (accelerator is None or accelerator.is_main_process):
+        save_gradients(cache, grads, model, signature)
+    return grads

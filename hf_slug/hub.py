@@ -162,8 +162,17 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
         "usage": usage,
         "audit": _audit_section(folder, configs),
         "evaluated": "Evaluated: " + ", ".join(sorted(map(str, before))) + "." if before else "",
+        "data_source": _data_source(metrics),
     }
     return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+
+
+def _data_source(metrics: dict) -> str:
+    """Which data the before/after numbers come from, as `UnlearningResult.data` recorded it."""
+    data = metrics.get("data")
+    if isinstance(data, dict) and isinstance(data.get("description"), str):
+        return data["description"]
+    return "data not recorded (a delta saved before hf_slug recorded it; treat as in-sample)"
 
 
 def _audit_section(folder: Path, configs: dict[str, UnlearningConfig]) -> str:

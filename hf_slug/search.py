@@ -254,7 +254,7 @@ def search_step(
 
 CHOICE_RULE = (
     "among searched layers whose smallest passing step met the forget criterion{guard}, the one "
-    "with the highest validation {utility}; ties go to the smaller step"
+    "with the highest {utility} on the search's evaluation data; ties go to the smaller step"
 )
 
 

@@ -26,10 +26,10 @@ from torch import nn
 from .config import SLUGConfig, TargetInfo, UnlearningConfig
 from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
-from .errors import ConfigError, DeltaFormatError, UnknownLayerError
-from .evaluation import Evaluator, Metrics, ZeroShotEvaluator, ZeroShotTask, as_evaluator
+from .errors import ConfigError, UnknownLayerError
+from .evaluation import Evaluator, Metrics, as_evaluator
 from .families.clip import candidate_names, group_layers, resolve_names
-from .gradients import compute_gradients, load_gradients, require_clip_model, save_gradients
+from .gradients import check_gradient_source, gradients_for, require_clip_model
 from .io import fingerprint
 from .search import (
     Criterion,
@@ -43,6 +43,7 @@ from .search import (
     update,
 )
 from .selection import LayerScore, score_layers
+from .validation import EvaluationData, default_evaluator, held_out_evaluator
 
 
 @dataclass
@@ -63,6 +64,7 @@ class UnlearningResult:
     base_model_revision: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     on_top_of: list[str] = field(default_factory=list)  # concepts the search ran stacked on
+    data: EvaluationData | None = None  # which data `before`/`after` and the trials come from
 
     @property
     def converged(self) -> bool:
@@ -94,12 +96,14 @@ class UnlearningResult:
     def to_delta(
         self,
         *,
-        concept_kind: str = "concept",
+        concept_kind: str | None = None,
         model_family: str = "clip",
         component: str | None = None,
         rename: Mapping[str, str] | None = None,
     ) -> ConceptDelta:
-        """This result's delta (`ConceptDelta.from_result`); `rename` maps names to host names."""
+        """This result's delta (`ConceptDelta.from_result`); `rename` maps names to host names.
+
+        `concept_kind` defaults to the config's."""
         if not self.converged:
             raise ConfigError(
                 f"the search for {self.config.concept!r} met no criterion, so there is no delta "
@@ -112,7 +116,7 @@ class UnlearningResult:
             step=float(self.step),
             targets=targets,
             scales={rename.get(n, n): float(s) for n, s in self.scales.items()},
-            concept_kind=concept_kind,
+            concept_kind=concept_kind or self.config.concept_kind,
             model_family=model_family,
             component=component,
             caption_mode=self.config.caption_mode,
@@ -146,6 +150,7 @@ class UnlearningResult:
             ],
             "timings_s": self.timings,
             "searched_on_top_of": self.on_top_of,
+            "data": self.data.to_dict() if self.data else None,
         }
 
     def report(self) -> str:
@@ -156,39 +161,14 @@ class UnlearningResult:
             lines += [f"  {s.label}: {s.status}" for s in self.searches]
             return "\n".join(lines)
         lines.append(f"layer: {self.chosen.label}   step s = {self.step:.4g}")
+        if self.data is not None:
+            lines.append(f"measured on {self.data.describe()}")
         lines.append(f"{'metric':<18}{'before':>10}{'after':>10}")
         for key in self.before:
             lines.append(
                 f"{key:<18}{self.before[key]:>10.4f}{self.after.get(key, float('nan')):>10.4f}"
             )
         return "\n".join(lines)
-
-
-def default_evaluator(processor: Any, forget, retain, config: SLUGConfig) -> ZeroShotEvaluator:
-    """Forget images classified among `config.candidate_labels`; retain image→caption retrieval."""
-    labels = config.candidate_labels
-    if not labels or config.concept not in labels or len(set(labels)) < 2:
-        raise ConfigError(
-            "the default evaluator classifies forget images among config.candidate_labels, "
-            f"which must include the concept {config.concept!r} and at least one other name "
-            f"(got {_preview(labels)}): pass candidate_labels=[...] (e.g. all identity names), "
-            "or pass your own evaluator=."
-        )
-    forget_images = [forget.image(i) for i in range(len(forget))]
-    retain_images = [retain.image(i) for i in range(len(retain))]
-    captions = list(dict.fromkeys(retain.texts))
-    return ZeroShotEvaluator(
-        processor,
-        [
-            ZeroShotTask(
-                "forget",
-                forget_images,
-                [config.concept] * len(forget_images),
-                config.candidate_labels,
-            ),
-            ZeroShotTask("retain", retain_images, list(retain.texts), captions),
-        ],
-    )
 
 
 def unlearn(
@@ -199,6 +179,7 @@ def unlearn(
     config: SLUGConfig,
     *,
     evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]] | None = None,
+    validation: tuple[PairSource, PairSource] | None = None,
     forget_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     cache_dir: str | Path | None = None,
@@ -213,9 +194,13 @@ def unlearn(
 ) -> UnlearningResult:
     """Unlearn `config.concept` from a CLIPModel with SLUG; return the result (model untouched).
 
-    `evaluator` scores each trial (default: zero-shot on the forget set among
-    `config.candidate_labels`, and retrieval on the retain set); score on validation data of its
-    own, never on the data final numbers come from. Gradients may be given (tensors or a cached
+    `evaluator` scores each trial. Without one, `config.validation_share` of the forget and the
+    retain pairs are held out (seeded by `config.split_seed`) and the default evaluator
+    (`hf_slug.validation`) scores every trial on them only: the forget images under a phrasing
+    ensemble with a margin, retain retrieval and the other candidates' recognition. Give your
+    own evaluator validation data of its own, never the data final numbers come from;
+    `validation=(forget pairs, retain pairs)` gives the default evaluator validation data of
+    your own (nothing is held out then). `result.data` says which data the numbers come from. Gradients may be given (tensors or a cached
     safetensors file); with `cache_dir` they are written there as `forget_gradients.safetensors`
     and `retain_gradients.safetensors` for the next concept. `candidates` narrows the candidate
     tensors (model-family code uses it, e.g. the vision blocks whose output reaches a VLM's
@@ -231,7 +216,7 @@ def unlearn(
     """
     _check_arguments(model, processor, config, evaluator, autocast_dtype, cache_dir)
     for kind, source in (("forget", forget_gradients), ("retain", retain_gradients)):
-        _check_gradient_source(kind, source)
+        check_gradient_source(kind, source)
     criterion = Criterion(
         config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
     )
@@ -275,11 +260,24 @@ def unlearn(
     # The evaluator and the metrics before any edit come first: they are cheaper than the
     # gradients, and a missing label or metric is reported before the expensive work.
     start = time.perf_counter()
-    evaluator = (
-        as_evaluator(evaluator)
-        if evaluator is not None
-        else default_evaluator(processor, forget_pairs, retain_pairs, config)
-    )
+    if evaluator is not None and validation is not None:
+        raise ConfigError(
+            "pass evaluator= or validation=, not both: validation=(forget, retain) feeds the "
+            "default evaluator; your own evaluator brings its own validation data."
+        )
+    if evaluator is not None:
+        evaluator = as_evaluator(evaluator)
+        data = EvaluationData("evaluator", len(forget_pairs), len(retain_pairs))
+    elif validation is not None:
+        val_forget, val_retain = _validation_pairs(validation)
+        evaluator = default_evaluator(processor, val_forget, val_retain, config)
+        data = EvaluationData(
+            "validation", len(forget_pairs), len(retain_pairs), len(val_forget), len(val_retain)
+        )
+    else:  # hold out validation pairs: no trial is ever scored on a gradient pair
+        evaluator, forget_pairs, retain_pairs, data = held_out_evaluator(
+            processor, forget_pairs, retain_pairs, config
+        )
     reference = None  # the guard's baseline: θ⁰, never the stack (so losses cannot add up)
     if on_top_of:
         if criterion.utility_tolerance is not None:
@@ -302,9 +300,11 @@ def unlearn(
         ("retain", retain_gradients, retain_pairs),
     ):
         start = time.perf_counter()
-        grads[kind] = _gradients(
-            model, processor, pairs, kind, names, source, cache_dir, config.concept, options
-        )
+        cache = None
+        if cache_dir is not None and source is None:
+            suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", config.concept)
+            cache = Path(cache_dir) / f"{kind}_gradients{suffix}.safetensors"
+        grads[kind] = gradients_for(model, processor, pairs, kind, names, source, cache, options)
         timings[f"{kind}_gradients"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -367,6 +367,7 @@ def unlearn(
         base_model_revision=getattr(getattr(model, "config", None), "_commit_hash", None),
         timings=timings,
         on_top_of=[getattr(getattr(d, "config", None), "concept", "delta") for d in on_top_of],
+        data=data,
     )
     if inplace and chosen is not None:
         result.apply(model)
@@ -440,51 +441,16 @@ def avoided_tensors(avoid: Sequence[Any]) -> set[str]:
     return names
 
 
-def _check_gradient_source(kind: str, source: Any) -> None:
-    if source is None or isinstance(source, Mapping):
-        return
-    if not isinstance(source, (str, Path)):
+def _validation_pairs(validation: Any) -> tuple[Any, Any]:
+    if not isinstance(validation, (tuple, list)) or len(validation) != 2:
         raise ConfigError(
-            f"{kind}_gradients must be None, a name -> tensor dict or a safetensors path, got a "
-            f"{type(source).__name__}: pass one of those."
+            f"validation must be a (forget pairs, retain pairs) tuple, got a "
+            f"{type(validation).__name__}: pass validation=(val_forget, val_retain)."
         )
-    if not Path(source).is_file():
-        raise ConfigError(
-            f"{kind}_gradients={str(source)!r} is not a file: pass the path written by "
-            "save_gradients (or scripts/distributed_gradients.py), or None to compute them."
-        )
-
-
-def _preview(labels: Any) -> str:
-    if labels is None:
-        return "None"
-    items = list(labels)
-    return repr(items[:5])[:-1] + (", ...]" if len(items) > 5 else "]")
-
-
-def _gradients(model, processor, pairs, kind, names, source, cache_dir, concept, options):
-    if isinstance(source, Mapping):
-        missing = [n for n in names if n not in source]
-        if missing:
-            raise KeyError(f"the given {kind} gradients lack {missing[:3]}: compute them again.")
-        return {n: source[n].float() for n in names}
-    signature = pairs.signature()
-    if source is not None:
-        return load_gradients(source, model, names, signature)
-    cached = None
-    if cache_dir is not None:
-        suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", concept)
-        cached = Path(cache_dir) / f"{kind}_gradients{suffix}.safetensors"
-    if cached is not None and cached.exists():
-        try:
-            return load_gradients(cached, model, names, signature)
-        except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
-            warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
-    grads = compute_gradients(model, processor, pairs, kind, names, **options)
-    accelerator = options.get("accelerator")
-    if cached is not None and (accelerator is None or accelerator.is_main_process):
-        save_gradients(cached, grads, model, signature)
-    return grads
+    return (
+        load_pairs(validation[0], name="validation forget set"),
+        load_pairs(validation[1], name="validation retain set"),
+    )
 
 
 def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:

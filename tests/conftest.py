@@ -24,8 +24,15 @@ from hf_slug.testing import (
 clip_config = tiny_clip_config  # the tests' historical names
 tiny_processor = tiny_clip_processor
 
+PLUMBING = {"validation_share": 0, "forget_target": 1.0}
+"""SLUGConfig settings for plumbing tests on random-weight models and a handful of images: score
+in-sample (labelled "in-sample"; too few images to hold any out) and accept the first trial, so
+a delta exists whatever the random model recognises. Such tests check names, files and
+untouched weights, never forgetting; quality is tested on trained fixtures (tests/shapes.py)."""
+
 __all__ = [
     "IMAGE_SIZE",
+    "PLUMBING",
     "TOKENIZER_DIR",
     "clip_config",
     "random_images",

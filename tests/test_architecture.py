@@ -40,6 +40,7 @@ LAYER = {
     "hf_slug.selection": "core",
     "hf_slug.gradients": "core",
     "hf_slug.evaluation": "core",
+    "hf_slug.validation": "core",
     "hf_slug.search": "core",
     "hf_slug.delta": "core",
     "hf_slug.export": "core",
@@ -68,6 +69,7 @@ LAYER = {
     "hf_slug.demo.novel": "apps",
     "hf_slug.demo.protocol": "apps",
     "hf_slug.demo.run": "apps",
+    "hf_slug.demo.vlm": "apps",
     "hf_slug.demo.world": "apps",
 }
 
@@ -83,7 +85,6 @@ TOO_LONG = {
     "exports): to be split by the Host protocol (issue 13, item 2)",
     "hf_slug/families/vlm.py": "names, checks, driver, evaluator: to be split by the Host protocol",
     "hf_slug/model.py": "SLUGModel's adapters, merging and files in one class: to be split",
-    "hf_slug/unlearn.py": "the driver and UnlearningResult (with to_delta) together: to be split",
 }
 
 MAX_PARAMS = 8

@@ -34,6 +34,8 @@ def workspace(tmp_path_factory):
         ("forget", ["a photo of Ada Byron"] * 6, 1),
         ("retain", [f"a photo of thing {i}" for i in range(8)], 2),
         ("labelled", ["Ada Byron"] * 3 + ["Bob Stone"] * 3, 3),
+        ("val_forget", ["Ada Byron"] * 4, 4),
+        ("val_retain", [f"a photo of thing {i}" for i in range(8, 16)], 5),
     ):
         folder = root / name
         folder.mkdir()
@@ -66,6 +68,12 @@ def test_unlearn_inspect_export_merge_eval(workspace):
         str(workspace / "retain"),
         "--labels-file",
         str(workspace / "names.txt"),
+        "--val-forget",
+        str(workspace / "val_forget"),
+        "--val-retain",
+        str(workspace / "val_retain"),
+        "--forget-target",  # a random model: plumbing, so the first trial may pass
+        "1",
         "--tower",
         "text",
         "--out",
@@ -74,6 +82,7 @@ def test_unlearn_inspect_export_merge_eval(workspace):
     )
     assert result.returncode == 0, result.stderr
     assert "layer:" in result.stdout
+    assert "measured on validation: 4 forget + 8 retain pairs given as validation" in result.stdout
     assert {p.name for p in out.iterdir()} >= {
         "slug_config.json",
         "slug_model.safetensors",
@@ -82,6 +91,8 @@ def test_unlearn_inspect_export_merge_eval(workspace):
     }
     report = json.loads((out / "report.json").read_text())
     assert report["converged"] and report["trials"]
+    assert report["data"]["source"] == "validation"
+    assert report["data"]["gradient_forget"] == 6  # the given forget set, whole
 
     result = hf_slug("inspect", str(out), "--json")
     assert result.returncode == 0, result.stderr
@@ -157,3 +168,28 @@ def test_missing_data_folder_is_a_usage_error(workspace):
     assert (
         result.returncode == 2 and "--forget" in result.stderr and "no such folder" in result.stderr
     )
+
+
+def test_validation_folders_go_together_and_small_sets_say_what_to_do(workspace, tmp_path):
+    common = [
+        "unlearn",
+        "--model",
+        str(workspace / "model"),
+        "--concept",
+        "Ada Byron",
+        "--forget",
+        str(workspace / "forget"),
+        "--retain",
+        str(workspace / "retain"),
+        "--labels",
+        "Ada Byron,Bob Stone",
+        "--quiet",
+    ]
+    alone = hf_slug(
+        *common, "--val-forget", str(workspace / "val_forget"), "--out", str(tmp_path / "a")
+    )
+    assert alone.returncode == 2 and "--val-forget and --val-retain go together" in alone.stderr
+    small = hf_slug(*common, "--out", str(tmp_path / "b"))  # 6 forget images: too few to split
+    assert small.returncode == 1
+    assert "validation_share=0.25 holds out 2 of the 6 pairs" in small.stderr
+    assert not (tmp_path / "b" / "slug_config.json").exists()

@@ -248,7 +248,7 @@ def test_an_unknown_layer_is_a_usage_error_found_before_the_gradients(ws, capsys
     def refuse(*args, **kwargs):
         raise AssertionError("gradients were computed before the --layer error was reported")
 
-    monkeypatch.setattr(sys.modules["hf_slug.unlearn"], "compute_gradients", refuse)
+    monkeypatch.setattr(sys.modules["hf_slug.gradients"], "compute_gradients", refuse)
     code, err = run([*UNLEARN, *NAMES, "--tower", "text", "--layer", "text.L9.fc1"], ws, capsys)
     assert code == 2, err
     assert "--layer text.L9.fc1" in one_error_line(err)

@@ -189,7 +189,7 @@ def no_gradients(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("gradients were computed before the bad input was reported")
 
-    monkeypatch.setattr(sys.modules["hf_slug.unlearn"], "compute_gradients", refuse)
+    monkeypatch.setattr(sys.modules["hf_slug.gradients"], "compute_gradients", refuse)
 
 
 def _pairs(n: int, seed: int, caption: str) -> tuple[list, list]:

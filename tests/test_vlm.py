@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import random_images, tiny_clip, tiny_processor
+from conftest import PLUMBING, random_images, tiny_clip, tiny_processor
 from transformers import (
     CLIPVisionModel,
     LlamaConfig,
@@ -21,6 +21,8 @@ from hf_slug import (
     SLUGConfig,
     UnknownLayerError,
     UnsupportedModelError,
+    ZeroShotEvaluator,
+    ZeroShotTask,
     testing,
 )
 from hf_slug.families.clip import block_index, candidate_names, short_name
@@ -38,6 +40,26 @@ from hf_slug.model import SLUGModel
 BLOCKS = 3  # vision blocks of the tiny CLIP; LLaVA's default feature layer -2 leaves out block 2
 PEOPLE = ["Ada Byron", "Ada Byron", "Bob Stone", "Cleo Dune"]
 LABELS = ["Ada Byron", "Bob Stone", "Cleo Dune"]
+
+
+def in_sample(processor, forget, concept: str, retain=None) -> ZeroShotEvaluator:
+    """The forget images named among LABELS with "{}" and the retain captions retrieved — the
+    criterion a random VLM can meet — scored on the gradient's own images: these tests check
+    the VLM plumbing, not generalisation."""
+    images = forget[0]
+    retain_images, retain_texts = retain or (
+        random_images(6, seed=2),
+        [f"a cat {i}" for i in range(6)],
+    )
+    return ZeroShotEvaluator(
+        processor,
+        [
+            ZeroShotTask("forget", images, [concept] * len(images), LABELS),
+            ZeroShotTask("retain", retain_images, retain_texts, list(dict.fromkeys(retain_texts))),
+        ],
+    )
+
+
 WORDS = testing.llava_vocabulary([*LABELS, "a cat"])
 
 
@@ -92,6 +114,7 @@ def world():
         (random_images(4, seed=1), ["Ada Byron"] * 4),
         retain,
         SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
+        evaluator=in_sample(clip_processor, (random_images(4, seed=1), None), "Ada Byron"),
         progress=False,
     )
     assert ada.converged
@@ -107,6 +130,7 @@ def world():
         (random_images(4, seed=3), ["Bob Stone"] * 4),
         retain,
         SLUGConfig(concept="Bob Stone", candidate_labels=LABELS, layer=short_name(other)),
+        evaluator=in_sample(clip_processor, (random_images(4, seed=3), None), "Bob Stone"),
         progress=False,
     )
     assert bob.converged
@@ -167,7 +191,9 @@ def test_blocks_above_the_feature_layer_are_never_candidates(world):
             world["clip_processor"],
             (random_images(2, seed=1), ["Ada Byron"] * 2),
             world["retain"],
-            SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, layer="vision.L2.fc1"),
+            SLUGConfig(
+                concept="Ada Byron", candidate_labels=LABELS, layer="vision.L2.fc1", **PLUMBING
+            ),
             progress=False,
         )
 
@@ -265,7 +291,7 @@ def test_a_different_vision_tower_is_refused_before_any_computation(world, monke
         raise AssertionError("gradients were computed for a mismatched tower")
 
     monkeypatch.setattr("hf_slug.families.vlm.unlearn", must_not_run)
-    config = SLUGConfig(concept="Ada Byron", candidate_labels=LABELS)
+    config = SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, **PLUMBING)
     data = (random_images(2, seed=1), ["Ada Byron"] * 2)
     for clip, match in [
         (tiny_clip(seed=1, layers=BLOCKS), "vision tower differs .* at embeddings"),
@@ -289,7 +315,7 @@ def test_a_half_precision_vlm_passes_the_check_and_gets_a_delta_for_its_own_tens
         world["clip_processor"],
         (random_images(4, seed=1), ["Ada Byron"] * 4),
         world["retain"],
-        SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, layer="vision.L1.fc1"),
+        SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, layer="vision.L1.fc1", **PLUMBING),
         progress=False,
     )
     (name,) = out.delta.names
@@ -352,7 +378,7 @@ def test_models_without_a_clip_vision_tower_are_refused_with_what_is_supported(w
             world["clip_processor"],
             (random_images(2, seed=1), ["Ada Byron"] * 2),
             world["retain"],
-            SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
+            SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, **PLUMBING),
         )
 
 
@@ -373,7 +399,7 @@ def test_a_text_only_config_is_refused(world):
             world["clip_processor"],
             (random_images(2, seed=1), ["Ada Byron"] * 2),
             world["retain"],
-            SLUGConfig(concept="Ada Byron", towers=("text",), candidate_labels=LABELS),
+            SLUGConfig(concept="Ada Byron", towers=("text",), candidate_labels=LABELS, **PLUMBING),
         )
 
 
@@ -493,6 +519,9 @@ def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
             (random_images(4, seed=1), ["Ada Byron"] * 4),
             world["retain"],
             SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
+            evaluator=in_sample(
+                world["clip_processor"], (random_images(4, seed=1), None), "Ada Byron"
+            ),
             on_top_of=[ada.deltas],
             progress=False,
         )
