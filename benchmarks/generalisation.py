@@ -250,8 +250,40 @@ def markdown(results: list[dict]) -> str:
                 rows,
             )
         )
-        out.append("\n" + rules_table(run["rows"]) + "\n")
+        out.append("\n" + summary(run["rows"]) + "\n")
+        out.append(rules_table(run["rows"]) + "\n")
     return "\n".join(out)
+
+
+def summary(rows: list[dict]) -> str:
+    """Per kind group: targets forgotten on test (FA@1 = 0; and on every phrasing), mean and
+    worst change of retain/utility (identities) or IRA/CRA (objects and styles)."""
+    lines = []
+    for group, kinds in (
+        ("identities", ("identity",)),
+        ("objects and styles", ("object", "style")),
+    ):
+        mine = [r for r in rows if r["kind"] in kinds]
+        if not mine:
+            continue
+        done = [r for r in mine if r["after"] is not None]
+        zero = sum(r["after"]["FA@1"] == 0 for r in done)
+        every = sum(
+            r["after"]["FA@1"] == 0 and r["after"]["worst phrasing FA@1"] == 0 for r in done
+        )
+        changes = [list(deltas(r, r["after"]).values()) for r in done]
+        names = ("retain", "utility") if group == "identities" else ("IRA", "CRA")
+        stats = ", ".join(
+            f"{name} Δ mean {sum(c[i] for c in changes) / len(changes):+.1f} "
+            f"(worst {min(c[i] for c in changes):+.1f})"
+            for i, name in enumerate(names)
+        )
+        fa5 = sum(r["after"]["FA@5"] for r in done) / len(done)
+        lines.append(
+            f"- {group}: FA@1 = 0 for {zero}/{len(mine)}, on every held-out phrasing for "
+            f"{every}/{len(mine)}; mean FA@5 {fa5:.1f}; {stats}."
+        )
+    return "\n".join(lines)
 
 
 def rules_table(rows: list[dict]) -> str:
