@@ -37,7 +37,7 @@ TARGETS = (
     "boat:object",
     "watercolor:style",
 )
-METHODS = ("SLUG", "SLUG-ensemble", "GA", "GAFT", "SalUn", "SSD")
+METHODS = ("SLUG", "SLUG-ensemble", "SLUG-default", "GA", "GAFT", "SalUn", "SSD")
 MARGIN = 0.02  # SLUG-ensemble: an image counts as recognised within this cosine of the best
 
 
@@ -73,11 +73,22 @@ def held_out(world: World, kind: str, target: str) -> tuple[list, list[str]]:
     return [s.image for s in scenes if label(s) == target][:VIEWS], names
 
 
+SLUG_DEFAULT_SETTINGS: dict[str, Any] = {}  # --set key=json: SLUGConfig fields of SLUG-default
+
+
 def unlearned(
     method: str, model: Any, processor: Any, task: Any, names: list[str], lr: dict, margin: float
 ) -> Any:
     """The edited model (or SLUG's delta) and what the run did."""
-    if method.startswith("SLUG"):
+    if method == "SLUG-default":  # the shipped default call: held-out split, ensemble, margin
+        config = SLUGConfig(
+            concept=task.spec.target,
+            candidate_labels=names,
+            concept_kind=task.spec.kind,
+            **SLUG_DEFAULT_SETTINGS,
+        )
+        evaluator = None
+    elif method.startswith("SLUG"):
         config = SLUGConfig(
             concept=task.spec.target, candidate_labels=names, top_k=4, max_evaluations=10
         )
@@ -86,6 +97,7 @@ def unlearned(
             if method == "SLUG-ensemble"
             else task.evaluator(processor, "val")
         )
+    if method.startswith("SLUG"):
         result = unlearn(model, processor, task.forget, task.retain, config, evaluator=evaluator)
         if not result.converged:
             return None, {"reached": False}
@@ -184,7 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget", default="full", choices=("quick", "full"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
     parser.add_argument("--margin", type=float, default=MARGIN, help="SLUG-ensemble's margin")
+    parser.add_argument("--set", action="append", default=[], help="SLUG-default: field=json")
     args = parser.parse_args(argv)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        SLUG_DEFAULT_SETTINGS[key] = json.loads(value)
     if args.tables_from:
         report = json.loads(args.tables_from.read_text())
         print(markdown(report))
