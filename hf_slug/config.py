@@ -60,6 +60,7 @@ class SLUGConfig:
         concept_kind: "identity", "object", "style" or "concept": picks the built-in phrasings
             the default forget criterion checks (`hf_slug.phrasings`) and the card's tags.
         templates: the user's own phrasings (each with one "{}"), checked besides the built-in.
+        name_parts: for identities, the criterion also checks each name's first and last word.
         margin: the default criterion counts an image as still recognised while, under any
             phrasing, the concept's cosine trails the best other label's by less than this.
         validation_share: without an evaluator, this share of the forget and of the retain pairs
@@ -83,6 +84,7 @@ class SLUGConfig:
     concept_kind: str = "concept"
     templates: tuple[str, ...] = ()
     margin: float = 0.05
+    name_parts: bool = True
     validation_share: float = 0.25
     split_seed: int = 0
     top_k: int | None = None
@@ -202,6 +204,8 @@ class SLUGConfig:
                 f"margin must be a cosine difference in [0, 2), got {self.margin!r}: pass e.g. "
                 "margin=0.05, or 0 for the plain top-1 criterion."
             )
+        if not isinstance(self.name_parts, bool):
+            raise ConfigError(f"name_parts must be True or False, got {self.name_parts!r}.")
         share = finite_real(self.validation_share)
         if share is None or not 0 <= share < 1:
             raise ConfigError(

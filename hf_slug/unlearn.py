@@ -267,7 +267,9 @@ def unlearn(
         )
     if evaluator is not None:
         evaluator = as_evaluator(evaluator)
-        data = EvaluationData("evaluator", len(forget_pairs), len(retain_pairs))
+        data = getattr(evaluator, "data", None) or EvaluationData(  # a host evaluator knows
+            "evaluator", len(forget_pairs), len(retain_pairs)
+        )
     elif validation is not None:
         val_forget, val_retain = _validation_pairs(validation)
         evaluator = default_evaluator(processor, val_forget, val_retain, config)

@@ -137,12 +137,14 @@ def default_evaluator(
     labels = check_labels(config)
     templates = criterion_templates(config.concept_kind, config.templates)
     forget_images = [forget.image(i) for i in range(len(forget))]
+    parts = config.name_parts and config.concept_kind == "identity"
     tasks = [
         ZeroShotTask(
             "forget",
             forget_images,
             [config.concept] * len(forget_images),
             labels,
+            prompts=criterion_prompts(labels, templates) if parts else None,
             templates=tuple(templates),
             counts_for_utility=False,
             scoring="any",
@@ -184,16 +186,26 @@ def check_labels(config: SLUGConfig) -> list[str]:
     return list(labels)
 
 
-def held_out_evaluator(
-    processor: Any, forget: ImageTextPairs, retain: ImageTextPairs, config: SLUGConfig
-) -> tuple[ZeroShotEvaluator, ImageTextPairs, ImageTextPairs, EvaluationData]:
-    """The default evaluator on a held-out split: (evaluator, gradient forget, gradient retain,
-    what the numbers come from). With `validation_share=0` it scores in-sample."""
-    check_labels(config)  # before the split, whose size errors would hide a missing label
+def criterion_prompts(labels: Sequence[str], templates: Sequence[str]) -> dict[str, list[str]]:
+    """Each label's phrasings with its full name, its first word and its last word (one-word
+    names repeat), position by position, so an edit must also silence "Hopper" alone."""
+
+    def parts(label: str) -> tuple[str, str, str]:
+        words = label.split()
+        return label, words[0], words[-1]
+
+    return {label: [t.format(p) for p in parts(label) for t in templates] for label in labels}
+
+
+def held_out_split(
+    forget: ImageTextPairs, retain: ImageTextPairs, config: SLUGConfig
+) -> tuple[ImageTextPairs, ImageTextPairs, ImageTextPairs, ImageTextPairs, EvaluationData]:
+    """(gradient forget, gradient retain, validation forget, validation retain, provenance):
+    `config.validation_share` of each set held out with `config.split_seed`. With a share of
+    0 the validation sets are the gradient sets themselves ("in-sample")."""
     share = float(config.validation_share)
     if share == 0:
-        data = EvaluationData("in-sample", len(forget), len(retain))
-        return default_evaluator(processor, forget, retain, config), forget, retain, data
+        return forget, retain, forget, retain, EvaluationData("in-sample", len(forget), len(retain))
     seed = config.split_seed
     grad_f, val_f = split_pairs(
         forget, share, seed=seed, name="forget set", minimum=MIN_FORGET_VALIDATION
@@ -204,6 +216,16 @@ def held_out_evaluator(
     data = EvaluationData(
         "validation", len(grad_f), len(grad_r), len(val_f), len(val_r), share, seed
     )
+    return grad_f, grad_r, val_f, val_r, data
+
+
+def held_out_evaluator(
+    processor: Any, forget: ImageTextPairs, retain: ImageTextPairs, config: SLUGConfig
+) -> tuple[ZeroShotEvaluator, ImageTextPairs, ImageTextPairs, EvaluationData]:
+    """The default evaluator on a held-out split: (evaluator, gradient forget, gradient retain,
+    what the numbers come from). With `validation_share=0` it scores in-sample."""
+    check_labels(config)  # before the split, whose size errors would hide a missing label
+    grad_f, grad_r, val_f, val_r, data = held_out_split(forget, retain, config)
     return default_evaluator(processor, val_f, val_r, config), grad_f, grad_r, data
 
 
@@ -217,8 +239,10 @@ def _preview(labels: Any) -> str:
 __all__ = [
     "EvaluationData",
     "check_labels",
+    "criterion_prompts",
     "default_evaluator",
     "held_out_evaluator",
+    "held_out_split",
     "named_label",
     "split_pairs",
 ]

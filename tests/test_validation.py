@@ -19,6 +19,7 @@ from hf_slug.evaluation import ZeroShotEvaluator
 from hf_slug.testing import random_images
 from hf_slug.validation import (
     EvaluationData,
+    criterion_prompts,
     default_evaluator,
     held_out_evaluator,
     named_label,
@@ -89,6 +90,7 @@ def test_a_split_leaving_too_few_images_is_a_typed_error(n, share):
         (dict(templates=("{} and {}",)), r"\{\}"),
         (dict(concept_kind="planet"), "concept kind"),
         (dict(split_seed="0"), "split_seed"),
+        (dict(name_parts="yes"), "name_parts"),
     ],
 )
 def test_bad_criterion_settings_are_typed_errors(kwargs, match):
@@ -124,6 +126,26 @@ def test_default_evaluator_checks_every_phrasing_with_the_margin(processor):
     assert {"forget_acc", "forget_acc@5", "retain_acc", "others_acc", "utility"} <= set(metrics)
     expected = (metrics["retain_acc"] + metrics["others_acc"]) / 2
     assert metrics["utility"] == pytest.approx(expected)
+
+
+def test_name_parts_align_every_label_phrase_by_phrase(processor):
+    prompts = criterion_prompts(["Grace Hopper", "Plato"], ["a photo of {}.", "{} here"])
+    assert prompts["Grace Hopper"] == [
+        "a photo of Grace Hopper.",
+        "Grace Hopper here",
+        "a photo of Grace.",
+        "Grace here",
+        "a photo of Hopper.",
+        "Hopper here",
+    ]
+    assert prompts["Plato"][0::2] == ["a photo of Plato."] * 3  # one word: repeated in place
+    config = SLUGConfig(
+        concept="Ada Byron", candidate_labels=NAMES, concept_kind="identity", name_parts=True
+    )
+    forget = default_evaluator(processor, _pairs(4), _retain(8), config).tasks[0]
+    last = forget.texts_of("Ada Byron")[-1]
+    assert "Byron" in last and "Ada" not in last and forget.scoring == "any"
+    assert len({len(forget.texts_of(n)) for n in NAMES}) == 1
 
 
 def test_held_out_evaluator_in_sample_when_asked(processor):
