@@ -54,6 +54,7 @@ LAYER = {
     # hosts: models that carry a CLIP tower (Stable Diffusion, LLaVA)
     "hf_slug.families.diffusion": "hosts",
     "hf_slug.families.vlm": "hosts",
+    "hf_slug.families.vlm_criterion": "hosts",
     # facade: the public names, `from hf_slug import ...`
     "hf_slug": "facade",
     # apps: command line, audit, demo, tiny test models
@@ -70,6 +71,7 @@ LAYER = {
     "hf_slug.demo.protocol": "apps",
     "hf_slug.demo.run": "apps",
     "hf_slug.demo.vlm": "apps",
+    "hf_slug.demo.t2i": "apps",
     "hf_slug.demo.world": "apps",
 }
 

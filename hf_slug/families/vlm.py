@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,12 +36,13 @@ from PIL import Image
 from torch import nn
 
 from ..config import SLUGConfig, TargetInfo
-from ..data import PairSource
+from ..data import PairSource, load_pairs
 from ..delta import ConceptDelta
-from ..errors import FingerprintMismatchError, UnsupportedModelError
+from ..errors import ConfigError, FingerprintMismatchError, UnsupportedModelError
 from ..evaluation import Evaluator
 from ..io import fingerprint
 from ..unlearn import UnlearningResult, unlearn
+from ..validation import check_labels, held_out_split
 from .clip import Tower, candidate_names, find_towers, require_clip, tower_of
 
 FeatureLayer = int | Sequence[int]
@@ -218,6 +220,8 @@ def unlearn_vlm(
     retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
     cache_dir: str | Path | None = None,
     on_top_of: Sequence[Any] = (),
+    vlm_processor: Any = None,
+    criterion: str | None = None,
     progress: bool = True,
 ) -> VLMUnlearning:
     """Unlearn `config.concept` from a LLaVA-style VLM's CLIP vision tower; models stay untouched.
@@ -226,8 +230,13 @@ def unlearn_vlm(
     `clip_model` (with `processor`, the CLIP processor) over the vision blocks whose output
     reaches the language model (`feature_layer`, default the VLM's `vision_feature_layer`). Only
     the vision tower is searched, whatever `config.towers` says, as long as it includes
-    "vision". `evaluator` scores the search's trials on the CLIPModel (default: zero-shot among
-    `config.candidate_labels`). `on_top_of`: CLIPModel-keyed deltas (e.g. an earlier
+    "vision". The search's criterion is the VLM's own answers when `vlm_processor` (the VLM's
+    processor, e.g. a `LlavaProcessor`) is given (`criterion="vlm"`, the default then): held-out
+    forget and retain images (`config.validation_share`) are shown to the VLM with each trial's
+    edit, and the target must no longer be named (`hf_slug.families.vlm_criterion`).
+    `criterion="clip"` scores CLIP zero-shot on the pooled class token instead, which the
+    language model does not read: it can be met while the VLM still names the person.
+    `evaluator` replaces either. `on_top_of`: CLIPModel-keyed deltas (e.g. an earlier
     `out.result.deltas`) the search runs on top of, as in `unlearn`. Apply the delta with
     `SLUGModel(vlm).add_adapter(name, delta)`.
 
@@ -246,6 +255,14 @@ def unlearn_vlm(
         )
     config = replace(config, towers=("vision",))
     candidates = candidate_names(clip_model, ("vision",), max_blocks={"vision": len(blocks)})
+    if evaluator is None:
+        evaluator, forget, retain = _host_criterion(
+            vlm, clip_model, forget, retain, config, vlm_processor, criterion
+        )
+        if evaluator is not None and config.layer == "auto":
+            # the VLM judges every trial, so every usable block is searched, not only CLIP's
+            # Pareto front (measured: the front's layers cost the other people more)
+            config = replace(config, layer=list(candidates))
     result = unlearn(
         clip_model,
         processor,
@@ -262,6 +279,40 @@ def unlearn_vlm(
     )
     delta = _vlm_delta(result, vlm, clip_model, concept_kind) if result.converged else None
     return VLMUnlearning(result, delta, tower.path, tuple(blocks))
+
+
+def _host_criterion(vlm, clip_model, forget, retain, config, vlm_processor, criterion):
+    """(evaluator or None, forget, retain): the VLM-answer criterion on a held-out split, or
+    None (unlearn's CLIP default) for `criterion="clip"`."""
+    from .vlm_criterion import CRITERIA, VLMAnswerEvaluator, answer_judges
+
+    criterion = criterion or ("vlm" if vlm_processor is not None else "clip")
+    if criterion not in CRITERIA:
+        raise ConfigError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+    if criterion == "clip":
+        if vlm_processor is None:
+            warnings.warn(
+                "unlearn_vlm scores its search with CLIP zero-shot on the pooled class token, "
+                "which the language model never reads: the VLM may still name the person. Pass "
+                "vlm_processor= (the VLM's processor) to search on the VLM's own answers.",
+                stacklevel=3,
+            )
+        return None, forget, retain
+    if vlm_processor is None:
+        raise ConfigError(
+            "criterion='vlm' asks the VLM itself on held-out images: pass vlm_processor= (e.g. "
+            "LlavaProcessor.from_pretrained(the VLM's repo)), or criterion='clip'."
+        )
+    check_labels(config)
+    forget = load_pairs(forget, name="forget set").with_captions(
+        config.caption_mode, config.concept
+    )
+    retain = load_pairs(retain, name="retain set")
+    grad_f, grad_r, val_f, val_r, data = held_out_split(forget, retain, config)
+    judge, kept = answer_judges(
+        vlm_processor, val_f, val_r, config.concept, config.candidate_labels
+    )
+    return VLMAnswerEvaluator(vlm, clip_model, judge, data, kept), grad_f, grad_r
 
 
 def vlm_names(vlm: nn.Module, clip_model: nn.Module, names: Sequence[str]) -> dict[str, str]:

@@ -1,0 +1,146 @@
+"""A host-aware search criterion for VLMs: the VLM itself answers on held-out images.
+
+SLUG's gradients come from the two-tower CLIPModel, but what counts is what the VLM's language
+model reads: the patch tokens at `vision_feature_layer`, not CLIP's pooled class token. A
+CLIP-only criterion can be met while the VLM still names the person (issue 19). `VLMAnswerEvaluator`
+scores every trial of the step search by asking the VLM "who is in this image?" on held-out
+images: each trial's edit of the CLIPModel's vision tensors is copied into the VLM's tower, the
+VLM answers greedily, and the tower is restored bit for bit.
+
+Metrics: `forget_acc` (the share of the target's held-out images whose answer names it),
+`retain_acc` (other people's images answered with their own name), `kept_acc` (the other retain
+images — objects, scenes, anything not naming a candidate — answered exactly as the unedited VLM
+answered them, a label-free check of everything else) and `utility`, their mean.
+
+Example:
+    >>> judge = VLMIdentityEvaluator(llava_processor, images, people,  # doctest: +SKIP
+    ...                              target="Elon Musk")
+    >>> evaluator = VLMAnswerEvaluator(llava, clip, judge)  # doctest: +SKIP
+    >>> unlearn(clip, clip_processor, forget, retain, config, evaluator=evaluator)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..evaluation import Evaluator, Metrics
+from ..validation import EvaluationData, named_label
+from .clip import tower_of
+from .vlm import VLMIdentityEvaluator, vision_tower_of
+
+CRITERIA = ("vlm", "clip")
+KEPT_QUESTION = "What is shown in this image?"
+
+
+class VLMAnswerEvaluator(Evaluator):
+    """Score a CLIPModel edit by the answers of the VLM whose vision tower the CLIPModel shares.
+
+    `judge` holds the held-out images, who each shows, the target and the question; `kept`
+    (optional) asks other images a question whose unedited answers must not change. `data`
+    records which data it scores on (`unlearn` writes it into the result).
+    """
+
+    def __init__(
+        self,
+        vlm: nn.Module,
+        clip_model: nn.Module,
+        judge: VLMIdentityEvaluator,
+        data: EvaluationData | None = None,
+        kept: VLMIdentityEvaluator | None = None,
+    ):
+        self.vlm = vlm
+        self.clip_model = clip_model
+        self.judge = judge
+        self.data = data
+        self.kept = kept
+        self._reference = kept.answers(vlm) if kept is not None else None  # the unedited VLM
+        vlm_tower = dict(vision_tower_of(vlm).module.named_parameters())
+        clip_tower = dict(tower_of(clip_model, "vision").module.named_parameters())
+        self._pairs = [(clip_tower[n], vlm_tower[n]) for n in vlm_tower if n in clip_tower]
+        self._target_only = VLMIdentityEvaluator(
+            judge.processor,
+            [im for im, name in zip(judge.images, judge.names) if name == judge.target],
+            [judge.target] * judge.names.count(judge.target),
+            judge.target,
+            question=judge.question,
+            prompt_template=judge.prompt_template,
+            max_new_tokens=judge.max_new_tokens,
+            batch_size=judge.batch_size,
+        )
+
+    def __call__(self, model: nn.Module) -> Metrics:
+        with self._synced():
+            metrics = self.judge(self.vlm)
+            if self.kept is not None:
+                answers = self.kept.answers(self.vlm)
+                same = [
+                    a.strip().lower() == r.strip().lower() for a, r in zip(answers, self._reference)
+                ]
+                metrics["kept_acc"] = sum(same) / len(same)
+        parts = [metrics[k] for k in ("retain_acc", "kept_acc") if k in metrics]
+        if parts:
+            metrics["utility"] = sum(parts) / len(parts)
+        return metrics
+
+    def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
+        """Only the target's images when only `forget_acc` is asked for (most trials)."""
+        if set(metrics) <= {"forget_acc"}:
+            with self._synced():
+                return self._target_only(self.vlm)
+        return self(model)
+
+    @contextlib.contextmanager
+    def _synced(self) -> Iterator[None]:
+        """The VLM's tower holds the CLIPModel's current vision tensors (the trial's edit)."""
+        saved = []
+        with torch.no_grad():
+            for clip_p, vlm_p in self._pairs:
+                value = clip_p.detach().to(device=vlm_p.device, dtype=vlm_p.dtype)
+                if not torch.equal(value, vlm_p):
+                    saved.append((vlm_p, vlm_p.detach().clone()))
+                    vlm_p.copy_(value)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for vlm_p, original in saved:
+                    vlm_p.copy_(original)
+
+
+def answer_judges(
+    vlm_processor: Any,
+    forget: Any,
+    retain: Any,
+    concept: str,
+    labels: Sequence[str],
+) -> tuple[VLMIdentityEvaluator, VLMIdentityEvaluator | None]:
+    """(judge, kept): the held-out forget images (the concept) and the retain images whose
+    caption names another candidate label (that person), asked who they show; and the other
+    retain images, asked `KEPT_QUESTION` (None when there are none)."""
+    images = [forget.image(i) for i in range(len(forget))]
+    names = [concept] * len(images)
+    others = [label for label in labels if label != concept]
+    rest = []
+    for i, text in enumerate(retain.texts):
+        label = named_label(text, others)
+        if label is not None:
+            images.append(retain.image(i))
+            names.append(label)
+        else:
+            rest.append(retain.image(i))
+    judge = VLMIdentityEvaluator(vlm_processor, images, names, concept)
+    if not rest:
+        return judge, None
+    # `names` only satisfy the evaluator's bookkeeping: `kept` compares answers, not names
+    kept = VLMIdentityEvaluator(
+        vlm_processor, rest, [concept] * len(rest), concept, question=KEPT_QUESTION
+    )
+    return judge, kept
+
+
+__all__ = ["CRITERIA", "KEPT_QUESTION", "VLMAnswerEvaluator", "answer_judges"]

@@ -1,0 +1,113 @@
+"""The host-aware criterion for VLMs (issue 19), on the embedded *trained* VLM.
+
+The embedded LLaVA names every identity on test views; its vision tower is the embedded CLIP's.
+With the CLIP-only criterion (zero-shot on the pooled class token) the search is satisfied while
+the VLM still names the person; with the VLM's own answers as the criterion it stops naming
+them. Margins: 100 % vs 0 % of 8 test views (`benchmarks/vlm_criterion.py` measures more).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hf_slug import ConfigError, SLUGConfig, SLUGModel
+from hf_slug.demo.protocol import forget_pairs, retain_pairs
+from hf_slug.demo.run import load_embedded
+from hf_slug.demo.vlm import ask, load_embedded_vlm
+from hf_slug.demo.world import World
+from hf_slug.families.vlm import VLMIdentityEvaluator, unlearn_vlm
+from hf_slug.families.vlm_criterion import VLMAnswerEvaluator
+
+TARGET = "Clara Alderwick"
+QUESTION = "Who is the person in this photo?"  # a held-out phrasing (never trained on)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    clip, clip_processor = load_embedded()
+    vlm, processor = load_embedded_vlm()
+    world = World(0)
+    data = (forget_pairs(world, TARGET, 64), retain_pairs(world, exclude=[TARGET], per_concept=4))
+    views = [s.image for s in world.samples("identity", "test", 8, [TARGET])]
+    config = SLUGConfig(concept=TARGET, candidate_labels=world.identities, concept_kind="identity")
+    return clip, clip_processor, vlm, processor, data, views, config
+
+
+def named(slug, processor, views) -> float:
+    answers = ask(slug, processor, views, QUESTION)
+    return sum(TARGET.lower() in a.lower() for a in answers) / len(answers)
+
+
+@pytest.mark.numerics
+def test_clip_criterion_is_met_while_the_vlm_still_names_the_person(setup):
+    clip, clip_processor, vlm, processor, (forget, retain), views, config = setup
+    assert named(vlm, processor, views) == 1.0
+    with pytest.warns(UserWarning, match="pooled class token"):
+        out = unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, progress=False)
+    assert out.converged and out.result.after["forget_acc"] == 0.0  # CLIP is satisfied
+    slug = SLUGModel(vlm)
+    slug.add_adapter("clip", out.delta)
+    try:
+        assert named(slug, processor, views) >= 0.75  # … the VLM is not (measured: 100 %)
+    finally:
+        slug.unload()  # the module's VLM goes back to its own weights
+
+
+@pytest.mark.numerics
+def test_the_vlm_criterion_makes_it_stop_and_keeps_the_language_model(setup):
+    clip, clip_processor, vlm, processor, (forget, retain), views, config = setup
+    language = {n: p.detach().clone() for n, p in vlm.named_parameters() if "vision" not in n}
+    tower = {n: p.detach().clone() for n, p in vlm.named_parameters()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = unlearn_vlm(
+            vlm, clip, clip_processor, forget, retain, config, vlm_processor=processor,
+            progress=False,
+        )  # fmt: skip
+    assert not [w for w in caught if "pooled class token" in str(w.message)]
+    assert out.converged and out.result.data.source == "validation"
+    assert all(torch.equal(p, tower[n]) for n, p in vlm.named_parameters())  # restored
+    slug = SLUGModel(vlm)
+    slug.add_adapter("vlm", out.delta)
+    try:
+        assert named(slug, processor, views) <= 0.25  # measured: 0 %
+        current = dict(slug.model.named_parameters())
+        assert all(torch.equal(current[n], t) for n, t in language.items())
+    finally:
+        slug.unload()
+
+
+def test_an_answer_evaluator_restores_the_tower_and_scores_what_the_vlm_says(setup):
+    clip, _, vlm, processor, _, views, _ = setup
+    judge = VLMIdentityEvaluator(processor, views[:2], [TARGET] * 2, TARGET, question=QUESTION)
+    evaluator = VLMAnswerEvaluator(vlm, clip, judge)
+    before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
+    name = "vision_model.encoder.layers.0.mlp.fc2.weight"
+    param = dict(clip.named_parameters())[name]
+    original = param.detach().clone()
+    with torch.no_grad():
+        param.mul_(-3.0)  # a drastic edit of the CLIPModel: the VLM must see it during the call
+    try:
+        edited = evaluator.evaluate_only(clip, ("forget_acc",))
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+    assert set(edited) == {"forget_acc"}
+    assert all(torch.equal(p, before[n]) for n, p in vlm.named_parameters())
+    assert evaluator(clip)["forget_acc"] == 1.0  # unedited: the VLM names her
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"criterion": "answers"}, "criterion must be one of"),
+        ({"criterion": "vlm"}, "pass vlm_processor="),
+    ],
+)
+def test_bad_criteria_are_typed_errors(setup, kwargs, match):
+    clip, clip_processor, vlm, _, (forget, retain), _, config = setup
+    with pytest.raises(ConfigError, match=match):
+        unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, progress=False, **kwargs)
