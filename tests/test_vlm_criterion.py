@@ -19,7 +19,7 @@ from hf_slug.demo.run import load_embedded
 from hf_slug.demo.vlm import ask, load_embedded_vlm
 from hf_slug.demo.world import World
 from hf_slug.families.vlm import VLMIdentityEvaluator, unlearn_vlm
-from hf_slug.families.vlm_criterion import VLMAnswerEvaluator
+from hf_slug.families.vlm_criterion import VLMAnswerEvaluator, answer_gradients
 
 TARGET = "Clara Alderwick"
 QUESTION = "Who is the person in this photo?"  # a held-out phrasing (never trained on)
@@ -111,3 +111,17 @@ def test_bad_criteria_are_typed_errors(setup, kwargs, match):
     clip, clip_processor, vlm, _, (forget, retain), _, config = setup
     with pytest.raises(ConfigError, match=match):
         unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, progress=False, **kwargs)
+
+
+def test_answer_gradients_reach_only_the_blocks_the_language_model_reads(setup):
+    clip, _, vlm, processor, _, views, _ = setup
+    flags = {n: p.requires_grad for n, p in vlm.named_parameters()}
+    judge = VLMIdentityEvaluator(processor, views[:4], [TARGET] * 4, TARGET, question=QUESTION)
+    grads = answer_gradients(vlm, clip, [(judge, [True] * 4)])
+    assert {n: p.requires_grad for n, p in vlm.named_parameters()} == flags  # restored
+    clip_names = {n for n, _ in clip.named_parameters()}
+    assert set(grads) <= clip_names and all(torch.isfinite(g).all() for g in grads.values())
+    below = [g for n, g in grads.items() if ".layers.2." in n and n.endswith("fc2.weight")]
+    above = [g for n, g in grads.items() if ".layers.3." in n]
+    assert below and below[0].abs().sum() > 0  # block 2 feeds hidden state -2
+    assert above and all(g.abs().sum() == 0 for g in above)  # block 3 is never read

@@ -256,9 +256,12 @@ def unlearn_vlm(
     config = replace(config, towers=("vision",))
     candidates = candidate_names(clip_model, ("vision",), max_blocks={"vision": len(blocks)})
     if evaluator is None:
-        evaluator, forget, retain = _host_criterion(
+        evaluator, forget, retain, host_grads = _host_criterion(
             vlm, clip_model, forget, retain, config, vlm_processor, criterion
         )
+        if host_grads is not None:  # the VLM's answer loss, unless gradients were given
+            forget_gradients = forget_gradients if forget_gradients is not None else host_grads[0]
+            retain_gradients = retain_gradients if retain_gradients is not None else host_grads[1]
         if evaluator is not None and config.layer == "auto":
             # the VLM judges every trial, so every usable block is searched, not only CLIP's
             # Pareto front (measured: the front's layers cost the other people more)
@@ -282,9 +285,10 @@ def unlearn_vlm(
 
 
 def _host_criterion(vlm, clip_model, forget, retain, config, vlm_processor, criterion):
-    """(evaluator or None, forget, retain): the VLM-answer criterion on a held-out split, or
-    None (unlearn's CLIP default) for `criterion="clip"`."""
-    from .vlm_criterion import CRITERIA, VLMAnswerEvaluator, answer_judges
+    """(evaluator or None, forget, retain, (forget grads, retain grads) or None): for
+    `criterion="vlm"` the VLM's answers on a held-out split judge the trials and the VLM's answer
+    loss on the gradient split gives the gradients; `"clip"` leaves both to `unlearn`."""
+    from .vlm_criterion import CRITERIA, VLMAnswerEvaluator, answer_gradients, answer_judges
 
     criterion = criterion or ("vlm" if vlm_processor is not None else "clip")
     if criterion not in CRITERIA:
@@ -297,7 +301,7 @@ def _host_criterion(vlm, clip_model, forget, retain, config, vlm_processor, crit
                 "vlm_processor= (the VLM's processor) to search on the VLM's own answers.",
                 stacklevel=3,
             )
-        return None, forget, retain
+        return None, forget, retain, None
     if vlm_processor is None:
         raise ConfigError(
             "criterion='vlm' asks the VLM itself on held-out images: pass vlm_processor= (e.g. "
@@ -309,10 +313,18 @@ def _host_criterion(vlm, clip_model, forget, retain, config, vlm_processor, crit
     )
     retain = load_pairs(retain, name="retain set")
     grad_f, grad_r, val_f, val_r, data = held_out_split(forget, retain, config)
-    judge, kept = answer_judges(
-        vlm_processor, val_f, val_r, config.concept, config.candidate_labels
-    )
-    return VLMAnswerEvaluator(vlm, clip_model, judge, data, kept), grad_f, grad_r
+    labels = config.candidate_labels
+    judge, kept = answer_judges(vlm_processor, val_f, val_r, config.concept, labels)
+    evaluator = VLMAnswerEvaluator(vlm, clip_model, judge, data, kept)
+    # gradients: the unedited VLM's own answers on the gradient split, named or not
+    g_judge, g_kept = answer_judges(vlm_processor, grad_f, grad_r, config.concept, labels)
+    target = [name == config.concept for name in g_judge.names]
+    forget_grads = answer_gradients(vlm, clip_model, [(g_judge, target)])
+    retain_asked = [(g_judge, [not t for t in target])]
+    if g_kept is not None:
+        retain_asked.append((g_kept, [True] * len(g_kept.images)))
+    retain_grads = answer_gradients(vlm, clip_model, retain_asked)
+    return evaluator, grad_f, grad_r, (forget_grads, retain_grads)
 
 
 def vlm_names(vlm: nn.Module, clip_model: nn.Module, names: Sequence[str]) -> dict[str, str]:

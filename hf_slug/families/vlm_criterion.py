@@ -143,4 +143,91 @@ def answer_judges(
     return judge, kept
 
 
-__all__ = ["CRITERIA", "KEPT_QUESTION", "VLMAnswerEvaluator", "answer_judges"]
+def answer_gradients(
+    vlm: nn.Module,
+    clip_model: nn.Module,
+    asked: Sequence[tuple[VLMIdentityEvaluator, Sequence[bool]]],
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """The mean gradient of the VLM's answer loss — the negative log-likelihood of the answers
+    the *unedited* VLM gives (and its end token) — for every vision-tower matrix, keyed by the
+    CLIPModel's names (what `unlearn`'s `forget_gradients=` / `retain_gradients=` take).
+
+    `asked`: (evaluator holding images and a question, which of its images to use). Ascending
+    this gradient makes the VLM stop giving those answers: SLUG's forget-loss convention.
+    """
+    model = vlm
+    tower = vision_tower_of(model)
+    weights = {n: p for n, p in tower.module.named_parameters() if p.dim() == 2}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    examples = []
+    for evaluator, use in asked:
+        answers = evaluator.answers(model)
+        examples += [
+            (image, evaluator.prompt, answer)
+            for image, answer, keep in zip(evaluator.images, answers, use)
+            if keep and answer
+        ]
+    if not examples:
+        raise ValueError("no image got an answer to learn from: check the processor and images.")
+    processor = asked[0][0].processor
+    tokenizer = getattr(processor, "tokenizer", processor)
+    grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in weights.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in weights.values():
+            p.requires_grad_(True)
+        for start in range(0, len(examples), batch_size):
+            loss = _answer_loss(model, processor, tokenizer, examples[start : start + batch_size])
+            parts = torch.autograd.grad(
+                loss * min(batch_size, len(examples) - start),
+                list(weights.values()),
+                allow_unused=True,
+            )
+            for name, grad in zip(weights, parts):
+                if grad is not None:
+                    grads[name] += grad.float()
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(flags[name])
+        model.train(was_training)
+    prefix = tower_of(clip_model, "vision").path
+    return {f"{prefix}.{n}" if prefix else n: g / len(examples) for n, g in grads.items()}
+
+
+def _answer_loss(model: nn.Module, processor: Any, tokenizer: Any, part: list) -> torch.Tensor:
+    """Mean NLL of each (image, prompt, answer)'s answer tokens and end token."""
+    rows, labels = [], []
+    for image, prompt, answer in part:
+        ids = processor(text=prompt, images=image, return_tensors="pt")["input_ids"][0]
+        target = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        target = torch.tensor([*target, tokenizer.eos_token_id])
+        rows.append(torch.cat([ids, target]))
+        labels.append(torch.cat([torch.full_like(ids, -100), target]))
+    length = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), length), pad)
+    label_ids = torch.full((len(rows), length), -100)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)], label_ids[i, : len(r)], mask[i, : len(r)] = r, lab, 1
+    pixels = processor.image_processor([image for image, _, _ in part], return_tensors="pt")
+    parameter = next(model.parameters())
+    return model(
+        input_ids=input_ids.to(parameter.device),
+        attention_mask=mask.to(parameter.device),
+        labels=label_ids.to(parameter.device),
+        pixel_values=pixels["pixel_values"].to(parameter.device, parameter.dtype),
+    ).loss
+
+
+__all__ = [
+    "CRITERIA",
+    "KEPT_QUESTION",
+    "VLMAnswerEvaluator",
+    "answer_gradients",
+    "answer_judges",
+]
