@@ -1,9 +1,9 @@
 """Evaluators for the step search and for reports: zero-shot classification on CLIP.
 
 An evaluator is called with the model and returns named metrics. The built-in
-`ZeroShotEvaluator` is made cheap for the search: between `begin(model, names)` and `end()` it
-keeps the features of the tower that is not edited, and for the edited tower the hidden states
-entering the edited block, so a trial recomputes only the blocks from the edit upwards.
+`ZeroShotEvaluator` is made cheap for the search: it keeps the unedited tower's features (across
+units, while its weights are unchanged) and the hidden states entering the edited block, so a
+trial runs only the blocks from the edit up, and a forget trial stops early (`evaluate_forget`).
 
 Example:
     >>> task = ZeroShotTask("forget", images, ["Ada Byron"] * len(images),  # doctest: +SKIP
@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,13 @@ class Evaluator:
         """At least the named `metrics`; the search asks only for the forget metric on most
         trials. The default computes everything; evaluators that can compute less override it."""
         return self(model)
+
+    def evaluate_forget(
+        self, model: nn.Module, metric: str, ceiling: float
+    ) -> tuple[Metrics, bool]:
+        """(metrics, exact) for a trial that asks only whether `metric <= ceiling`: it may stop once
+        `metric` must exceed `ceiling`, returning a lower bound (same decision) and False."""
+        return self.evaluate_only(model, (metric,)), True
 
 
 class CallableEvaluator(Evaluator):
@@ -150,8 +158,8 @@ class ZeroShotTask:
 
 @dataclass
 class _Inputs:
-    """One modality's preprocessed batches and, during a search, its caches: the features (when
-    the other tower is edited) or each batch's output of the block below the edit."""
+    """One modality's batches and, in a search, its features (the other tower is edited) or each
+    batch's output of the block below the edit."""
 
     kind: str
     batches: list[dict[str, torch.Tensor]]
@@ -176,22 +184,35 @@ class ZeroShotEvaluator(Evaluator):
         self._texts: list[_Inputs] = []
         self._owners: list[torch.Tensor] = []
         self._truth: list[torch.Tensor] = []
+        self._rows_of: list[torch.Tensor] = []  # each task's prompts, as rows of its `_texts`
+        hosts: list[tuple[dict[str, int], _Inputs]] = []  # a task's prompts, once each
         for task in self.tasks:
             images = [
                 processor(images=list(task.images[i : i + batch_size]), return_tensors="pt")
                 for i in range(0, len(task.images), batch_size)
             ]
             texts, owners = task.texts()
-            tokens = [
-                dict(processor(text=texts[i : i + batch_size], **_TEXT_KWARGS))
-                for i in range(0, len(texts), batch_size)
-            ]
+            host = next((h for h in hosts if set(texts) <= h[0].keys()), None)  # e.g. a subset
+            if host is None:
+                unique = list(dict.fromkeys(texts))
+                tokens = [
+                    dict(processor(text=unique[i : i + batch_size], **_TEXT_KWARGS))
+                    for i in range(0, len(unique), batch_size)
+                ]
+                hosts.append(
+                    host := ({t: k for k, t in enumerate(unique)}, _Inputs("text", tokens))
+                )
             self._images.append(_Inputs("vision", [dict(b) for b in images]))
-            self._texts.append(_Inputs("text", tokens))
+            self._texts.append(host[1])
+            self._rows_of.append(torch.tensor([host[0][t] for t in texts]))
             self._owners.append(torch.tensor(owners))
             index = {n: i for i, n in enumerate(task.label_names)}
             self._truth.append(torch.tensor([index[label] for label in task.labels]))
         self._edit: tuple[str, int] | None = None
+        self._pad_id = int(getattr(getattr(processor, "tokenizer", None), "pad_token_id", 0) or 0)
+        self._early: dict[int, Any] = {}  # per task: what early-exit trials learnt (search)
+        self._kept_features: dict[int, tuple[Any, Any, torch.Tensor]] = {}
+        self._towers: tuple[Any, list[Tower]] | None = None
 
     # -- the search protocol -------------------------------------------------------------
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -200,11 +221,13 @@ class ZeroShotEvaluator(Evaluator):
         self._edit = (tower.kind, first_block)
         for inputs in self._images + self._texts:
             inputs.base, inputs.replay = None, []  # filled by the first trial that needs them
+        self._early = {}
 
     def end(self) -> None:
         self._edit = None
         for inputs in self._images + self._texts:
             inputs.base, inputs.replay = None, []
+        self._early = {}
 
     def __call__(self, model: nn.Module) -> Metrics:
         return self._evaluate(model, range(len(self.tasks)))
@@ -220,54 +243,70 @@ class ZeroShotEvaluator(Evaluator):
     def _evaluate(self, model: nn.Module, indices: Sequence[int]) -> Metrics:
         metrics: Metrics = {}
         utility = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i in indices:
-                    task = self.tasks[i]
-                    image_f = self._current(model, self._images[i])
-                    text_f = self._current(model, self._texts[i])
-                    top1, top5 = _accuracy(image_f, text_f, self._owners[i], self._truth[i], task)
-                    metrics[f"{task.name}_acc"] = top1
-                    metrics[f"{task.name}_acc@5"] = top5
-                    if task.counts_for_utility and task.name != "forget":
-                        utility.append(top1)
-        finally:
-            model.train(was_training)
+        with _evaluating(model), torch.no_grad():
+            done: dict[int, torch.Tensor] = {}  # tasks sharing prompts encode them once
+            for i in indices:
+                task = self.tasks[i]
+                image_f = self._current(model, self._images[i])
+                text_f = done.get(id(self._texts[i]))
+                if text_f is None:
+                    text_f = done[id(self._texts[i])] = self._current(model, self._texts[i])
+                text_f = text_f[self._rows_of[i]]
+                top1, top5 = _accuracy(image_f, text_f, self._owners[i], self._truth[i], task)
+                metrics[f"{task.name}_acc"] = top1
+                metrics[f"{task.name}_acc@5"] = top5
+                if task.counts_for_utility and task.name != "forget":
+                    utility.append(top1)
         if utility and len(indices) == len(self.tasks):  # utility needs every task
             metrics["utility"] = sum(utility) / len(utility)
         return metrics
+
+    early_exit = True  # forget trials stop early (the decision never changes; benchmarks compare)
+    chunk = 2  # vision edit: the hardest images, scored before the rest
+    keep_features = True  # reuse unedited towers' features across units (`_kept`)
+
+    def evaluate_forget(
+        self, model: nn.Module, metric: str, ceiling: float
+    ) -> tuple[Metrics, bool]:
+        """Vision edit: the hardest images first (`count_until`); text edit: only the prompts that
+        decide (`lazy_recognised`); stops once `metric <= ceiling` cannot hold."""
+        i = next((k for k, t in enumerate(self.tasks) if f"{t.name}_acc" == metric), None)
+        if not self.early_exit or self._edit is None or i is None or not self.tasks[i].images:
+            return self.evaluate_only(model, (metric,)), True
+        from .search import decide_early  # (search imports this module)
+
+        n = len(self.tasks[i].images)
+        with _evaluating(model), torch.no_grad():
+            limit = sum(_rate(c, n) <= ceiling for c in range(n + 1)) - 1
+            decided = decide_early(self, model, i, limit)
+        if decided is None:  # the edited tower's inputs cannot be replayed row by row
+            return self.evaluate_only(model, (metric,)), True
+        return {metric: _rate(decided[0], n)}, decided[1]
 
     def similarity(self, model: nn.Module, task: str) -> torch.Tensor:
         """Cosine similarity of each image of `task` to each label's (prompt-averaged) text."""
         i = [t.name for t in self.tasks].index(task)
         with torch.no_grad():
-            image_f = self._features(model, self._images[i])
-            text_f = _label_embeddings(
-                self._features(model, self._texts[i]),
-                self._owners[i],
-                len(self.tasks[i].label_names),
-            )
-        return image_f @ text_f.T
+            image_f, text_f = (self._features(model, x) for x in (self._images[i], self._texts[i]))
+            text_f = text_f[self._rows_of[i]]
+        labels = _label_embeddings(text_f, self._owners[i], len(self.tasks[i].label_names))
+        return image_f @ labels.T
 
     # -- features --------------------------------------------------------------------------
     def _current(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
         """Features under the current edit, reusing what the edit cannot change.
 
-        Caches fill lazily, so a trial that scores only the forget task never pays for the
-        others: the other tower's features are kept whole, and for the edited tower the output of
-        the block below the edit (blocks below it are never edited, so the first trial's full
-        pass can record it).
+        Caches fill lazily: the other tower's features are kept whole (`_kept`), and for the
+        edited tower the output of the block below the edit, which no trial changes.
         """
         if self._edit is None:
-            return self._features(model, inputs)
+            return self._kept(model, inputs)
         kind, first_block = self._edit
         if inputs.kind != kind:  # an edit in one tower leaves the other tower's features unchanged
             if inputs.base is None:
-                inputs.base = self._features(model, inputs)
+                inputs.base = self._kept(model, inputs)
             return inputs.base
-        tower = next(t for t in find_towers(model) if t.kind == kind)
+        tower = self._tower(model, kind)
         if first_block == 0:
             return self._features(model, inputs)
         if not inputs.replay:
@@ -282,8 +321,25 @@ class ZeroShotEvaluator(Evaluator):
                 parts.append(self._encode(model, inputs.kind, batch))
         return torch.cat(parts)
 
+    def _tower(self, model: nn.Module, kind: str) -> Tower | None:
+        if self._towers is None or self._towers[0]() is not model:
+            self._towers = (weakref.ref(model), find_towers(model))
+        return next((t for t in self._towers[1] if t.kind == kind), None)
+
     def _features(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
         return self._features_and_replay(model, inputs, None)[0]
+
+    def _kept(self, model: nn.Module, inputs: _Inputs) -> torch.Tensor:
+        """`_features`, kept while the tower's tensors are the same, unwritten since (their version
+        counters; writes through `.data` go unseen): units in one tower reuse the other's."""
+        if not self.keep_features:
+            return self._features(model, inputs)
+        key = _weights_key(model, self._tower(model, inputs.kind))
+        kept = self._kept_features.get(id(inputs))
+        if key is None or kept is None or kept[0]() is not model or kept[1] != key:
+            features = self._features(model, inputs)
+            kept = self._kept_features[id(inputs)] = (weakref.ref(model), key, features)
+        return kept[2]
 
     def _features_and_replay(
         self, model: nn.Module, inputs: _Inputs, block: nn.Module | None
@@ -317,6 +373,19 @@ class ZeroShotEvaluator(Evaluator):
 _TEXT_KWARGS = dict(PROCESSOR_KWARGS)
 
 
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """`model.eval()` for the duration, touching only the modules that were training."""
+    training = [m for m in model.modules() if m.training]
+    try:
+        for module in training:
+            module.training = False
+        yield
+    finally:
+        for module in training:
+            module.training = True
+
+
 def _tower_for(model: nn.Module, name: str) -> Tower:
     towers = find_towers(model)
     for tower in towers:
@@ -324,6 +393,36 @@ def _tower_for(model: nn.Module, name: str) -> Tower:
             return tower
     kind = "vision" if "visual" in name else "text"
     return next(t for t in towers if t.kind == kind)
+
+
+def _weights_key(model: nn.Module, tower: Tower | None) -> Any:
+    """Which tensors, at which version, `tower`'s features come from (None: unknown)."""
+    head = getattr(
+        model, f"{'visual' if tower and tower.kind == 'vision' else 'text'}_projection", 0
+    )
+    try:  # (inference tensors keep no version)
+        params = [*tower.module.parameters(), *head.parameters()]
+        return tuple((id(p), p.data_ptr(), p.dtype, p._version) for p in params)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _rows(inputs: _Inputs, first_block: int) -> list[dict[str, torch.Tensor]] | None:
+    """`inputs` row by row, each with its replayed hidden states (text: trimmed to its tokens);
+    None when they cannot be replayed row by row."""
+    replay = inputs.replay if first_block > 0 else [None] * len(inputs.batches)
+    tensors = all(r is None or torch.is_tensor(r) for r in replay)
+    if len(replay) != len(inputs.batches) or not tensors:
+        return None
+    rows = []
+    for batch, hidden in zip(inputs.batches, replay):
+        batch = {**batch, **({} if hidden is None else {"hidden": hidden})}
+        if inputs.kind == "text" and "attention_mask" not in batch:
+            return None
+        for k in range(len(next(iter(batch.values())))):
+            n = int(batch["attention_mask"][k].sum()) if inputs.kind == "text" else None
+            rows.append({key: value[k, :n] if n else value[k] for key, value in batch.items()})
+    return rows
 
 
 def _label_embeddings(text_f: torch.Tensor, owners: torch.Tensor, n_labels: int) -> torch.Tensor:
@@ -334,6 +433,28 @@ def _label_embeddings(text_f: torch.Tensor, owners: torch.Tensor, n_labels: int)
 SCORINGS = ("mean", "any")
 
 
+def _logits(
+    image_f: torch.Tensor, text_f: torch.Tensor, owners: torch.Tensor, task: ZeroShotTask
+) -> torch.Tensor:
+    """(images, views, labels) cosines: one view (the averaged prompts) under `scoring="mean"`,
+    one per phrasing under `"any"` (the labels' prompts are stored label by label)."""
+    n_labels = len(task.label_names)
+    if task.scoring == "mean":
+        return (image_f @ _label_embeddings(text_f, owners, n_labels).T)[:, None]
+    return (image_f @ text_f.T).view(len(image_f), n_labels, -1).transpose(1, 2)
+
+
+def _boosted(logits: torch.Tensor, truth: torch.Tensor, margin: float) -> torch.Tensor:
+    """`logits` with each image's own label raised by `margin`."""
+    own = logits.gather(2, truth.view(-1, 1, 1).expand(-1, logits.shape[1], 1))
+    return logits.scatter(2, truth.view(-1, 1, 1).expand_as(own), own + margin)
+
+
+def _view_hits(boosted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """(images, views): whether each view ranks the image's own label first."""
+    return boosted.topk(min(5, boosted.shape[-1]), dim=-1).indices[..., 0] == truth[:, None]
+
+
 def _accuracy(
     image_f: torch.Tensor,
     text_f: torch.Tensor,
@@ -342,18 +463,16 @@ def _accuracy(
     task: ZeroShotTask,
 ) -> tuple[float, float]:
     """Top-1 and top-5 recognition rates under the task's scoring and margin."""
-    n_labels = len(task.label_names)
-    if task.scoring == "mean":
-        logits = (image_f @ _label_embeddings(text_f, owners, n_labels).T)[:, None]
-    else:  # (images, phrasings, labels): the labels' prompts are stored label by label
-        logits = (image_f @ text_f.T).view(len(image_f), n_labels, -1).transpose(1, 2)
-    own = logits.gather(2, truth.view(-1, 1, 1).expand(-1, logits.shape[1], 1))
-    boosted = logits.scatter(2, truth.view(-1, 1, 1).expand_as(own), own + task.margin)
-    k = min(5, n_labels)
-    top = boosted.topk(k, dim=-1).indices  # (images, phrasings, k)
-    hit1 = (top[..., 0] == truth[:, None]).any(dim=1)
+    boosted = _boosted(_logits(image_f, text_f, owners, task), truth, task.margin)
+    top = boosted.topk(min(5, len(task.label_names)), dim=-1).indices  # (images, views, k)
+    hit1 = _view_hits(boosted, truth).any(dim=1)
     hit5 = (top == truth[:, None, None]).any(dim=-1).any(dim=1)
     return hit1.float().mean().item(), hit5.float().mean().item()
+
+
+def _rate(count: int, n: int) -> float:
+    """`count` of `n` as `_accuracy` reports it (the same float32 mean)."""
+    return (torch.arange(n) < count).float().mean().item()
 
 
 class _Replay(nn.Module):
@@ -366,12 +485,15 @@ class _Replay(nn.Module):
 
 
 @contextlib.contextmanager
-def _replaying(tower: Tower, first_block: int) -> Iterator[_Replay]:
-    """Temporarily run only blocks `first_block…` of `tower`, fed by a `_Replay`."""
-    encoder = tower.module.encoder
+def _replaying(tower: Tower, first_block: int, below: bool = False) -> Iterator[_Replay]:
+    """Temporarily run only blocks `first_block…` of `tower`, fed by a `_Replay` (`below`: only
+    the blocks below `first_block`, to record their output)."""
+    encoder, replay = tower.module.encoder, _Replay()
     original = encoder.layers
-    replay = _Replay()
-    encoder.layers = nn.ModuleList([replay, *list(original)[first_block:]])
+    layers = list(original)
+    encoder.layers = nn.ModuleList(
+        layers[:first_block] if below else [replay, *layers[first_block:]]
+    )
     try:
         yield replay
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -212,6 +213,30 @@ def model_fingerprint(model: nn.Module, names: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+_WEIGHTS: dict[int, tuple[Any, tuple, str]] = {}  # id(model) -> (model ref, versions, digest)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """One sha256 over every parameter and buffer of `model`: a gradient depends on all of them,
+    not only on the tensors it is taken for. Kept while no tensor was replaced or written to in
+    place since (their version counters), so a call that loads and saves hashes the model once."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    try:
+        versions = tuple((n, id(t), t.data_ptr(), t._version) for n, t in tensors)
+    except RuntimeError:  # inference tensors keep no version
+        versions = None
+    kept = _WEIGHTS.get(id(model))
+    if versions is not None and kept is not None and kept[0]() is model and kept[1] == versions:
+        return kept[2]
+    digest = hashlib.sha256()
+    for name, tensor in tensors:
+        digest.update(f"{name}:{fingerprint(tensor)};".encode())
+    if versions is not None:
+        _WEIGHTS.clear()  # one model at a time: no cache outlives its use
+        _WEIGHTS[id(model)] = (weakref.ref(model), versions, digest.hexdigest())
+    return digest.hexdigest()
+
+
 def save_gradients(
     path: str | Path, grads: dict[str, torch.Tensor], model: nn.Module, data_signature: str = ""
 ) -> None:
@@ -219,6 +244,7 @@ def save_gradients(
     metadata = {
         "hf_slug": "gradients",
         "model_fingerprint": model_fingerprint(model, list(grads)),
+        "weights_fingerprint": weights_fingerprint(model),
         "data_signature": data_signature,
     }
     write_safetensors(path, grads, metadata)
@@ -242,6 +268,9 @@ def load_gradients(
         )
     expected = metadata.get("model_fingerprint")
     actual = model_fingerprint(model, list(grads))
+    weights = metadata.get("weights_fingerprint")  # (files written before it lack it)
+    if expected == actual and weights is not None:  # the other tensors change a gradient too
+        expected, actual = weights, weights_fingerprint(model)
     if expected != actual:
         raise DeltaFormatError(
             f"{path} was computed on different weights (fingerprint {expected!s:.12} vs this "
