@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
         help='the two identities to unlearn and stack (default: "Eileen Collins" '
         '"Marcus Brennholt"); see World(0).identities',
     )
+    vlm_help = "unlearn --targets' first person from the embedded LLaVA instead, and ask it again"
+    p.add_argument("--vlm", action="store_true", help=vlm_help)
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
@@ -234,6 +236,10 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo.run import EMBEDDED, TARGETS, run_demo
     from .demo.world import World
 
+    if args.vlm:
+        from .demo.vlm_demo import demo_command
+
+        return demo_command(args.out, args.targets, args.quick)
     targets = tuple(args.targets or TARGETS)
     unknown = [t for t in targets if t not in World(0).identities]
     if unknown or len(set(targets)) != 2:

@@ -71,6 +71,7 @@ LAYER = {
     "hf_slug.demo.protocol": "apps",
     "hf_slug.demo.run": "apps",
     "hf_slug.demo.vlm": "apps",
+    "hf_slug.demo.vlm_demo": "apps",
     "hf_slug.demo.t2i": "apps",
     "hf_slug.demo.world": "apps",
 }

@@ -193,3 +193,8 @@ def test_validation_folders_go_together_and_small_sets_say_what_to_do(workspace,
     assert small.returncode == 1
     assert "validation_share=0.25 holds out 2 of the 6 pairs" in small.stderr
     assert not (tmp_path / "b" / "slug_config.json").exists()
+
+
+def test_demo_vlm_refuses_an_unknown_person_before_loading_anything(tmp_path):
+    result = hf_slug("demo", "--vlm", "--targets", "Nobody Here", "Ada", "--out", str(tmp_path))
+    assert result.returncode == 2 and "'Nobody Here' is not an identity" in result.stderr

@@ -125,3 +125,15 @@ def test_answer_gradients_reach_only_the_blocks_the_language_model_reads(setup):
     above = [g for n, g in grads.items() if ".layers.3." in n]
     assert below and below[0].abs().sum() > 0  # block 2 feeds hidden state -2
     assert above and all(g.abs().sum() == 0 for g in above)  # block 3 is never read
+
+
+@pytest.mark.numerics
+def test_the_vlm_demo_runs_and_reports_both_criteria(tmp_path):
+    from hf_slug.demo.vlm_demo import run_vlm_demo
+
+    report = run_vlm_demo(tmp_path, quick=True)
+    assert report["before"][report["target"]] == 100.0
+    assert report["runs"]["vlm"]["after"][report["target"]] <= 25.0  # measured: 0 %
+    assert report["runs"]["clip"]["after"][report["target"]] >= 75.0  # measured: 100 %
+    assert (tmp_path / "vlm_demo_report.json").is_file()
+    assert (tmp_path / "deltas" / "Clara_Alderwick" / "slug_config.json").is_file()
