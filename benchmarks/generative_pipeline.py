@@ -1,0 +1,485 @@
+"""End to end on the embedded text-to-image pipeline: does SLUG on the text encoder stop the
+pipeline from drawing one identity while it keeps drawing the others?
+
+The pipeline is `hf_slug/demo/embedded_t2i` (a trained tiny `StableDiffusionPipeline` whose text
+encoder is the embedded CLIP's text tower). A judge — the *unedited* embedded CLIP, its image
+tower against its original text tower, zero-shot over all 26 identity names with "{name}." —
+says which identity each generated image shows. For every identity, N fixed seeds × held-out
+phrasings (templates never used in training) are generated before unlearning; then, for each
+target, `unlearn_pipeline` (the library's defaults; forget = 32 training views of the target
+with their captions, retain = the demo's retain pairs without the target; candidate labels =
+the 26 names) gives a delta that `SLUGModel` applies to the pipeline, and the same prompts and
+seeds are generated and judged again. With `--stack`, the first two targets' deltas are applied
+together. Before/after image grids go to `benchmarks/generative_pipeline/`.
+
+    python benchmarks/generative_pipeline.py                 # the full run (~25 min, 2 cores)
+    python benchmarks/generative_pipeline.py --quick --out /tmp/gp   # smoke run (~2 min)
+
+Targets (issue 17): mean generation accuracy before ≥ 50 % (chance 1/26 ≈ 4 %); after one
+identity is unlearned, its generations recognised ≤ 10 %, the others ≥ 90 % of their before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hf_slug import SLUGModel  # noqa: E402
+from hf_slug.demo.protocol import forget_pairs, retain_pairs  # noqa: E402
+from hf_slug.demo.run import load_embedded  # noqa: E402
+from hf_slug.demo.t2i import (  # noqa: E402
+    EMBEDDED_T2I,
+    GENERATION_KWARGS,
+    IdentityJudge,
+    generate,
+    load_embedded_pipeline,
+)
+from hf_slug.demo.world import World  # noqa: E402
+from hf_slug.families.diffusion import unlearn_pipeline  # noqa: E402
+from hf_slug.names import default_adapter_name  # noqa: E402
+from hf_slug.plots import image_grid  # noqa: E402
+
+# held-out phrasings: the world's eval template and audit templates, none used in training
+PHRASINGS = ("{}.", "a headshot of {}.", "here we see {}.", "a snapshot of {}.")
+TARGETS = ("Eileen Collins", "Clara Alderwick", "Ronan Kestrelle")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def measure(model: Any, judge: IdentityJudge, names, phrasings, seeds, **kwargs) -> dict:
+    """Per identity: the share of its generations the judge names as it; and the images."""
+    prompts = {t.format(n): n for n in names for t in phrasings}
+    start = time.time()
+    images = generate(model, list(prompts), seeds, **kwargs)
+    seconds = time.time() - start
+    said = judge(list(images.values()))
+    hits: dict[str, list[bool]] = {n: [] for n in names}
+    confusions: dict[str, dict[str, int]] = {n: {} for n in names}
+    for (prompt, _), guess in zip(images, said):
+        name = prompts[prompt]
+        hits[name].append(guess == name)
+        confusions[name][guess] = confusions[name].get(guess, 0) + 1
+    per = {n: float(np.mean(h)) for n, h in hits.items()}
+    return {
+        "per_identity": per,
+        "mean": float(np.mean(list(per.values()))),
+        "said": {n: dict(sorted(c.items(), key=lambda kv: -kv[1])) for n, c in confusions.items()},
+        "images": images,
+        "seconds": seconds,
+        "seconds_per_image": seconds / max(1, len(images)),
+    }
+
+
+def summary(before: dict, after: dict, targets: list[str], names: list[str]) -> dict:
+    others = [n for n in names if n not in targets]
+    b_others = float(np.mean([before["per_identity"][n] for n in others]))
+    a_others = float(np.mean([after["per_identity"][n] for n in others]))
+    return {
+        "target_before": {t: before["per_identity"][t] for t in targets},
+        "target_after": {t: after["per_identity"][t] for t in targets},
+        "others_before": b_others,
+        "others_after": a_others,
+        "others_relative": a_others / b_others if b_others else float("nan"),
+        "target_said_after": {t: after["said"][t] for t in targets},
+    }
+
+
+@torch.no_grad()
+def conditioning_shift(slug: Any, pipe: Any, prompts: dict[str, list[str]]) -> dict[str, dict]:
+    """How much the delta moves what the UNet reads: per group of prompts, the mean relative
+    L2 change of the text encoder's last hidden state (all 77 positions, as the pipeline passes
+    them) and of the pooled EOS state (what CLIP's zero-shot criterion reads), active vs off."""
+    out = {}
+    for group, texts in prompts.items():
+        ids = pipe.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        after = pipe.text_encoder(ids)
+        with slug.disable_adapters():
+            before = pipe.text_encoder(ids)
+        seq = (after[0] - before[0]).flatten(1).norm(dim=1) / before[0].flatten(1).norm(dim=1)
+        pooled = (after[1] - before[1]).norm(dim=1) / before[1].norm(dim=1)
+        out[group] = {"sequence": float(seq.mean()), "pooled": float(pooled.mean())}
+    return out
+
+
+def save_grid(before: dict, after: dict, rows: list[str], phrasing: str, seeds, path: Path):
+    images_b, images_a = before["images"], after["images"]
+    grid = [
+        [images_b[(phrasing.format(n), s)] for s in seeds]
+        + [images_a[(phrasing.format(n), s)] for s in seeds]
+        for n in rows
+    ]
+    cols = [f"before s{s}" for s in seeds] + [f"after s{s}" for s in seeds]
+    return image_grid(grid, path, row_labels=rows, col_labels=cols)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
+    parser.add_argument("--pipeline", type=Path, default=EMBEDDED_T2I)
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS))
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--phrasings", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=GENERATION_KWARGS["num_inference_steps"])
+    parser.add_argument("--guidance", type=float, default=GENERATION_KWARGS["guidance_scale"])
+    parser.add_argument(
+        "--forget",
+        choices=("views", "generated"),
+        default="views",
+        help="forget set: 32 training views of the target with their captions, or the paper's "
+        "recipe for SD: 32 images the pipeline generates from the target's name",
+    )
+    parser.add_argument(
+        "--weights",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also measure each delta at these adapter weights (e.g. 2: twice SLUG's step)",
+    )
+    parser.add_argument("--no-stack", action="store_true", help="skip the 2-delta stack")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 6 identities, 1 target")
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        metavar="LABEL=PATH",
+        help="no run: add other runs' JSON (e.g. --forget generated --out /tmp/x) as variants "
+        "to OUT/generative_pipeline.json and rewrite the markdown",
+    )
+    args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.out, args.merge)
+        return
+    torch.set_num_threads(args.threads)
+    world = World(seed=0)
+    names = list(world.identities)
+    measured = list(names)
+    if args.quick:
+        args.seeds, args.phrasings, args.steps, args.no_stack = 1, 1, 6, True
+        args.targets = args.targets[:1]
+        measured = list(dict.fromkeys([*args.targets, *names[:5]]))
+    phrasings = list(PHRASINGS[: args.phrasings])
+    seeds = list(range(args.seeds))
+    kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    grids = args.out / "generative_pipeline"
+    grids.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+
+    pipe = load_embedded_pipeline(args.pipeline)
+    clip, processor = load_embedded()  # the CLIP SLUG computes gradients on
+    judge_clip, judge_processor = load_embedded()  # a separate, never-edited copy
+    judge = IdentityJudge(judge_clip, judge_processor, names)
+    views = world.samples("identity", "test", 2)
+    judge_real = float(
+        np.mean([g == s.label for g, s in zip(judge([v.image for v in views]), views)])
+    )
+    log(f"judge on real test views: {judge_real:.3f}")
+
+    before = measure(pipe, judge, measured, phrasings, seeds, **kwargs)
+    log(f"before: mean generation accuracy {before['mean']:.3f} "
+        f"({before['seconds_per_image']:.2f} s/image)")  # fmt: skip
+    slug = SLUGModel(pipe)
+    runs: dict[str, Any] = {}
+    afters: dict[str, dict] = {}
+    for target in args.targets:
+        forget = forget_pairs(world, target, 32) if args.forget == "views" else None
+        retain = retain_pairs(world, exclude=[target])
+        start = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with slug.disable_adapters():  # unlearn the original text encoder
+                out = unlearn_pipeline(
+                    pipe,
+                    clip,
+                    processor,
+                    target,
+                    retain,
+                    forget=forget,
+                    candidate_labels=names,
+                    progress=False,
+                    **(
+                        {}
+                        if forget is not None
+                        else {"num_forget_images": 32, "generation_kwargs": kwargs}
+                    ),
+                )
+        unlearn_seconds = time.time() - start
+        result = out.result
+        record: dict[str, Any] = {
+            "converged": out.converged,
+            "unlearn_seconds": round(unlearn_seconds, 1),
+            "forget": args.forget,
+            "forget_pairs": len(out.forget),
+            "retain_pairs": len(retain),
+            "layer": result.chosen.label if result.chosen is not None else None,
+            "step": result.chosen.step if result.chosen is not None else None,
+            "clip_metrics_before": {k: float(v) for k, v in result.before.items()},
+            "clip_metrics_after": {k: float(v) for k, v in result.after.items()},
+            "report": result.report(),
+        }
+        log(f"{target}: unlearn_pipeline converged={out.converged} in {unlearn_seconds:.0f}s")
+        if out.delta is None:
+            runs[target] = record
+            continue
+        name = default_adapter_name(target)
+        slug.add_adapter(name, out.delta)
+        slug.set_adapters([name])
+        after = measure(slug, judge, measured, phrasings, seeds, **kwargs)
+        afters[target] = after
+        record.update(summary(before, after, [target], measured))
+        record["delta_tensors"] = sorted(out.delta.config.targets)
+        others = [n for n in measured if n != target]
+        record["conditioning_shift"] = conditioning_shift(
+            slug,
+            pipe,
+            {
+                "target": [t.format(target) for t in phrasings],
+                "others": [t.format(n) for n in others for t in phrasings],
+            },
+        )
+        rows = list(dict.fromkeys([target, *[n for n in measured if n != target][:4]]))
+        grid = save_grid(
+            before,
+            after,
+            rows,
+            phrasings[0],
+            seeds,
+            grids / f"{default_adapter_name(target)}.png",
+        )
+        record["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
+        record["weighted"] = {}
+        for weight in args.weights:
+            slug.set_adapters([name], [weight])
+            weighted = measure(slug, judge, measured, phrasings, seeds, **kwargs)
+            record["weighted"][str(weight)] = summary(before, weighted, [target], measured)
+            log(f"{target} at weight {weight}: "
+                f"{record['weighted'][str(weight)]['target_after'][target]:.3f}, others "
+                f"{record['weighted'][str(weight)]['others_relative']:.1%} of before")  # fmt: skip
+        slug.set_adapters([name], [1.0])
+        runs[target] = record
+        log(f"{target}: target {record['target_before'][target]:.3f} -> "
+            f"{record['target_after'][target]:.3f}; others {record['others_before']:.3f} -> "
+            f"{record['others_after']:.3f} ({record['others_relative']:.1%} of before)")  # fmt: skip
+
+    stack = None
+    stacked = [t for t in args.targets if t in afters][:2]
+    if not args.no_stack and len(stacked) == 2:
+        slug.set_adapters([default_adapter_name(t) for t in stacked])
+        after = measure(slug, judge, measured, phrasings, seeds, **kwargs)
+        stack = {"targets": stacked, **summary(before, after, stacked, measured)}
+        rows = list(dict.fromkeys([*stacked, *[n for n in measured if n not in stacked][:3]]))
+        save_grid(before, after, rows, phrasings[0], seeds, grids / "stack.png")
+        log(f"stack {stacked}: targets {stack['target_after']}; others relative "
+            f"{stack['others_relative']:.1%}")  # fmt: skip
+
+    rows = measured[:8]
+    image_grid(
+        [[before["images"][(phrasings[0].format(n), s)] for s in seeds] for n in rows],
+        grids / "before.png",
+        row_labels=rows,
+        col_labels=[f"seed {s}" for s in seeds],
+    )
+    results = {
+        "command": "python benchmarks/generative_pipeline.py " + " ".join(argv or sys.argv[1:]),
+        "pipeline": str(args.pipeline.relative_to(REPO))
+        if args.pipeline.resolve().is_relative_to(REPO)
+        else str(args.pipeline),
+        "judge": "unedited embedded CLIP, zero-shot over 26 identity names, '{name}.'",
+        "judge_on_real_test_views": judge_real,
+        "identities": measured,
+        "phrasings": phrasings,
+        "seeds": seeds,
+        "generation": kwargs,
+        "chance": 1 / len(names),
+        "before": {
+            "mean": before["mean"],
+            "per_identity": before["per_identity"],
+            "seconds_per_image": before["seconds_per_image"],
+        },
+        "unlearned": runs,
+        "stack": stack,
+        "minutes": round((time.time() - began) / 60, 1),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": __import__("diffusers").__version__,
+            "transformers": __import__("transformers").__version__,
+        },
+    }
+    (args.out / "generative_pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "generative_pipeline.md").write_text(markdown(results))
+    log(f"done in {results['minutes']} min")
+
+
+def merge(out: Path, items: list[str]) -> None:
+    main_path = out / "generative_pipeline.json"
+    record = json.loads(main_path.read_text())
+    for item in items:
+        label, _, path = item.partition("=")
+        other = json.loads(Path(path).read_text())
+        record.setdefault("variants", {})[label] = {
+            "command": other["command"],
+            "minutes": other["minutes"],
+            "before_mean": other["before"]["mean"],
+            "unlearned": other["unlearned"],
+            "stack": other.get("stack"),
+        }
+    main_path.write_text(json.dumps(record, indent=2) + "\n")
+    (out / "generative_pipeline.md").write_text(markdown(record))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def arrow(before: dict, after: dict, key: str) -> str:
+    nan = float("nan")
+    return f"{pct(before.get(key, nan))} → {pct(after.get(key, nan))}"
+
+
+def unlearned_lines(unlearned: dict) -> list[str]:
+    """The before/after table, the text-encoder shifts, other weights and the judge's votes."""
+    lines = [
+        "| unlearned | converged | target before | target after (≤ 10 %) | others before | "
+        "others after | others kept (≥ 90 %) | unlearn_pipeline seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for target, run in unlearned.items():
+        if "target_after" not in run:
+            lines.append(f"| {target} | {run['converged']} | – | – | – | – | – | "
+                         f"{run['unlearn_seconds']} |")  # fmt: skip
+            continue
+        lines.append(
+            f"| {target} | {run['converged']} | {pct(run['target_before'][target])} | "
+            f"{pct(run['target_after'][target])} | {pct(run['others_before'])} | "
+            f"{pct(run['others_after'])} | {pct(run['others_relative'])} | "
+            f"{run['unlearn_seconds']} |"
+        )
+    lines += [
+        "",
+        "What the delta changes in the text encoder's output (mean relative L2 change, delta on "
+        "vs off): `sequence` = the 77 hidden states the UNet cross-attends to, `pooled` = the EOS "
+        "state CLIP's zero-shot criterion reads; SLUG's own CLIP metrics after the edit "
+        "(its validation split, before → after):",
+        "",
+        "| unlearned | layer | step | target seq. | target pooled | others seq. | "
+        "others pooled | CLIP forget acc. | CLIP retain acc. | CLIP utility |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, run in unlearned.items():
+        if "conditioning_shift" not in run:
+            continue
+        c, m, b = run["conditioning_shift"], run["clip_metrics_after"], run["clip_metrics_before"]
+        step = f"{run['step']:.3g}" if run["step"] is not None else "–"
+        lines.append(
+            f"| {target} | {run['layer']} | {step} | {pct(c['target']['sequence'])} | "
+            f"{pct(c['target']['pooled'])} | {pct(c['others']['sequence'])} | "
+            f"{pct(c['others']['pooled'])} | {arrow(b, m, 'forget_acc')} | "
+            f"{arrow(b, m, 'retain_acc')} | {arrow(b, m, 'utility')} |"
+        )
+    weighted = [
+        f"| {t} | {w} | {pct(v['target_after'][t])} | {pct(v['others_relative'])} |"
+        for t, run in unlearned.items()
+        for w, v in run.get("weighted", {}).items()
+    ]
+    if weighted:
+        lines += [
+            "",
+            "The same deltas at other adapter weights (SLUG's step × weight):",
+            "",
+            "| unlearned | weight | target after | others kept |",
+            "|---|---|---|---|",
+            *weighted,
+        ]
+    lines += [
+        "",
+        "What the target's generations are named after unlearning (judge's votes):",
+        "",
+    ]
+    for target, run in unlearned.items():
+        if "target_said_after" in run:
+            votes = run["target_said_after"][target]
+            lines.append(f"* {target}: " + ", ".join(f"{k} {v}" for k, v in votes.items()))
+    return lines
+
+
+def markdown(r: dict) -> str:
+    n_images = len(r["identities"]) * len(r["phrasings"]) * len(r["seeds"])
+    lines = [
+        "# The embedded text-to-image pipeline, unlearned through its text encoder",
+        "",
+        f"Command: `{r['command'].strip()}` ({r['minutes']} min on 2 CPU cores).",
+        "",
+        f"Pipeline `{r['pipeline']}`; {len(r['identities'])} identities × "
+        f"{len(r['phrasings'])} held-out phrasings ({', '.join(repr(p) for p in r['phrasings'])})"
+        f" × {len(r['seeds'])} seeds = {n_images} images per measurement, "
+        f"{r['generation']['num_inference_steps']} DDIM steps, guidance "
+        f"{r['generation']['guidance_scale']}. Judge: {r['judge']} (it names "
+        f"{pct(r['judge_on_real_test_views'])} of real test views right). Chance: "
+        f"{pct(r['chance'])}.",
+        "",
+        f"**Before:** mean generation accuracy over identities {pct(r['before']['mean'])} "
+        "(target ≥ 50 %).",
+        "",
+    ]
+    lines += unlearned_lines(r["unlearned"])
+    if r.get("stack"):
+        s = r["stack"]
+        lines += [
+            "",
+            f"**Stack of 2 deltas** ({' + '.join(s['targets'])}): targets after "
+            + ", ".join(f"{t} {pct(v)}" for t, v in s["target_after"].items())
+            + f"; others {pct(s['others_before'])} → {pct(s['others_after'])} "
+            f"({pct(s['others_relative'])} of before).",
+        ]
+    for label, variant in r.get("variants", {}).items():
+        lines += [
+            "",
+            f"## Variant: {label}",
+            "",
+            f"Command: `{variant['command'].strip()}` ({variant['minutes']} min; the same "
+            "pipeline, judge, prompts and seeds; its before-accuracy "
+            f"{pct(variant['before_mean'])}).",
+            "",
+            *unlearned_lines(variant["unlearned"]),
+        ]
+    lines += [
+        "",
+        "## Before, per identity",
+        "",
+        "Before accuracy per identity: "
+        + ", ".join(f"{n} {pct(v)}" for n, v in r["before"]["per_identity"].items())
+        + ".",
+        "",
+        "Grids (one row per identity, phrasing "
+        f"{r['phrasings'][0]!r}; seeds before | after): `benchmarks/generative_pipeline/*.png`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
