@@ -58,6 +58,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_slug.demo.t2i import load_embedded_pipeline, load_text_encoder  # noqa: E402
 from hf_slug.demo.world import TRAIN_TEMPLATES, World, fill_template  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,20 +119,6 @@ def make_scheduler():
         prediction_type="epsilon",
         **BETAS,
     )
-
-
-def text_encoder_and_tokenizer(clip_dir: Path = CLIP_DIR):
-    """The embedded CLIP's text tower as a `CLIPTextModel`, and its tokenizer."""
-    from transformers import CLIPTextModel, CLIPTokenizer
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the vision tower's tensors are "unexpected": expected
-    try:
-        encoder = CLIPTextModel.from_pretrained(clip_dir, dtype=torch.float32).eval()
-    finally:
-        hf_logging.set_verbosity(level)
-    return encoder, CLIPTokenizer.from_pretrained(clip_dir)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -331,24 +318,6 @@ def judge_accuracy(pipe, judge: Judge, names, phrasings, seeds, **kwargs) -> dic
     return {"mean": float(np.mean(list(per_identity.values()))), "per_identity": per_identity}
 
 
-def load_pipeline(folder: Path, clip_dir: Path = CLIP_DIR):
-    from diffusers import StableDiffusionPipeline
-
-    encoder, tokenizer = text_encoder_and_tokenizer(clip_dir)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        folder,
-        text_encoder=encoder,
-        tokenizer=tokenizer,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        dtype=torch.float32,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-# -- main -------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "hf_slug" / "demo" / "embedded_t2i")
@@ -406,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"judge on real test views {judge_on_test:.3f}; on their VAE reconstructions {judge_on_recon:.3f}"
     )
 
-    encoder, tokenizer = text_encoder_and_tokenizer()
+    encoder, tokenizer = load_text_encoder(CLIP_DIR)
     captions = [""]
     for n in names:
         captions += identity_captions(n)
@@ -503,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     log(f"saved to {args.out} ({size / 1e6:.1f} MB)")
 
-    pipe = load_pipeline(args.out)
+    pipe = load_embedded_pipeline(args.out, CLIP_DIR)
     seeds = list(range(args.eval_seeds))
     kwargs = {"num_inference_steps": args.eval_steps, "guidance_scale": args.guidance}
     t0 = time.time()
