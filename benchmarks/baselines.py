@@ -33,8 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_slug.data import batches, load_pairs
-from hf_slug.families.clip import encode_images, encode_texts
 from hf_slug.losses import forget_loss, retain_loss
+from hf_slug.towers import encode_images, encode_texts
 
 ITERATIVE = ("GA", "GAFT", "SalUn", "FT")
 Batch = dict[str, torch.Tensor]

@@ -39,7 +39,13 @@ from transformers import CLIPModel, CLIPProcessor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import command_line, table, write_json  # noqa: E402
-from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, unlearn  # noqa: E402
+from hf_slug import (  # noqa: E402
+    SLUGConfig,
+    UnlearnOptions,
+    ZeroShotEvaluator,
+    ZeroShotTask,
+    unlearn,
+)
 from hf_slug.audit.phrasings import templates as audit_templates  # noqa: E402
 from hf_slug.data import load_pairs  # noqa: E402
 from hf_slug.demo.protocol import (  # noqa: E402
@@ -49,9 +55,9 @@ from hf_slug.demo.protocol import (  # noqa: E402
     identity_report,
     retain_pairs,
 )
-from hf_slug.families.clip import block_index, candidate_names  # noqa: E402
 from hf_slug.gradients import compute_gradients  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
+from hf_slug.towers import block_index, candidate_names  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORLDS = {
@@ -142,7 +148,14 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
     before = report(kind, evaluator(model))
     floor = floor_seconds(model, processor, forget, retain)
     with tempfile.TemporaryDirectory() as cache:
-        result = unlearn(model, processor, forget, retain, config, cache_dir=cache, progress=False)
+        result = unlearn(
+            model,
+            processor,
+            forget,
+            retain,
+            config,
+            options=UnlearnOptions(cache_dir=cache, progress=False),
+        )
         grads_file = next(Path(cache).glob("forget_gradients-*.safetensors"))
         grads = load_file(str(grads_file))
     scores = {s.label: s for s in result.layers}

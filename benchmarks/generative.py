@@ -53,17 +53,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command_line, model_sha256, table, write_json  # noqa: E402
 
-from hf_slug import SLUGConfig, SLUGModel  # noqa: E402
+from hf_slug import SLUGConfig, SLUGModel, UnlearnOptions, VLMOptions  # noqa: E402
 from hf_slug.demo.protocol import forget_pairs, retain_pairs  # noqa: E402
 from hf_slug.demo.run import EMBEDDED, load_embedded  # noqa: E402
 from hf_slug.demo.vlm import EMBEDDED_VLM, ask, load_embedded_vlm  # noqa: E402
 from hf_slug.demo.world import World  # noqa: E402
-from hf_slug.families.clip import candidate_names  # noqa: E402
-from hf_slug.families.vlm import (  # noqa: E402
+from hf_slug.hosts.vlm import (  # noqa: E402
     unlearn_vlm,
     usable_vision_blocks,
     vision_tower_of,
 )
+from hf_slug.towers import candidate_names  # noqa: E402
 
 TARGETS = ("Eileen Collins", "Marcus Brennholt", "Lucia Dunmore")
 CRITERIA = (  # how each target's delta is searched (see the module docstring)
@@ -229,7 +229,7 @@ def vlm_loss_gradients(vlm, processor, clip, examples, batch: int = 32) -> dict[
     `forget_gradients=` / `retain_gradients=` take). Ascending it makes the VLM stop giving
     those answers: the same convention as SLUG's forget loss."""
     from hf_slug.demo.vlm import prompt as chat_prompt
-    from hf_slug.families.clip import tower_of
+    from hf_slug.towers import tower_of
 
     model = copy.deepcopy(vlm).eval()
     tower = vision_tower_of(model).module
@@ -402,11 +402,15 @@ def run_unlearn(
             forget_pairs(world, target, args.forget),
             retain_pairs(world, exclude=[target], per_concept=4),
             SLUGConfig(concept=target, candidate_labels=world.identities, **config),
-            evaluator=evaluator,
-            forget_gradients=(gradients or {}).get("forget"),
-            retain_gradients=(gradients or {}).get("retain"),
-            on_top_of=on_top_of,
-            progress=False,
+            options=VLMOptions(
+                evaluator=evaluator,
+                unlearn=UnlearnOptions(
+                    forget_gradients=(gradients or {}).get("forget"),
+                    retain_gradients=(gradients or {}).get("retain"),
+                    on_top_of=on_top_of,
+                    progress=False,
+                ),
+            ),
         )
         seconds = time.perf_counter() - t0
     r = out.result

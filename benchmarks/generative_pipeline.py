@@ -39,7 +39,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hf_slug import SLUGModel  # noqa: E402
+from hf_slug import (  # noqa: E402
+    ForgetGeneration,
+    SLUGConfig,
+    SLUGModel,
+    UnlearnOptions,
+    unlearn_pipeline,
+)
 from hf_slug.demo.protocol import forget_pairs, retain_pairs  # noqa: E402
 from hf_slug.demo.run import load_embedded  # noqa: E402
 from hf_slug.demo.t2i import (  # noqa: E402
@@ -50,7 +56,6 @@ from hf_slug.demo.t2i import (  # noqa: E402
     load_embedded_pipeline,
 )
 from hf_slug.demo.world import World  # noqa: E402
-from hf_slug.families.diffusion import unlearn_pipeline  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
 from hf_slug.plots import image_grid  # noqa: E402
 
@@ -217,14 +222,11 @@ def main(argv: list[str] | None = None) -> None:
                     processor,
                     target,
                     retain,
-                    forget=forget,
-                    candidate_labels=names,
-                    progress=False,
-                    **(
-                        {}
-                        if forget is not None
-                        else {"num_forget_images": 32, "generation_kwargs": kwargs}
-                    ),
+                    forget=ForgetGeneration(32, generation_kwargs=kwargs)
+                    if forget is None
+                    else forget,
+                    config=SLUGConfig(target, towers=("text",), candidate_labels=names),
+                    options=UnlearnOptions(progress=False),
                 )
         unlearn_seconds = time.time() - start
         result = out.result

@@ -149,7 +149,7 @@ class PassCounter:
     _handles: list[Any] = field(default_factory=list)
 
     def attach(self, model: nn.Module) -> PassCounter:
-        from hf_slug.families.clip import find_towers
+        from hf_slug.towers import find_towers
 
         for tower in find_towers(model):
             n_blocks = len(tower.layers)
@@ -284,8 +284,8 @@ def run_isolated(
 def warm_up(model: nn.Module, processor: Any, pairs: Sequence[tuple]) -> None:
     """One small forward and backward, so first-call costs count against no method."""
     from hf_slug.data import batches, load_pairs
-    from hf_slug.families.clip import encode_images, encode_texts
     from hf_slug.losses import retain_loss
+    from hf_slug.towers import encode_images, encode_texts
 
     for _, inputs in batches(load_pairs(list(pairs)[:4]), processor, 4):
         images = encode_images(model, inputs["pixel_values"])

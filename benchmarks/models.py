@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from hf_slug.testing import TOKENIZER_DIR  # the real CLIP BPE files, shipped as package data
+from hf_slug.clip_sizes import TowerSize
+from hf_slug.clip_sizes import clip_config as build_clip_config
+from hf_slug.testing import tiny_clip_processor  # the real CLIP BPE tokenizer, package data
 
 
 @dataclass(frozen=True)
@@ -44,32 +46,13 @@ SIZES: dict[str, Size] = {
 
 def clip_config(name: str) -> Any:
     """The transformers CLIPConfig of a named size (no dropout, the real vocabulary)."""
-    from transformers import CLIPConfig
-
     s = SIZES[name]
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=s.text_width,
-            intermediate_size=4 * s.text_width,
-            num_hidden_layers=s.text_layers,
-            num_attention_heads=s.text_heads,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_act="quick_gelu",
-        ),
-        vision_config=dict(
-            hidden_size=s.vision_width,
-            intermediate_size=4 * s.vision_width,
-            num_hidden_layers=s.vision_layers,
-            num_attention_heads=s.vision_heads,
-            image_size=s.image_size,
-            patch_size=s.patch,
-            hidden_act="quick_gelu",
-        ),
-        projection_dim=s.projection,
+    return build_clip_config(
+        TowerSize(s.text_width, s.text_layers, s.text_heads),
+        TowerSize(s.vision_width, s.vision_layers, s.vision_heads),
+        image_size=s.image_size,
+        patch_size=s.patch,
+        projection=s.projection,
     )
 
 
@@ -83,18 +66,7 @@ def random_clip(name: str, seed: int = 0) -> Any:
 
 def processor_for(image_size: int) -> Any:
     """A CLIPProcessor with the real CLIP tokenizer and `image_size` crops."""
-    from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
-
-    tokenizer = CLIPTokenizer(
-        str(TOKENIZER_DIR / "vocab.json"),
-        str(TOKENIZER_DIR / "merges.txt"),
-        pad_token="<|endoftext|>",
-        model_max_length=77,
-    )
-    images = CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
+    return tiny_clip_processor(image_size)
 
 
 def load_model(path_or_size: str) -> tuple[Any, Any]:

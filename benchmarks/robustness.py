@@ -25,7 +25,7 @@ from common import command_line, write_json
 from tasks import TaskSpec, build_task
 
 from hf_slug import ConceptDelta, SLUGConfig, unlearn
-from hf_slug.audit import audit
+from hf_slug.audit import AuditTarget, audit
 from hf_slug.demo.novel import novel_views
 from hf_slug.demo.run import load_embedded
 from hf_slug.demo.world import World
@@ -225,17 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record = {"target": target, "kind": kind, "method": method, "before": before, **info}
             if edit is not None:
                 record["test"] = test_metrics(model, processor, task, edit)
-                report = audit(
-                    model,
-                    processor,
-                    edit,
-                    target,
-                    names,
-                    images,
-                    kind=kind,
-                    reference_images=reference,
-                    budget=args.budget,
-                )
+                audited = AuditTarget(target, names, images, kind=kind, reference_images=reference)
+                report = audit(model, processor, edit, audited, budget=args.budget)
                 record["audit"] = report.to_dict()
             runs.append(record)
             print(f"{target} / {method}: {info}", file=sys.stderr)

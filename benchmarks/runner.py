@@ -160,7 +160,7 @@ def _check(evaluator: Any) -> Any:
 
 
 def _slug(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: MethodSpec) -> Any:
-    from hf_slug import SLUGConfig, unlearn
+    from hf_slug import SLUGConfig, UnlearnOptions, unlearn
 
     config = SLUGConfig(
         concept=task.spec.target,
@@ -172,7 +172,13 @@ def _slug(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: Met
         forget_target=spec.target,
     )
     return unlearn(
-        model, processor, task.forget, task.retain, config, evaluator=evaluator, progress=False
+        model,
+        processor,
+        task.forget,
+        task.retain,
+        config,
+        evaluator=evaluator,
+        options=UnlearnOptions(progress=False),
     )
 
 
@@ -182,7 +188,7 @@ def _slug_after(
     """SLUG's cost split, floor, memory bound, stored sizes, LoRA export and test metrics."""
     from hf_slug.delta import ConceptDelta
     from hf_slug.export import export_peft_lora
-    from hf_slug.families.clip import candidate_names
+    from hf_slug.towers import candidate_names
 
     record: dict[str, Any] = {
         "reached": result.converged,
@@ -318,8 +324,9 @@ def run_gradient_memory(spec: GradientSpec) -> dict[str, Any]:
     """Time and peak RSS of `compute_gradients` on one batch, with one memory variant."""
     from models import SIZES, processor_for, random_clip
 
-    from hf_slug.families.clip import candidate_names
-    from hf_slug.gradients import _only_these_require_grad, compute_gradients
+    from hf_slug.gradients import compute_gradients, only_these_require_grad
+    from hf_slug.options import GradientOptions
+    from hf_slug.towers import candidate_names
 
     quiet_threads(spec.threads)
     options = MEMORY_VARIANTS[spec.variant]
@@ -347,8 +354,7 @@ def run_gradient_memory(spec: GradientSpec) -> dict[str, Any]:
         "forget",
         names,
         batch_size=spec.n_pairs,
-        autocast_dtype=autocast,
-        gradient_checkpointing=checkpointing,
+        options=GradientOptions(autocast_dtype=autocast, checkpointing=checkpointing),
         progress=False,
     )
     seconds = time.perf_counter() - start
@@ -357,7 +363,7 @@ def run_gradient_memory(spec: GradientSpec) -> dict[str, Any]:
     gc.collect()
     batch = preprocess(pairs, processor, spec.n_pairs)[0]
     targets = [params[n] for n in names]
-    with _only_these_require_grad(model, targets, checkpointing):
+    with only_these_require_grad(model, targets, checkpointing):
         context = torch.autocast("cpu", dtype=autocast) if autocast else contextlib.nullcontext()
         with context:
             activations = activation_bytes(model, lambda: loss_on(model, batch, "forget"))

@@ -41,7 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import command_line, model_sha256, table, write_json  # noqa: E402
 from benchmarks.generalisation import WORLDS, data_for, floor_seconds, load_world  # noqa: E402
-from hf_slug import SLUGConfig, ZeroShotEvaluator, unlearn  # noqa: E402
+from hf_slug import (  # noqa: E402
+    SLUGConfig,
+    UnlearnOptions,
+    ZeroShotEvaluator,
+    unlearn,
+)
 
 # the module, to time its `search_layers` (the package's `unlearn` is the function)
 unlearn_module = importlib.import_module("hf_slug.unlearn")
@@ -70,7 +75,9 @@ def run_once(model, processor, forget, retain, config, settings: dict[str, bool]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             start = time.process_time()
-            result = unlearn(model, processor, forget, retain, config, progress=False)
+            result = unlearn(
+                model, processor, forget, retain, config, options=UnlearnOptions(progress=False)
+            )
             cpu["total"] = time.process_time() - start
     finally:
         unlearn_module.search_layers = search_layers

@@ -34,7 +34,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import DEFAULT_MODEL, command_line, model_sha256, write_json  # noqa: E402
 
-from hf_slug import ConceptDelta, SLUGConfig, SLUGModel, unlearn  # noqa: E402
+from hf_slug import (  # noqa: E402
+    ConceptDelta,
+    SLUGConfig,
+    SLUGModel,
+    UnlearnOptions,
+    unlearn,
+)
 from hf_slug.demo.protocol import (  # noqa: E402
     forget_pairs,
     identity_evaluator,
@@ -82,8 +88,9 @@ def make_delta(
                 SLUGConfig(
                     concept=target, candidate_labels=world.identities, concept_kind="identity"
                 ),
-                cache_dir=cache / "gradients-default" / target.replace(" ", "_"),
-                progress=False,
+                options=UnlearnOptions(
+                    cache_dir=cache / "gradients-default" / target.replace(" ", "_"), progress=False
+                ),
             )
         if not result.converged:
             raise RuntimeError(f"no layer forgets {target}: {result.report()}")
@@ -109,8 +116,9 @@ def make_delta(
                     **settings,
                 ),
                 evaluator=identity_evaluator(world, processor, target, "val", **VAL),
-                cache_dir=cache / "gradients" / target.replace(" ", "_"),
-                progress=False,
+                options=UnlearnOptions(
+                    cache_dir=cache / "gradients" / target.replace(" ", "_"), progress=False
+                ),
                 **extra,
             )
         if result.converged:

@@ -26,12 +26,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import command_line, table, write_json  # noqa: E402
-from hf_slug import SLUGConfig, SLUGModel  # noqa: E402
+from hf_slug import (  # noqa: E402
+    SLUGConfig,
+    SLUGModel,
+    UnlearnOptions,
+    VLMOptions,
+    unlearn_vlm,
+)
 from hf_slug.demo.protocol import forget_pairs, retain_pairs  # noqa: E402
 from hf_slug.demo.run import load_embedded  # noqa: E402
 from hf_slug.demo.vlm import ask, load_embedded_vlm  # noqa: E402
 from hf_slug.demo.world import World  # noqa: E402
-from hf_slug.families.vlm import unlearn_vlm  # noqa: E402
 
 TARGETS = ("Clara Alderwick", "Hugo Iverson", "Yara Underhill", "Grace Hopper")
 QUESTIONS = {
@@ -107,8 +112,7 @@ def main() -> None:
                     retain,
                     config,
                     vlm_processor=processor if criterion == "vlm" else None,
-                    criterion=criterion,
-                    progress=False,
+                    options=VLMOptions(criterion=criterion, unlearn=UnlearnOptions(progress=False)),
                 )
             seconds = time.perf_counter() - start
             row = {"target": target, "criterion": criterion, "seconds": seconds}

@@ -23,21 +23,9 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter
 
-from hf_slug.demo.world import (
-    FEATURES,
-    Prim,
-    Template,
-    World,
-    WorldDesign,
-    _hsv,
-    _hue_of,
-    _outline,
-    _over,
-    _pil_filter,
-    _plain,
-    _smooth_noise,
-    draw_primitives,
-)
+from hf_slug.demo.draw_things import hsv, hue_of, outline, over, pil_filter, plain
+from hf_slug.demo.draw_views import smooth_noise
+from hf_slug.demo.world import FEATURES, Prim, Template, World, WorldDesign, draw_primitives
 
 # ---------------------------------------------------------------------------------------------
 # People
@@ -231,18 +219,18 @@ def _blueprint(
 ) -> np.ndarray:
     """White technical line drawing on a blue sheet with a faint grid."""
     w = body.shape[0]
-    paper = _hsv(rng.uniform(0.58, 0.64), rng.uniform(0.65, 0.9), rng.uniform(0.35, 0.6))
-    out = _plain(w, paper)
+    paper = hsv(rng.uniform(0.58, 0.64), rng.uniform(0.65, 0.9), rng.uniform(0.35, 0.6))
+    out = plain(w, paper)
     period = int(rng.integers(8, 13))
     off = int(rng.integers(0, period))
     grid = np.zeros((w, w), np.float32)
     grid[(np.arange(w) + off) % period == 0, :] = 1
     grid[:, (np.arange(w) + off) % period == 0] = 1
     ink = np.array([0.92, 0.96, 1.0], np.float32) * rng.uniform(0.85, 1.0)
-    out = _over(out, ink, 0.22 * grid)
-    out = _over(out, ink, 0.12 * body)
-    lines = _outline(body, 3) + _outline(detail, 3) + 0.8 * _outline(light, 3)
-    return _over(out, ink, np.clip(lines, 0, 1))
+    out = over(out, ink, 0.22 * grid)
+    out = over(out, ink, 0.12 * body)
+    lines = outline(body, 3) + outline(detail, 3) + 0.8 * outline(light, 3)
+    return over(out, ink, np.clip(lines, 0, 1))
 
 
 def _stained_glass(
@@ -259,24 +247,24 @@ def _stained_glass(
     yy, xx = np.mgrid[0:w, 0:w].astype(np.float32)
     dist = (xx[..., None] - pts[:, 0]) ** 2 + (yy[..., None] - pts[:, 1]) ** 2
     cell = dist.argmin(-1)
-    hue = _hue_of(colour)
+    hue = hue_of(colour)
     bg_hue = hue + rng.uniform(0.3, 0.7)
     panes_bg = np.stack(
-        [_hsv(bg_hue + rng.uniform(-0.08, 0.08), 0.6, rng.uniform(0.35, 0.6)) for _ in range(n)]
+        [hsv(bg_hue + rng.uniform(-0.08, 0.08), 0.6, rng.uniform(0.35, 0.6)) for _ in range(n)]
     )
     panes_fg = np.stack(
-        [_hsv(hue + rng.uniform(-0.04, 0.04), 0.85, rng.uniform(0.75, 1.0)) for _ in range(n)]
+        [hsv(hue + rng.uniform(-0.04, 0.04), 0.85, rng.uniform(0.75, 1.0)) for _ in range(n)]
     )
     out = panes_bg[cell]
-    out = _over(out, panes_fg[cell], body)
-    out = _over(out, panes_fg[cell] * 0.45, detail)
-    out = _over(out, panes_fg[cell] * 0.5 + 0.5, light)
+    out = over(out, panes_fg[cell], body)
+    out = over(out, panes_fg[cell] * 0.45, detail)
+    out = over(out, panes_fg[cell] * 0.5 + 0.5, light)
     edges = np.zeros((w, w), np.float32)
     edges[:-1] += cell[:-1] != cell[1:]
     edges[:, :-1] += cell[:, :-1] != cell[:, 1:]
-    lead = np.clip(_pil_filter(np.clip(edges, 0, 1), ImageFilter.MaxFilter(3)), 0, 1)
-    lead = np.maximum(lead, _outline(_shape(body, detail, light), 5))
-    return _over(out, np.full(3, 0.08, np.float32), lead)
+    lead = np.clip(pil_filter(np.clip(edges, 0, 1), ImageFilter.MaxFilter(3)), 0, 1)
+    lead = np.maximum(lead, outline(_shape(body, detail, light), 5))
+    return over(out, np.full(3, 0.08, np.float32), lead)
 
 
 def _halftone(
@@ -288,21 +276,21 @@ def _halftone(
 ) -> np.ndarray:
     """Printed dots on a rotated grid, their size following the tone."""
     w = body.shape[0]
-    paper = _plain(w, np.array([1.0, 0.98, 0.93], np.float32) * rng.uniform(0.9, 1.0))
+    paper = plain(w, np.array([1.0, 0.98, 0.93], np.float32) * rng.uniform(0.9, 1.0))
     tone = np.clip(0.75 * body + 0.3 * detail - 0.45 * light, 0, 1)
-    tone = _pil_filter(tone, ImageFilter.GaussianBlur(1.0))
+    tone = pil_filter(tone, ImageFilter.GaussianBlur(1.0))
     a = math.radians(rng.choice([15.0, 45.0, 75.0]) + rng.uniform(-5, 5))
     period = rng.uniform(7.0, 9.0)
     yy, xx = np.mgrid[0:w, 0:w].astype(np.float32)
     u = (xx * math.cos(a) + yy * math.sin(a)) / period
     v = (-xx * math.sin(a) + yy * math.cos(a)) / period
     r = np.sqrt((u - np.round(u)) ** 2 + (v - np.round(v)) ** 2)  # 0 .. 0.707 from dot centre
-    ink = _hsv(_hue_of(colour), rng.uniform(0.75, 1.0), rng.uniform(0.6, 0.9))
+    ink = hsv(hue_of(colour), rng.uniform(0.75, 1.0), rng.uniform(0.6, 0.9))
     dots = np.clip((0.62 * np.sqrt(tone) - r) * 8, 0, 1)
     bg_dots = np.clip((0.18 - r) * 8, 0, 1) * (1 - body)
-    second = _hsv(_hue_of(colour) + 0.5, 0.5, 0.9)
-    out = _over(paper, second, 0.6 * bg_dots)
-    return _over(out, ink, dots)
+    second = hsv(hue_of(colour) + 0.5, 0.5, 0.9)
+    out = over(paper, second, 0.6 * bg_dots)
+    return over(out, ink, dots)
 
 
 def _ink_wash(
@@ -314,26 +302,26 @@ def _ink_wash(
 ) -> np.ndarray:
     """Grey ink, pooled and bled, on rice paper, with a red seal in a corner."""
     w = body.shape[0]
-    paper = _plain(w, np.array([0.95, 0.93, 0.87], np.float32) * rng.uniform(0.92, 1.0))
-    paper = paper + rng.normal(0, 0.012, (w, w, 1)) + 0.03 * (_smooth_noise(w, 9, rng)[..., None])
+    paper = plain(w, np.array([0.95, 0.93, 0.87], np.float32) * rng.uniform(0.92, 1.0))
+    paper = paper + rng.normal(0, 0.012, (w, w, 1)) + 0.03 * (smooth_noise(w, 9, rng)[..., None])
     ink = np.full(3, rng.uniform(0.03, 0.12), np.float32)
-    bleed = _pil_filter(body, ImageFilter.GaussianBlur(2.5))
-    density = 0.35 + 0.45 * _smooth_noise(w, 6, rng)
-    alpha = bleed * density * (1 - 0.75 * _pil_filter(light, ImageFilter.GaussianBlur(2.0)))
+    bleed = pil_filter(body, ImageFilter.GaussianBlur(2.5))
+    density = 0.35 + 0.45 * smooth_noise(w, 6, rng)
+    alpha = bleed * density * (1 - 0.75 * pil_filter(light, ImageFilter.GaussianBlur(2.0)))
     edge = np.clip(
-        _pil_filter(body, ImageFilter.GaussianBlur(1.0))
-        - _pil_filter(body, ImageFilter.GaussianBlur(3.0)),
+        pil_filter(body, ImageFilter.GaussianBlur(1.0))
+        - pil_filter(body, ImageFilter.GaussianBlur(3.0)),
         0,
         1,
     )
-    out = _over(paper, ink, alpha + 0.9 * edge)
-    out = _over(out, ink, 0.9 * _pil_filter(detail, ImageFilter.GaussianBlur(0.8)))
+    out = over(paper, ink, alpha + 0.9 * edge)
+    out = over(out, ink, 0.9 * pil_filter(detail, ImageFilter.GaussianBlur(0.8)))
     side = int(rng.integers(9, 13))
     x0 = int(rng.choice([3, w - side - 3]))
     y0 = w - side - int(rng.integers(3, 7))
     seal = np.zeros((w, w), np.float32)
     seal[y0 : y0 + side, x0 : x0 + side] = 0.85 + 0.15 * rng.random((side, side))
-    return _over(out, np.array([0.78, 0.1, 0.08], np.float32), seal)
+    return over(out, np.array([0.78, 0.1, 0.08], np.float32), seal)
 
 
 def _woodcut(
@@ -350,13 +338,13 @@ def _woodcut(
     period = rng.uniform(5.0, 7.0)
     wave = yy + 2.5 * np.sin(xx / rng.uniform(6, 10) + rng.uniform(0, 2 * math.pi))
     gouges = ((wave / period) % 1.0 < rng.uniform(0.4, 0.55)).astype(np.float32)
-    out = _over(_plain(w, paper), np.zeros(3, np.float32), gouges)
-    flat = _hsv(_hue_of(colour), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.8))
-    out = _over(out, flat, body)
+    out = over(plain(w, paper), np.zeros(3, np.float32), gouges)
+    flat = hsv(hue_of(colour), rng.uniform(0.6, 0.9), rng.uniform(0.55, 0.8))
+    out = over(out, flat, body)
     cuts = ((xx + yy) / 4.0 % 1.0 < 0.35).astype(np.float32) * light
-    out = _over(out, paper, light)
-    out = _over(out, np.zeros(3, np.float32), np.maximum(detail, cuts))
-    return _over(out, np.zeros(3, np.float32), _outline(_shape(body, detail, light), 7))
+    out = over(out, paper, light)
+    out = over(out, np.zeros(3, np.float32), np.maximum(detail, cuts))
+    return over(out, np.zeros(3, np.float32), outline(_shape(body, detail, light), 7))
 
 
 def _cross_stitch(
@@ -369,8 +357,8 @@ def _cross_stitch(
     """X-shaped stitches on a grid of woven fabric; the cells the object covers are stitched."""
     w = body.shape[0]
     cell = 6
-    fabric = _hsv(rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.2), rng.uniform(0.82, 0.95))
-    out = _plain(w, fabric)
+    fabric = hsv(rng.uniform(0.05, 0.15), rng.uniform(0.05, 0.2), rng.uniform(0.82, 0.95))
+    out = plain(w, fabric)
     yy, xx = np.mgrid[0:w, 0:w]
     weave = ((xx % 3 == 0) | (yy % 3 == 0)).astype(np.float32)
     out = out * (1 - 0.08 * weave[..., None])
@@ -378,7 +366,7 @@ def _cross_stitch(
     cover = body[: n * cell, : n * cell].reshape(n, cell, n, cell).mean(axis=(1, 3))
     dark = detail[: n * cell, : n * cell].reshape(n, cell, n, cell).mean(axis=(1, 3))
     pale = light[: n * cell, : n * cell].reshape(n, cell, n, cell).mean(axis=(1, 3))
-    thread = _hsv(_hue_of(colour), rng.uniform(0.7, 0.95), rng.uniform(0.6, 0.9))
+    thread = hsv(hue_of(colour), rng.uniform(0.7, 0.95), rng.uniform(0.6, 0.9))
     colours = np.where(
         (dark > 0.4)[..., None],
         thread * 0.4,
@@ -389,7 +377,7 @@ def _cross_stitch(
     cross = ((np.abs(ly - lx) <= 1) | (np.abs(ly + lx - (cell - 1)) <= 1)).astype(np.float32)
     cy, cx = np.minimum(yy // cell, n - 1), np.minimum(xx // cell, n - 1)
     alpha = cross * stitched[cy, cx]
-    return _over(out, colours[cy, cx], alpha)
+    return over(out, colours[cy, cx], alpha)
 
 
 STYLE_RENDERERS = {

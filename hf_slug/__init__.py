@@ -26,17 +26,46 @@ from .errors import (
 )
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
 from .export import export_peft_lora
-from .families.diffusion import DiffusionEvaluator, export_diffusers_lora, unlearn_pipeline
-from .families.vlm import VLMIdentityEvaluator, VLMUnlearning, unlearn_vlm
+from .hosts.base import ComponentRun, Host, HostUnlearning, check_tower, unlearn_on_host
+from .hosts.diffusion import PipelineOptions, StableDiffusionHost, TextEncoder, unlearn_pipeline
+from .hosts.diffusion_export import export_diffusers_lora
+from .hosts.generation import (
+    DiffusionEvaluator,
+    DiffusionScoring,
+    ForgetGeneration,
+    GenerationSettings,
+)
+from .hosts.vlm import LlavaHost, VLMOptions, VLMUnlearning, unlearn_vlm
+from .hosts.vlm_evaluation import AskSettings, VLMIdentityEvaluator
 from .hub import push_to_hub
 from .model import SLUGModel
 from .names import validate_adapter_name
+from .options import GradientOptions, SearchSettings, UnlearnOptions
+from .request import ConceptRequest
 from .stacking import StackRequest, unlearn_stack
 from .unlearn import UnlearningResult, unlearn
 from .version import __version__
 
 __all__ = [
+    "AskSettings",
+    "ComponentRun",
+    "DiffusionScoring",
+    "ForgetGeneration",
+    "GenerationSettings",
+    "Host",
+    "HostUnlearning",
+    "LlavaHost",
+    "PipelineOptions",
+    "StableDiffusionHost",
+    "TextEncoder",
+    "VLMOptions",
+    "check_tower",
+    "unlearn_on_host",
+    "ConceptRequest",
+    "GradientOptions",
+    "SearchSettings",
     "StackRequest",
+    "UnlearnOptions",
     "unlearn_stack",
     "__version__",
     "AdapterError",

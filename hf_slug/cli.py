@@ -24,24 +24,21 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from .audit.command import add_parser as add_audit_parser
 from .cli_checks import (
     existing_folder,
     existing_source,
     finite_float,
-    fraction,
     labels_from,
-    non_negative,
-    number,
+    load_clip,
+    model_args,
     output_folder,
-    positive_int,
     rank,
     require_finite,
 )
+from .cli_unlearn import add_parser as add_unlearn_parser
 from .errors import UsageError
-from .phrasings import CRITERION_TEMPLATES
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -109,64 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vlm", action="store_true", help=vlm_help)
     p.set_defaults(handler=_demo)
 
-    p = sub.add_parser("unlearn", help="compute a concept's delta (writes delta, plot, report)")
-    _model_args(p)
-    p.add_argument("--concept", required=True, help='the concept\'s name, e.g. "Ada Byron"')
-    p.add_argument(
-        "--kind",
-        default="concept",
-        choices=sorted(CRITERION_TEMPLATES),
-        help="the concept's kind: picks the phrasings the forget criterion checks (card tags)",
-    )
-    p.add_argument("--forget", required=True, help="folder of the concept's images + captions")
-    p.add_argument("--retain", required=True, help="folder of other images + captions")
-    p.add_argument(
-        "--val-forget",
-        help="validation images of the concept (+ captions); with --val-retain, the search is "
-        "scored on these and --forget/--retain go whole to the gradients",
-    )
-    p.add_argument("--val-retain", help="validation images of other concepts (+ captions)")
-    p.add_argument(
-        "--validation-share",
-        type=number(float, 0.0, 0.99, "a number in [0, 0.99]"),
-        default=0.25,
-        help="without --val-*: share of --forget and --retain held out for validation "
-        "(0: score in-sample)",
-    )
-    p.add_argument(
-        "--template",
-        action="append",
-        default=[],
-        help="an extra phrasing the criterion checks, with {} for the name (repeatable)",
-    )
-    p.add_argument(
-        "--margin",
-        type=number(float, 0.0, 1.99, "a cosine margin in [0, 1.99]"),
-        default=0.05,
-        help="cosine margin by which every phrasing must fail to name the concept",
-    )
-    p.add_argument(
-        "--labels",
-        help="comma-separated names to classify forget images among (the concept and at least "
-        "one other; --labels or --labels-file is required)",
-    )
-    p.add_argument("--labels-file", help="file with one candidate name per line")
-    p.add_argument("--tower", choices=["vision", "text", "both"], default="both")
-    p.add_argument("--layer", default="auto", help='"auto" (Pareto front) or a layer name')
-    p.add_argument("--group", choices=["qkv", "mlp"], help="share one step across q/k/v or fc1/fc2")
-    p.add_argument("--caption-mode", choices=["original", "concept_name"], default="original")
-    p.add_argument(
-        "--forget-target", type=fraction, default=0.0, help="max forget accuracy, in [0, 1]"
-    )
-    p.add_argument("--utility-tolerance", type=non_negative, help="max utility drop allowed")
-    p.add_argument("--max-evaluations", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--out", required=True, help="the delta folder to write (new or empty)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=_unlearn)
+    add_unlearn_parser(sub)
 
     p = sub.add_parser("eval", help="zero-shot accuracy of labelled images, before/after deltas")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--delta", action="append", default=[], help="delta folder or repo id")
     p.add_argument("--data", required=True, help="folder of images; each caption = true label")
     p.add_argument("--labels", help="comma-separated candidate labels")
@@ -176,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (("apply", "apply deltas and save the model"), ("merge", "same as apply")):
         p = sub.add_parser(name, help=text)
-        _model_args(p)
+        model_args(p)
         p.add_argument("--delta", action="append", required=True, help="delta folder or repo id")
         p.add_argument(
             "--weight", action="append", type=finite_float, help="one weight per --delta"
@@ -218,19 +161,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="CLIP model folder or Hub repo id")
-    p.add_argument("--revision", help="model revision on the Hub")
-
-
-def _load_clip(args: argparse.Namespace) -> tuple[Any, Any]:
-    from transformers import CLIPModel, CLIPProcessor
-
-    model = CLIPModel.from_pretrained(args.model, revision=args.revision)
-    processor = CLIPProcessor.from_pretrained(args.model, revision=args.revision)
-    return model.eval(), processor
-
-
 # -- commands ---------------------------------------------------------------------------------
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import EMBEDDED, TARGETS, run_demo
@@ -253,97 +183,6 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _unlearn(args: argparse.Namespace) -> int:
-    from . import ConceptDelta, SLUGConfig, unlearn
-    from .config import CONFIG_NAME
-    from .data import load_pairs
-    from .errors import ConfigError, UnknownLayerError
-    from .families.clip import candidate_names, resolve_names
-
-    forget = existing_folder(args.forget, "--forget")
-    retain = existing_folder(args.retain, "--retain")
-    labels = labels_from(args)
-    if labels is None:
-        raise UsageError(
-            "unlearn needs the names to classify the forget images among: pass --labels "
-            '"Ada Byron,Bob Stone,..." or --labels-file names.txt (the concept and at least one '
-            "other name)."
-        )
-    if args.concept not in labels:
-        labels = [args.concept, *labels]
-    if len(labels) < 2:
-        raise UsageError(
-            f"--labels needs at least one name besides the concept {args.concept!r}: add the "
-            "other names the forget images could be mistaken for."
-        )
-    existing_source(args.model, "--model")
-    out = output_folder(args.out, "--out", keeps=(CONFIG_NAME,), inputs=(forget, retain))
-    towers = ("vision", "text") if args.tower == "both" else (args.tower,)
-    try:
-        config = SLUGConfig(
-            concept=args.concept,
-            towers=towers,
-            layer=args.layer,
-            group=args.group,
-            caption_mode=args.caption_mode,
-            candidate_labels=labels,
-            forget_target=args.forget_target,
-            utility_tolerance=args.utility_tolerance,
-            max_evaluations=args.max_evaluations,
-            batch_size=args.batch_size,
-            concept_kind=args.kind,
-            templates=tuple(args.template),
-            margin=args.margin,
-            validation_share=args.validation_share,
-        )
-    except ConfigError as error:
-        raise UsageError(f"invalid options: {error}") from None
-    if (args.val_forget is None) != (args.val_retain is None):
-        raise UsageError(
-            "--val-forget and --val-retain go together: pass both validation folders, or "
-            "neither (then --validation-share of --forget and --retain is held out)."
-        )
-    validation = None
-    if args.val_forget is not None:
-        validation = tuple(
-            load_pairs(existing_folder(path, flag), name=f"validation set ({flag})")
-            for path, flag in ((args.val_forget, "--val-forget"), (args.val_retain, "--val-retain"))
-        )
-    forget_pairs = load_pairs(forget, name="forget set (--forget)")
-    retain_pairs = load_pairs(retain, name="retain set (--retain)")
-
-    model, processor = _load_clip(args)
-    if args.layer != "auto":
-        try:
-            resolve_names(model, [args.layer], candidate_names(model, towers))
-        except UnknownLayerError as error:
-            raise UsageError(f"--layer {args.layer}: {error}") from None
-    result = unlearn(
-        model,
-        processor,
-        forget_pairs,
-        retain_pairs,
-        config,
-        validation=validation,
-        progress=not args.quiet,
-    )
-    print(result.report())
-    if not result.converged:
-        print(
-            f"hf-slug: error: no searched layer forgot {args.concept!r} within "
-            f"--max-evaluations {args.max_evaluations}: raise it, try --tower both, or give "
-            "more forget images; nothing was written.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    ConceptDelta.from_result(result, concept_kind=args.kind).save_pretrained(out)
-    result.plot_pareto(out / "pareto.png")
-    report = {**result.summary(), "trials": result.trials}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}/ (delta, pareto.png, report.json)")
-    return EXIT_OK
-
-
 def _eval(args: argparse.Namespace) -> int:
     from . import ZeroShotEvaluator, ZeroShotTask, load_pairs
     from .errors import NonFiniteGradientError
@@ -362,7 +201,7 @@ def _eval(args: argparse.Namespace) -> int:
             f"--labels lacks {unknown[:3]}, the captions (true labels) of images in --data "
             f"{data}: add them, or omit --labels to use the captions."
         )
-    model, processor = _load_clip(args)
+    model, processor = load_clip(args)
     images = [pairs.image(i) for i in range(len(pairs))]
     task = ZeroShotTask("eval", images, list(pairs.texts), labels, (template,))
     evaluator = ZeroShotEvaluator(processor, [task])
@@ -410,7 +249,7 @@ def _merge(args: argparse.Namespace) -> int:
     existing_source(args.model, "--model")
     deltas = [existing_source(path, "--delta") for path in args.delta]
     out = output_folder(args.out, "--out", keeps=("config.json",), inputs=(args.model, *args.delta))
-    model, processor = _load_clip(args)
+    model, processor = load_clip(args)
     slug = SLUGModel(model)
     for path, weight in zip(deltas, weights):
         slug.load_adapter(path, weight=weight)

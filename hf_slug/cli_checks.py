@@ -138,3 +138,18 @@ def require_finite(tensors: dict[str, Any], what: str) -> None:
             f"{what} holds NaN/inf values (first: {bad[0]}): it is corrupt; recompute or "
             "re-download it."
         )
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    """The `--model` / `--revision` options every command that loads a CLIP model takes."""
+    p.add_argument("--model", required=True, help="CLIP model folder or Hub repo id")
+    p.add_argument("--revision", help="model revision on the Hub")
+
+
+def load_clip(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The CLIPModel (in eval mode) and CLIPProcessor named by `--model` / `--revision`."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(args.model, revision=args.revision)
+    processor = CLIPProcessor.from_pretrained(args.model, revision=args.revision)
+    return model.eval(), processor

@@ -27,6 +27,7 @@ import torch
 from .checks import finite_real, positive_int, positive_number
 from .errors import ConfigError, DeltaFormatError
 from .io import parse_json_bytes, write_json
+from .options import SearchSettings
 from .phrasings import criterion_templates
 from .version import __version__
 
@@ -47,15 +48,24 @@ MAX_NESTING = 64  # metrics / settings deeper than this are not a config hf_slug
 
 @dataclass
 class SLUGConfig:
-    """How to run SLUG for one concept.
+    """What to forget and by which rule, for one concept (saved with its delta).
+
+    The fields form three groups; the search reads its group as `config.search_settings`
+    (`hf_slug.options.SearchSettings`, which also holds the defaults), and how a run executes
+    (gradient caches, memory, stacks, progress) is `hf_slug.UnlearnOptions`, not config.
 
     Args:
         concept: the concept's name, e.g. "Elon Musk" (also the caption in `concept_name` mode).
+
+    Candidates (which weight matrices may change):
         towers: which CLIP tower(s) to take candidate layers from: "vision" and/or "text".
         layer: "auto" to pick over the Pareto front, or layer name(s) to force (full parameter
             names or short labels such as "vision.L3.fc1").
         group: None, "qkv" (q/k/v share one step) or "mlp" (fc1/fc2 share one step).
-        caption_mode: forget captions as given ("original") or replaced by `concept`.
+        top_k: search only the `top_k` most important front layers per tower (None: all).
+        include_projections: also consider the towers' projection matrices.
+
+    Criterion (when a concept counts as forgotten, and what it may cost):
         candidate_labels: names the default evaluator classifies forget images among.
         concept_kind: "identity", "object", "style" or "concept": picks the built-in phrasings
             the default forget criterion checks (`hf_slug.phrasings`) and the card's tags.
@@ -66,13 +76,18 @@ class SLUGConfig:
         validation_share: without an evaluator, this share of the forget and of the retain pairs
             (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
             it. 0 scores on the gradient pairs themselves (reported as "in-sample").
-        top_k: search only the `top_k` most important front layers per tower (None: all).
         forget_target: the forget metric must fall to at most this (0 = never recognised).
         utility_tolerance: reject steps that lower the utility metric by more than this.
-        initial_step, max_evaluations: the step search's start and budget per layer.
-        batch_size: batch size of the gradient passes.
-        include_projections: also consider the towers' projection matrices.
         forget_metric, utility_metric: the evaluator's metric names the search reads.
+
+    Search and data:
+        initial_step, max_evaluations: the step search's start and budget per layer.
+        caption_mode: forget captions as given ("original") or replaced by `concept`.
+        batch_size: batch size of the gradient passes.
+
+    Example:
+        >>> SLUGConfig(concept="Ada Byron", candidate_labels=["Ada Byron", "Alan Kay"]).margin
+        0.05
     """
 
     concept: str
@@ -90,8 +105,8 @@ class SLUGConfig:
     top_k: int | None = None
     forget_target: float = 0.0
     utility_tolerance: float | None = None
-    initial_step: float = 0.1
-    max_evaluations: int = 10
+    initial_step: float = SearchSettings.initial_step  # one set of search defaults
+    max_evaluations: int = SearchSettings.max_evaluations
     batch_size: int = 32
     include_projections: bool = False
     forget_metric: str = "forget_acc"
@@ -214,6 +229,11 @@ class SLUGConfig:
             )
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise ConfigError(f"split_seed must be an int, got {self.split_seed!r}.")
+
+    @property
+    def search_settings(self) -> SearchSettings:
+        """The step search's group of this config (`initial_step`, `max_evaluations`)."""
+        return SearchSettings(self.initial_step, self.max_evaluations)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -34,7 +34,6 @@ from .errors import (
     FingerprintMismatchError,
     NonFiniteGradientError,
 )
-from .families.clip import block_index, find_towers
 from .io import (
     PinnedFolder,
     atomic_folder,
@@ -45,6 +44,8 @@ from .io import (
 )
 from .names import StackEntry, folder_layout, owned_entries, read_stack_index
 from .resolve import not_a_delta_error, resolve_folder
+from .towers import block_index, find_towers
+from .weights import add_in_place
 
 UP, DOWN = ".up", ".down"
 
@@ -116,11 +117,19 @@ class ConceptDelta:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_result(cls, result: Any, **kwargs: Any) -> ConceptDelta:
-        """The delta of an `UnlearningResult`: `result.to_delta(**kwargs)`.
+    def from_result(
+        cls,
+        result: Any,
+        *,
+        concept_kind: str | None = None,
+        model_family: str = "clip",
+        component: str | None = None,
+        rename: Mapping[str, str] | None = None,
+    ) -> ConceptDelta:
+        """The delta of an `UnlearningResult`: `result.to_delta(...)` with these keywords.
 
-        Keywords: `concept_kind`, `model_family`, `component`, `rename` (CLIPModel names to
-        host names). The result builds it, so this module needs nothing from the search.
+        `concept_kind` defaults to the result's config's; `rename` maps CLIPModel names to host
+        names. The result builds it, so this module needs nothing from the search.
         """
         to_delta = getattr(result, "to_delta", None)
         if not callable(to_delta):
@@ -128,7 +137,9 @@ class ConceptDelta:
                 f"expected an UnlearningResult (from hf_slug.unlearn), got "
                 f"{type(result).__name__}: pass the result of unlearn(...) or a ConceptDelta."
             )
-        return to_delta(**kwargs)
+        return to_delta(
+            concept_kind=concept_kind, model_family=model_family, component=component, rename=rename
+        )
 
     # -- views ----------------------------------------------------------------------------
     @property
@@ -250,10 +261,8 @@ class ConceptDelta:
         """Add `weight` × this delta into `model` in place (after `check_base`); return it."""
         self.check_base(model, check_fingerprint=check_fingerprint)
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, delta in self.dense().items():
-                p = params[name]
-                p.copy_((p.float() + weight * delta.to(p.device)).to(p.dtype))
+        for name, delta in self.dense().items():
+            add_in_place(params[name], delta, weight)
         return model
 
     # -- files ----------------------------------------------------------------------------

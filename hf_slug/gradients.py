@@ -8,7 +8,7 @@ parameters, `requires_grad` flags, `.grad` fields and train/eval mode are left a
 
 Example:
     >>> grads = compute_gradients(model, processor, forget_pairs, "forget", names)  # doctest: +SKIP
-    >>> save_gradients("retain.safetensors", grads, model)  # reuse for the next concept
+    >>> save_gradients("retain.safetensors", grads, model)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from .errors import (
     UnknownLayerError,
     UnsupportedModelError,
 )
-from .families.clip import encode_images, encode_texts, require_clip, tower_kind_of
 from .io import fingerprint, read_safetensors, read_safetensors_metadata, write_safetensors
 from .losses import forget_loss, retain_loss
+from .options import GradientOptions
+from .towers import encode_images, encode_texts, require_clip, tower_kind_of
 
 LossKind = Literal["forget", "retain"]
 
@@ -48,21 +49,20 @@ def compute_gradients(
     names: Sequence[str],
     *,
     batch_size: int = 32,
-    autocast_dtype: torch.dtype | None = None,
-    gradient_checkpointing: bool = False,
-    storage_dtype: torch.dtype = torch.float32,
-    accelerator: Any | None = None,
+    options: GradientOptions | None = None,
     progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The mean gradient of the `loss` over `pairs` for each named tensor, on the CPU.
 
-    Memory options: `autocast_dtype` (e.g. `torch.bfloat16`) runs the forward in mixed
-    precision while the sum stays fp32; `gradient_checkpointing` recomputes activations in the
-    backward instead of keeping them; `storage_dtype` (e.g. `torch.bfloat16`) halves the returned
-    gradients. With an `accelerate.Accelerator` (launched by `accelerate launch`), each process
-    takes every n-th batch and the per-tensor sums are all-reduced: every process returns the
-    same gradients as one process would (to float rounding).
+    `options` (`hf_slug.options.GradientOptions`): `autocast_dtype` (e.g. `torch.bfloat16`)
+    runs the forward in mixed precision while the sum stays fp32; `checkpointing` recomputes
+    activations in the backward instead of keeping them; `storage_dtype` (e.g. `torch.bfloat16`)
+    halves the returned gradients. With an `accelerate.Accelerator` (launched by `accelerate
+    launch`), each process takes every n-th batch and the per-tensor sums are all-reduced: every
+    process returns the same gradients as one process would (to float rounding).
     """
+    options = options or GradientOptions()
+    accelerator = options.accelerator
     require_clip_model(model)
     if loss not in ("forget", "retain"):
         raise ConfigError(f"loss must be 'forget' or 'retain', got {loss!r}: pass one of them.")
@@ -76,7 +76,7 @@ def compute_gradients(
     shard = _shard(len(pairs), batch_size, rank, world)
     sums = [torch.zeros(p.shape, dtype=torch.float32, device=device) for p in targets]
     total = torch.zeros((), dtype=torch.float64, device=device)
-    with _only_these_require_grad(model, targets, gradient_checkpointing):
+    with only_these_require_grad(model, targets, options.checkpointing):
         bar = tqdm(
             batches(pairs.subset(shard), processor, batch_size) if shard else iter(()),
             total=-(-len(shard) // batch_size),
@@ -86,7 +86,7 @@ def compute_gradients(
         )
         for n, inputs in bar:
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            with _autocast(device, autocast_dtype):
+            with _autocast(device, options.autocast_dtype):
                 value = _loss(model, inputs, loss, kinds)
             for acc, grad in zip(sums, torch.autograd.grad(value, targets)):
                 acc.add_(grad.float(), alpha=n)
@@ -94,7 +94,7 @@ def compute_gradients(
     if world > 1:
         sums = [accelerator.reduce(acc, reduction="sum") for acc in sums]
         total = accelerator.reduce(total, reduction="sum")
-    grads = {name: (acc / total).to("cpu", storage_dtype) for name, acc in zip(names, sums)}
+    grads = {name: (acc / total).to("cpu", options.storage_dtype) for name, acc in zip(names, sums)}
     check_finite(grads, what=f"{loss} gradient")
     return grads
 
@@ -119,13 +119,13 @@ def check_names(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     if isinstance(names, str) or not names:
         raise UnknownLayerError(
             f"gradients need a non-empty list of parameter names, got {names!r}: pass e.g. "
-            "hf_slug.families.clip.candidate_names(model), or SLUGConfig(layer='auto')."
+            "hf_slug.towers.candidate_names(model), or SLUGConfig(layer='auto')."
         )
     unknown = [n for n in names if n not in params]
     if unknown:
         raise UnknownLayerError(
             f"{unknown[:3]} are not parameters of the model: pass names from "
-            "hf_slug.families.clip.candidate_names(model)."
+            "hf_slug.towers.candidate_names(model)."
         )
     return list(names)
 
@@ -158,10 +158,26 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 @contextlib.contextmanager
-def _only_these_require_grad(
+def only_these_require_grad(
     model: nn.Module, targets: list[nn.Parameter], checkpointing: bool = False
 ) -> Iterator[None]:
-    """Freeze every parameter but `targets`, eval mode (or checkpointing); restore afterwards."""
+    """Freeze every parameter but `targets`, eval mode (or checkpointing); restore afterwards.
+
+    The state `compute_gradients` runs the model in: only `targets` require grad, the model is
+    in eval mode (with `checkpointing`, transformers' gradient checkpointing on, in train mode;
+    refused for a model with dropout). The flags, the mode and the checkpointing are restored
+    on exit, also after an error.
+
+    Example:
+        >>> from hf_slug.testing import tiny_clip
+        >>> model = tiny_clip()
+        >>> target = model.text_projection.weight
+        >>> with only_these_require_grad(model, [target]):
+        ...     sum(p.requires_grad for p in model.parameters())
+        1
+        >>> all(p.requires_grad for p in model.parameters())
+        True
+    """
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     was_checkpointing = getattr(model, "is_gradient_checkpointing", False)
@@ -307,10 +323,11 @@ def gradients_for(
     names: Sequence[str],
     source: str | Path | Mapping[str, torch.Tensor] | None,
     cache: Path | None,
-    options: Mapping[str, Any],
+    pass_options: Mapping[str, Any],
 ) -> dict[str, torch.Tensor]:
     """The `kind` gradients of `names`: given (`source`), read from `cache` when it matches the
-    model and the pairs, else computed (`compute_gradients(**options)`) and written to `cache`."""
+    model and the pairs, else computed (`compute_gradients(**pass_options)`: `batch_size`,
+    `options`, `progress`) and written to `cache`."""
     if isinstance(source, Mapping):
         missing = [n for n in names if n not in source]
         if missing:
@@ -324,8 +341,8 @@ def gradients_for(
             return load_gradients(cache, model, names, signature)
         except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
             warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
-    grads = compute_gradients(model, processor, pairs, kind, names, **options)
-    accelerator = options.get("accelerator")
+    grads = compute_gradients(model, processor, pairs, kind, names, **pass_options)
+    accelerator = getattr(pass_options.get("options"), "accelerator", None)
     if cache is not None and (accelerator is None or accelerator.is_main_process):
         save_gradients(cache, grads, model, signature)
     return grads

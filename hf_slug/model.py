@@ -2,7 +2,8 @@
 
 Unmerged, each targeted `nn.Linear` gets a forward hook adding `x @ (Σₐ wₐ·Δₐ)ᵀ` to its output,
 so the base weights stay untouched and the forward equals that of `base + Σ wₐ·Δₐ`. Merged, the
-sum is written into the weights (in fp32) and the originals are kept to unmerge exactly.
+sum is written into the weights (in fp32) and the originals are kept to unmerge exactly. The
+hooks and writes are `hf_slug.adapter_weights`'s; this module keeps the adapters' bookkeeping.
 
 Every added adapter is active at its weight until `set_adapters`, `delete_adapter` or
 `disable_adapters` says otherwise: nothing is deactivated silently.
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapter_weights import DeltaHooks, module_tree, owner, write_weights
 from .config import STACK_NAME, TargetInfo
 from .delta import ConceptDelta, host_parameter, read_delta_or_stack
 from .errors import AdapterError, DeltaFormatError, NonFiniteGradientError
@@ -48,18 +50,7 @@ from .names import (
     parse_stack_index,
     validate_adapter_name,
 )
-
-
-def module_tree(host: Any) -> nn.Module:
-    """The module tree of a model (itself) or a diffusers pipeline (its nn.Module components)."""
-    if isinstance(host, nn.Module):
-        return host
-    components = getattr(host, "components", None)
-    if isinstance(components, dict):
-        return nn.ModuleDict({k: v for k, v in components.items() if isinstance(v, nn.Module)})
-    raise TypeError(
-        f"SLUGModel wraps a torch model or a diffusers pipeline, got {type(host).__name__}."
-    )
+from .weights import added
 
 
 class SLUGModel:
@@ -74,8 +65,7 @@ class SLUGModel:
         self.targets: dict[str, dict[str, str]] = {}  # adapter -> delta key -> host name
         self._active: list[str] = []
         self._base: dict[str, torch.Tensor] = {}  # original values of every targeted tensor
-        self._hooks: dict[str, Any] = {}
-        self._combined: dict[str, torch.Tensor] = {}
+        self._hooks = DeltaHooks()  # the unmerged adapters' forward hooks
         self._merged = False
         self._disabled = False
 
@@ -168,7 +158,7 @@ class SLUGModel:
             for key, info in delta.config.targets.items()
         }
         for host in mapping.values():
-            if not isinstance(_owner(root, host), nn.Linear):
+            if not isinstance(owner(root, host), nn.Linear):
                 raise DeltaFormatError(f"{host} is not the weight of an nn.Linear layer.")
         renamed = delta.rekeyed(mapping)
         base = {host: self._base.get(host, params[host]) for host in mapping.values()}
@@ -475,7 +465,7 @@ class SLUGModel:
                     "from a good copy."
                 )
             base = self._base[host]
-            merged = (base.float() + delta.to(base.device)).to(params[host].dtype)
+            merged = added(base, delta, dtype=params[host].dtype)
             if not torch.isfinite(merged).all():
                 raise NonFiniteGradientError(
                     f"refusing to merge: base + delta of {host} (adapters {carriers}) overflows "
@@ -491,25 +481,14 @@ class SLUGModel:
             self._write_weights(total)
             return
         self._write_weights({})
-        root = module_tree(self.model)
-        for host, delta in total.items():
-            module = _owner(root, host)
-            self._combined[host] = delta
-            self._hooks[host] = module.register_forward_hook(_adder(self._combined, host))
+        self._hooks.install(module_tree(self.model), total)
 
     def _write_weights(self, total: dict[str, torch.Tensor]) -> None:
         """Set every targeted tensor to its base value plus `total`'s entry (if any)."""
-        params = dict(module_tree(self.model).named_parameters())
-        with torch.no_grad():
-            for host, base in self._base.items():
-                value = base.float() + total[host].to(base.device) if host in total else base
-                params[host].copy_(value.to(params[host].dtype))
+        write_weights(module_tree(self.model), self._base, total)
 
     def _remove_hooks(self) -> None:
-        for handle in self._hooks.values():
-            handle.remove()
-        self._hooks.clear()
-        self._combined.clear()
+        self._hooks.remove()
 
     def _forget_all(self) -> None:
         self.adapters.clear()
@@ -518,15 +497,3 @@ class SLUGModel:
         self._active.clear()
         self._base.clear()
         self._merged = False
-
-
-def _adder(combined: dict[str, torch.Tensor], host: str):
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        delta = combined[host].to(device=output.device, dtype=output.dtype)
-        return output + torch.nn.functional.linear(args[0], delta)
-
-    return hook
-
-
-def _owner(root: nn.Module, param_name: str) -> nn.Module:
-    return root.get_submodule(param_name.rsplit(".", 1)[0])

@@ -4,7 +4,7 @@
 The search starts at `s₀`, doubles `s` until the forget criterion is met, then bisects, keeping
 the smallest `s` that meets it. Every trial starts from θ⁰. Trials ask the evaluator only
 whether the forget metric meets the criterion (`Evaluator.evaluate_forget`), which may stop as
-soon as it cannot (`decide_early`: the same decision, a lower bound, `Trial.partial`); the kept
+soon as it cannot (`hf_slug.evaluation.early_exit`: the same decision, a lower bound, `Trial.partial`); the kept
 step alone is evaluated in full.
 
 Example:
@@ -14,29 +14,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import finite_real, positive_int, positive_number
+from .checks import finite_real
 from .errors import ConfigError, NonFiniteGradientError
-from .evaluation import (
-    Evaluator,
-    Metrics,
-    _boosted,
-    _logits,
-    _replaying,
-    _rows,
-    _view_hits,
-    as_evaluator,
-)
-from .families.clip import Tower, short_name
+from .evaluation import Evaluator, Metrics
+from .options import SearchSettings
+from .towers import short_name
+from .weights import edited
 
 
 @dataclass(frozen=True)
@@ -156,235 +147,8 @@ def update(
     return {n: forget_grads[n].float() * scales[n] for n in names}
 
 
-@contextlib.contextmanager
-def edited(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Add `deltas` to the model's tensors for the duration; restore the exact originals after."""
-    params = dict(model.named_parameters())
-    originals = {name: params[name].detach().clone() for name in deltas}
-    try:
-        with torch.no_grad():
-            for name, delta in deltas.items():
-                p = params[name]
-                p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
-        yield
-    finally:
-        with torch.no_grad():
-            for name, original in originals.items():
-                params[name].copy_(original)
-
-
-class StackedEvaluator(Evaluator):
-    """Evaluate with other concepts' deltas added: search one concept's step on top of a stack.
-
-    `deltas`: `ConceptDelta`s (their dense tensors) or name -> tensor dicts, summed.
-    """
-
-    def __init__(self, evaluator: Evaluator, deltas: Sequence[Any]):
-        self.evaluator = as_evaluator(evaluator)
-        self.stack: dict[str, torch.Tensor] = {}
-        for delta in deltas:
-            tensors = delta.dense() if hasattr(delta, "dense") else delta
-            for name, tensor in tensors.items():
-                self.stack[name] = self.stack.get(name, 0) + tensor.float()
-
-    def __call__(self, model: nn.Module) -> Metrics:
-        with self._stacked(model):
-            return self.evaluator(model)
-
-    def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
-        with self._stacked(model):
-            return self.evaluator.evaluate_only(model, metrics)
-
-    def evaluate_forget(
-        self, model: nn.Module, metric: str, ceiling: float
-    ) -> tuple[Metrics, bool]:
-        with self._stacked(model):
-            return self.evaluator.evaluate_forget(model, metric, ceiling)
-
-    def begin(self, model: nn.Module, names: Sequence[str]) -> None:
-        with self._stacked(model):
-            self.evaluator.begin(model, names)
-
-    def end(self) -> None:
-        self.evaluator.end()
-
-    def _stacked(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        missing = sorted(set(self.stack) - {n for n, _ in model.named_parameters()})
-        if missing:
-            raise KeyError(
-                f"the stacked deltas target {missing[:3]}, which this model does not have: "
-                "stack deltas computed on this base model."
-            )
-        return edited(model, self.stack)
-
-
-def leads(
-    logits: torch.Tensor, truth: torch.Tensor, margin: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each image's best lead of its boosted label over the others (over views), each (image,
-    view)'s closest other label, and whether each view ranks the image's label first."""
-    boosted = _boosted(logits, truth, margin)
-    index = truth.view(-1, 1, 1).expand(-1, logits.shape[1], 1)
-    others = boosted.scatter(2, index, float("-inf"))
-    lead = (boosted.gather(2, index)[..., 0] - others.amax(-1)).amax(-1)
-    return lead, others.argmax(-1), _view_hits(boosted, truth)
-
-
-@dataclass
-class _Early:
-    """Kept between early-exit trials of a unit: each image's lead, each (image, view)'s closest
-    other label, and the edited tower's inputs row by row (`_rows`)."""
-
-    lead: torch.Tensor
-    rivals: torch.Tensor
-    rows: list[dict[str, torch.Tensor]] | None = None
-
-
-def decide_early(ev: Any, model: nn.Module, i: int, limit: int) -> tuple[int, bool] | None:
-    """How many images of `ev`'s task `i` are recognised, stopping early: (count, exact), or
-    None when the edited tower's inputs cannot be replayed row by row."""
-    task, truth, owners = ev.tasks[i], ev._truth[i], ev._owners[i]
-    kind, first_block = ev._edit
-    tower = ev._tower(model, kind)
-    state = ev._early.get(i)
-    if state is None:  # nothing known yet: no rival (own label), no lead
-        edited = ev._images[i] if kind == "vision" else ev._texts[i]
-        if first_block > 0 and not edited.replay:  # only the unedited blocks below the edit
-            with _replaying(tower, first_block, below=True):
-                block = tower.layers[first_block - 1]
-                edited.replay = ev._features_and_replay(model, edited, block)[1]
-        views = 1 if task.scoring == "mean" else len(owners) // len(task.label_names)
-        rivals = truth[:, None].repeat(1, views)
-        state = ev._early[i] = _Early(torch.zeros(len(truth)), rivals, _rows(edited, first_block))
-    if state.rows is None:
-        return None
-    if kind == "vision":
-        text_f = ev._current(model, ev._texts[i])[ev._rows_of[i]]
-
-        def hits_of(idx: torch.Tensor) -> torch.Tensor:
-            image_f = _rows_features(ev, model, tower, [state.rows[j] for j in idx.tolist()])
-            logits = _logits(image_f, text_f, owners, task)
-            state.lead[idx], _, hits = leads(logits, truth[idx], task.margin)
-            return hits.any(1)
-
-        order = state.lead.argsort(descending=True, stable=True)  # hardest first
-        chunks = [order[: ev.chunk], order[ev.chunk :]]  # the likeliest, then the rest
-        return count_until([c for c in chunks if len(c)], hits_of, limit)
-    image_f = ev._current(model, ev._images[i])
-    rows_of = ev._rows_of[i]  # each label's prompts, as rows of the (shared) text inputs
-    prompts = [rows_of[owners.eq(label)].tolist() for label in range(len(task.label_names))]
-    feats: dict[int, torch.Tensor] = {}
-
-    def columns(pairs: list[tuple[int, int]]) -> torch.Tensor:
-        wanted = [
-            [prompts[label][v]] if task.scoring == "any" else prompts[label] for v, label in pairs
-        ]
-        need = sorted({j for js in wanted for j in js} - feats.keys())
-        if need:
-            rows = [state.rows[j] for j in need]
-            feats.update(zip(need, _rows_features(ev, model, tower, rows)))
-        cols = torch.stack([sum(feats[j] for j in js) for js in wanted])
-        return image_f @ (cols if task.scoring == "any" else F.normalize(cols, dim=-1)).T
-
-    shape = (len(truth), state.rivals.shape[1], len(task.label_names))
-    return lazy_recognised(columns, truth, shape, task.margin, limit, state.rivals)
-
-
-def _rows_features(
-    ev: Any, model: nn.Module, tower: Tower, rows: list[dict[str, torch.Tensor]]
-) -> torch.Tensor:
-    """Features of some rows of the edited tower's inputs, replaying the block below."""
-    batch = {key: _stack([r[key] for r in rows], key, ev._pad_id) for key in rows[0]}
-    hidden = batch.pop("hidden", None)
-    if hidden is None:
-        return ev._encode(model, tower.kind, batch)
-    with _replaying(tower, ev._edit[1]) as replay:
-        replay.output = hidden
-        return ev._encode(model, tower.kind, batch)
-
-
-def count_until(
-    chunks: Sequence[Any], hits_of: Callable[[Any], torch.Tensor], limit: int
-) -> tuple[int, bool]:
-    """Recognised images, chunk by chunk, stopping once more than `limit`: (count, exact)."""
-    count = 0
-    for k, chunk in enumerate(chunks):
-        count += int(hits_of(chunk).sum())
-        if count > limit:
-            return count, k == len(chunks) - 1
-    return count, True
-
-
-def lazy_recognised(
-    columns: Callable[[list[tuple[int, int]]], torch.Tensor],
-    truth: torch.Tensor,
-    shape: tuple[int, int, int],
-    margin: float,
-    limit: int,
-    rivals: torch.Tensor,
-) -> tuple[int, bool]:
-    """How many images are recognised, fetching as few (view, label) embeddings as it can.
-
-    `columns(pairs)` gives the (images, pairs) cosines with the (view, label) embeddings;
-    `shape` is (images, views, labels). It fetches each image's own label and its `rivals`
-    (images, views), the labels that came closest last time, and updated here. A view where a
-    fetched label beats the boosted own label strictly cannot rank it first; only views that
-    might are completed (every label; the likeliest first, in doubling batches), and the count is
-    exact, or a lower bound above `limit` (exact False) when it stops early: `count <= limit` is
-    always as in full.
-    """
-    n, n_views, n_labels = shape
-    sims = torch.full(shape, float("nan"))
-    fetched: set[tuple[int, int]] = set()
-
-    def fetch(pairs: Any) -> None:
-        pairs = sorted(set(pairs) - fetched)
-        if pairs:
-            views, labels = (torch.tensor(x) for x in zip(*pairs))
-            sims[:, views, labels] = columns(pairs)
-            fetched.update(pairs)
-
-    every = range(n_views)
-    own_labels = [(v, int(t)) for t in truth.unique() for v in every]
-    fetch(own_labels + [(v, int(rivals[i, v])) for i in range(n) for v in every])
-    own = sims.gather(2, truth.view(-1, 1, 1).expand(-1, n_views, 1))[..., 0]
-    own_mask = F.one_hot(truth, n_labels).bool()[:, None, :]
-    complete = torch.zeros(n_views, dtype=torch.bool)
-    while True:
-        others = sims.masked_fill(own_mask, float("-inf")).nan_to_num(nan=float("-inf"))
-        best = others.amax(-1)
-        hit = torch.zeros(n, n_views, dtype=torch.bool)
-        done = complete.nonzero().flatten()
-        hit[:, done] = _view_hits(_boosted(sims[:, done], truth, margin), truth)
-        recognised = hit.any(1)
-        count = int(recognised.sum())
-        open_ = ~(best > own + margin) & ~complete[None] & ~recognised[:, None]
-        if count > limit or not open_.any():
-            rivals.copy_(torch.where(best > float("-inf"), others.argmax(-1), rivals))
-            return count, count <= limit or not open_.any()
-        lead = (own + margin - best).masked_fill(~open_, float("-inf")).amax(0)
-        # the likeliest views first, as many as are complete already (1, 1, 2, 4, ...)
-        views = lead.argsort(descending=True, stable=True)[: max(1, int(complete.sum()))]
-        views = [int(v) for v in views if lead[v] > float("-inf")]
-        fetch([(v, label) for v in views for label in range(n_labels)])
-        complete[views] = True
-
-
-def _stack(tensors: list[torch.Tensor], key: str, pad_id: int) -> torch.Tensor:
-    """Stack rows, padding the shorter ones (text) at the end."""
-    length, value = max(len(t) for t in tensors), pad_id if key == "input_ids" else 0
-    pads = [t.new_full((length - len(t), *t.shape[1:]), value) for t in tensors]
-    return torch.stack([torch.cat([t, pad]) if len(pad) else t for t, pad in zip(tensors, pads)])
-
-
 def _is_number(value: object) -> bool:
     return finite_real(value) is not None
-
-
-def check_search_options(initial_step: object, max_evaluations: object) -> None:
-    """Raise `ConfigError` unless `initial_step` is finite and > 0 and `max_evaluations` >= 1."""
-    positive_number(initial_step, "initial_step", "initial_step=0.1 (the first step tried)")
-    positive_int(max_evaluations, "max_evaluations", "max_evaluations=10")
 
 
 def search_step(
@@ -394,19 +158,18 @@ def search_step(
     evaluator: Evaluator,
     criterion: Criterion,
     before: Metrics,
-    *,
-    initial_step: float = 0.1,
-    max_evaluations: int = 10,
-    rel_tolerance: float = 0.05,
+    settings: SearchSettings | None = None,
 ) -> LayerSearch:
-    """Double `s` from `initial_step` until the criterion is met, then bisect; ≤ `max_evaluations`."""
-    check_search_options(initial_step, max_evaluations)
+    """Double `s` from `settings.initial_step` until the criterion is met, then bisect;
+    at most `settings.max_evaluations` trials, stopping once the bracket is within
+    `settings.rel_tolerance` of the step."""
+    settings = settings or SearchSettings()
     result = LayerSearch(names)
     low, high = 0.0, None  # the largest step known to fail, the smallest known to succeed
-    step = initial_step
+    step = settings.initial_step
     evaluator.begin(model, names)
     try:
-        for _ in range(max_evaluations):
+        for _ in range(settings.max_evaluations):
             with edited(model, update(model, names, forget_grads, step)):
                 metrics, exact = evaluator.evaluate_forget(
                     model, criterion.forget_metric, criterion.ceiling
@@ -417,7 +180,7 @@ def search_step(
                 high, result.step, result.metrics = step, step, metrics
             else:
                 low = step
-            if high is not None and (high - low) <= rel_tolerance * high:
+            if high is not None and (high - low) <= settings.rel_tolerance * high:
                 break
             step = step * 2 if high is None else (low + high) / 2
         if result.metrics is not None and not set(before) <= set(result.metrics):
@@ -467,13 +230,11 @@ def search_layers(
     evaluator: Evaluator,
     criterion: Criterion,
     before: Metrics,
+    settings: SearchSettings | None = None,
     *,
-    initial_step: float = 0.1,
-    max_evaluations: int = 10,
     progress: bool = True,
 ) -> list[LayerSearch]:
     """Run `search_step` on each unit, with a progress bar over units."""
-    check_search_options(initial_step, max_evaluations)
     searches = []
     bar = tqdm(units, desc="step search", unit="layer", disable=not progress)
     for unit in bar:
@@ -486,8 +247,7 @@ def search_layers(
                 evaluator,
                 criterion,
                 before,
-                initial_step=initial_step,
-                max_evaluations=max_evaluations,
+                settings,
             )
         )
     return searches

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .families.clip import short_name, tower_kind_of
+from .towers import short_name, tower_kind_of
 
 
 @dataclass(frozen=True)

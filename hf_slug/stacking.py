@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,24 +27,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import SLUGConfig
-from .data import PairSource
 from .delta import ConceptDelta
 from .errors import ConfigError, StackError
-from .evaluation import Evaluator, as_evaluator
-from .search import Criterion, StackedEvaluator, edited
-from .unlearn import UnlearningResult, unlearn
+from .evaluation import StackedEvaluator, as_evaluator
+from .options import UnlearnOptions
+from .request import ConceptRequest
+from .search import Criterion, edited
+from .unlearn import UnlearningResult
 
-
-@dataclass
-class StackRequest:
-    """One concept of a stack: what `unlearn` takes for it; the evaluator scores the concept's
-    own validation images (the stack is checked on it)."""
-
-    forget: PairSource
-    retain: PairSource
-    config: SLUGConfig
-    evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]]
+StackRequest = ConceptRequest
+"""One concept of a stack (the same `ConceptRequest` as everywhere); its evaluator scores the
+concept's own validation images, and the stack is checked on it."""
 
 
 def unlearn_stack(
@@ -96,16 +88,7 @@ def unlearn_stack(
             list(independent)
             if independent is not None
             else [
-                unlearn(
-                    model,
-                    processor,
-                    r.forget,
-                    r.retain,
-                    r.config,
-                    evaluator=r.evaluator,
-                    cache_dir=cache,
-                    progress=progress,
-                )
+                r.unlearn(model, processor, UnlearnOptions(cache_dir=cache, progress=progress))
                 for r in requests
             ]
         )
@@ -127,16 +110,10 @@ def unlearn_stack(
                     continue
                 with warnings.catch_warnings():  # the others may already forget some images
                     warnings.filterwarnings("ignore", message=".*already meets the forget")
-                    again = unlearn(
+                    again = request.unlearn(
                         model,
                         processor,
-                        request.forget,
-                        request.retain,
-                        request.config,
-                        evaluator=request.evaluator,
-                        cache_dir=cache,
-                        on_top_of=others,
-                        progress=False,
+                        UnlearnOptions(cache_dir=cache, on_top_of=others, progress=False),
                     )
                 if again.converged:
                     results[i] = again

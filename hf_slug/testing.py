@@ -48,7 +48,8 @@ from transformers import (
     PretrainedConfig,
 )
 
-from .families.clip import tower_of
+from .clip_sizes import CLIP_VOCAB_SIZE, TowerSize, clip_config
+from .towers import tower_of
 
 if TYPE_CHECKING:  # diffusers is optional: imported lazily by the builders below
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -59,7 +60,6 @@ TOKENIZER_DIR = Path(__file__).resolve().parent / "assets" / "clip_tokenizer"  #
 IMAGE_SIZE = 32
 """Side in pixels of the tiny CLIP's input images (and of `random_images`)."""
 
-CLIP_VOCAB_SIZE = 49408
 SDXL_ADD_TIME_DIM = 4  # SDXL: 6 micro-conditioning numbers, each embedded in this many dims
 
 LLAVA_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -83,34 +83,21 @@ def tiny_clip_config(
 ) -> CLIPConfig:
     """A tiny `CLIPConfig` with the real vocabulary size, 77 positions and EOS pooling.
 
-    Both towers have `layers` blocks of `width` dims; images are `image_size` px in
-    `patch_size` px patches.
+    Both towers have `layers` blocks of `width` dims (MLP 2 × `width`); images are `image_size`
+    px in `patch_size` px patches. Built by `hf_slug.clip_sizes.clip_config`.
 
     Example:
         >>> tiny_clip_config(width=64, layers=3).vision_config.num_hidden_layers
         3
     """
-    return CLIPConfig(
-        text_config=dict(
-            vocab_size=CLIP_VOCAB_SIZE,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        ),
-        vision_config=dict(
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
-        projection_dim=projection,
+    tower = TowerSize(width=width, layers=layers, heads=heads)
+    return clip_config(
+        tower,
+        tower,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection=projection,
+        mlp_ratio=2,
     )
 
 

@@ -27,15 +27,13 @@ from .config import SLUGConfig, TargetInfo, UnlearningConfig
 from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
 from .errors import ConfigError, UnknownLayerError
-from .evaluation import Evaluator, Metrics, as_evaluator
-from .families.clip import candidate_names, group_layers, resolve_names
+from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
 from .gradients import check_gradient_source, gradients_for, require_clip_model
 from .io import fingerprint
+from .options import UnlearnOptions, reject_unknown_keywords
 from .search import (
     Criterion,
     LayerSearch,
-    StackedEvaluator,
-    check_search_options,
     choose,
     edited,
     search_layers,
@@ -43,7 +41,9 @@ from .search import (
     update,
 )
 from .selection import LayerScore, score_layers
+from .towers import candidate_names, group_layers, resolve_names
 from .validation import EvaluationData, default_evaluator, held_out_evaluator
+from .weights import add_in_place
 
 
 @dataclass
@@ -87,10 +87,8 @@ class UnlearningResult:
     def apply(self, model: nn.Module, weight: float = 1.0) -> nn.Module:
         """Add `weight` × the delta to `model`'s tensors in place; return the model."""
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, delta in self.deltas.items():
-                p = params[name]
-                p.copy_((p.float() + weight * delta.to(p.device)).to(p.dtype))
+        for name, delta in self.deltas.items():
+            add_in_place(params[name], delta, weight)
         return model
 
     def to_delta(
@@ -180,17 +178,8 @@ def unlearn(
     *,
     evaluator: Evaluator | Callable[[nn.Module], Mapping[str, float]] | None = None,
     validation: tuple[PairSource, PairSource] | None = None,
-    forget_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
-    retain_gradients: str | Path | Mapping[str, torch.Tensor] | None = None,
-    cache_dir: str | Path | None = None,
-    candidates: Sequence[str] | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    gradient_checkpointing: bool = False,
-    accelerator: Any | None = None,
-    on_top_of: Sequence[Any] = (),
-    avoid: Sequence[Any] = (),
-    inplace: bool = False,
-    progress: bool = True,
+    options: UnlearnOptions | None = None,
+    **unknown: Any,
 ) -> UnlearningResult:
     """Unlearn `config.concept` from a CLIPModel with SLUG; return the result (model untouched).
 
@@ -200,23 +189,32 @@ def unlearn(
     ensemble with a margin, retain retrieval and the other candidates' recognition. Give your
     own evaluator validation data of its own, never the data final numbers come from;
     `validation=(forget pairs, retain pairs)` gives the default evaluator validation data of
-    your own (nothing is held out then). `result.data` says which data the numbers come from. Gradients may be given (tensors or a cached
-    safetensors file); with `cache_dir` they are written there as `forget_gradients.safetensors`
+    your own (nothing is held out then). `result.data` says which data the numbers come from.
+
+    `options` (`hf_slug.UnlearnOptions`) says how the run goes, never what is forgotten:
+    gradients may be given (`forget_gradients` / `retain_gradients`: tensors or a cached
+    safetensors file); with `cache_dir` they are written there as `forget_gradients-<concept>`
     and `retain_gradients.safetensors` for the next concept. `candidates` narrows the candidate
-    tensors (model-family code uses it, e.g. the vision blocks whose output reaches a VLM's
-    language model). `autocast_dtype`, `gradient_checkpointing` and `accelerator` go to
-    `compute_gradients` (mixed precision, less activation memory, data-parallel processes).
-    `on_top_of` (ConceptDeltas or name -> tensor dicts) stacks: gradients stay at θ⁰, but the
-    evaluation and the step search run with those deltas applied, so with an evaluator whose
-    forget task holds every stacked concept's images the step is the one the stack needs; the
-    utility guard (`config.utility_tolerance`) then compares with θ⁰, not with the stack.
-    `avoid` (ConceptDeltas, UnlearningResults or tensor names): tensors other concepts' deltas
-    already edit are no candidates, so the deltas of a stack never add up on one tensor.
-    `inplace=True` applies the delta.
+    tensors (hosts use it, e.g. the vision blocks whose output reaches a VLM's language model).
+    `gradients` (`GradientOptions`: mixed precision, checkpointing, data-parallel processes)
+    goes to `compute_gradients`. `on_top_of` (ConceptDeltas or name -> tensor dicts) stacks:
+    gradients stay at θ⁰, but the evaluation and the step search run with those deltas
+    applied, so with an evaluator whose forget task holds every stacked concept's images the
+    step is the one the stack needs; the utility guard (`config.utility_tolerance`) then
+    compares with θ⁰, not with the stack. `avoid` (ConceptDeltas, UnlearningResults or tensor
+    names): tensors other concepts' deltas already edit are no candidates, so the deltas of a
+    stack never add up on one tensor. `inplace=True` applies the delta.
     """
-    _check_arguments(model, processor, config, evaluator, autocast_dtype, cache_dir)
-    for kind, source in (("forget", forget_gradients), ("retain", retain_gradients)):
+    reject_unknown_keywords("unlearn", unknown)
+    options = options if options is not None else UnlearnOptions()
+    _check_arguments(model, processor, config, evaluator, options)
+    for kind, source in (
+        ("forget", options.forget_gradients),
+        ("retain", options.retain_gradients),
+    ):
         check_gradient_source(kind, source)
+    candidates, on_top_of, avoid = options.candidates, options.on_top_of, options.avoid
+    progress = options.progress
     criterion = Criterion(
         config.forget_metric, config.forget_target, config.utility_metric, config.utility_tolerance
     )
@@ -235,7 +233,7 @@ def unlearn(
         if not all_names:
             raise UnknownLayerError(
                 f"none of the given candidates is a candidate weight of the {config.towers} "
-                "tower(s); check the names against hf_slug.families.clip.candidate_names(model)."
+                "tower(s); check the names against hf_slug.towers.candidate_names(model)."
             )
     avoided = avoided_tensors(avoid)
     if avoided:
@@ -289,24 +287,20 @@ def unlearn(
     already_forgotten = criterion.forgets(before)
     evaluation_before = time.perf_counter() - start
 
-    options = dict(
-        batch_size=config.batch_size,
-        autocast_dtype=autocast_dtype,
-        gradient_checkpointing=gradient_checkpointing,
-        accelerator=accelerator,
-        progress=progress,
-    )
+    pass_options = dict(batch_size=config.batch_size, options=options.gradients, progress=progress)
     grads = {}
     for kind, source, pairs in (
-        ("forget", forget_gradients, forget_pairs),
-        ("retain", retain_gradients, retain_pairs),
+        ("forget", options.forget_gradients, forget_pairs),
+        ("retain", options.retain_gradients, retain_pairs),
     ):
         start = time.perf_counter()
         cache = None
-        if cache_dir is not None and source is None:
+        if options.cache_dir is not None and source is None:
             suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", config.concept)
-            cache = Path(cache_dir) / f"{kind}_gradients{suffix}.safetensors"
-        grads[kind] = gradients_for(model, processor, pairs, kind, names, source, cache, options)
+            cache = Path(options.cache_dir) / f"{kind}_gradients{suffix}.safetensors"
+        grads[kind] = gradients_for(
+            model, processor, pairs, kind, names, source, cache, pass_options
+        )
         timings[f"{kind}_gradients"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -328,8 +322,7 @@ def unlearn(
         evaluator,
         criterion,
         before if reference is None else {**before, **_guarded(reference, criterion)},
-        initial_step=config.initial_step,
-        max_evaluations=config.max_evaluations,
+        config.search_settings,
         progress=progress,
     )
     chosen, rule = choose(searches, criterion)
@@ -371,7 +364,7 @@ def unlearn(
         on_top_of=[getattr(getattr(d, "config", None), "concept", "delta") for d in on_top_of],
         data=data,
     )
-    if inplace and chosen is not None:
+    if options.inplace and chosen is not None:
         result.apply(model)
     return result
 
@@ -381,8 +374,7 @@ def _check_arguments(
     processor: Any,
     config: Any,
     evaluator: Any,
-    autocast_dtype: Any,
-    cache_dir: Any,
+    options: Any,
 ) -> None:
     """Cheap checks of `unlearn`'s arguments, before any data is read or gradient computed."""
     require_clip_model(model)
@@ -401,18 +393,12 @@ def _check_arguments(
             f"evaluator must be an hf_slug Evaluator or a callable model -> dict of metrics, got "
             f"a {type(evaluator).__name__}: pass one, or None for the default evaluator."
         )
-    if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+    if not isinstance(options, UnlearnOptions):
         raise ConfigError(
-            f"autocast_dtype must be None or a torch.dtype, got {autocast_dtype!r}: pass e.g. "
-            "torch.bfloat16."
-        )
-    if cache_dir is not None and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
-        raise ConfigError(
-            f"cache_dir {cache_dir} is a file, not a folder: pass a folder path (it is created "
-            "if it does not exist)."
+            f"options must be an hf_slug.UnlearnOptions, got a {type(options).__name__}: pass "
+            "options=UnlearnOptions(cache_dir=..., progress=...)."
         )
     check_batch_size(config.batch_size)
-    check_search_options(config.initial_step, config.max_evaluations)
 
 
 def _guarded(reference: Metrics, criterion: Criterion) -> Metrics:

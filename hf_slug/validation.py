@@ -35,12 +35,13 @@ from typing import Any
 from .config import SLUGConfig
 from .data import ImageTextPairs
 from .errors import ConfigError
-from .evaluation import ZeroShotEvaluator, ZeroShotTask
+from .evaluation import FORGET_TASK, RETAIN_TASK, ZeroShotEvaluator, ZeroShotTask
 from .phrasings import criterion_templates
 
 MIN_FORGET_VALIDATION = 4  # held-out forget images the criterion needs to mean anything
 MIN_RETAIN_VALIDATION = 8
 SOURCES = ("validation", "evaluator", "in-sample")
+OTHERS_TASK = "others"  # retain images naming another candidate label, recognised among them
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,12 @@ def default_evaluator(
 ) -> ZeroShotEvaluator:
     """Forget images under the phrasing ensemble with a margin; retain retrieval and recognition.
 
-    Metrics: `forget_acc` / `forget_acc@5` (recognised under *any* phrasing, within the margin),
-    `retain_acc` (caption retrieval among the retain captions), `others_acc` (retain images
-    whose caption names another candidate label, recognised among the candidates) and
-    `utility`, the mean of the retain tasks. Give it data the gradients never saw.
+    Tasks `FORGET_TASK`, `RETAIN_TASK` and `OTHERS_TASK`, so the metrics are `forget_acc` /
+    `forget_acc@5` (recognised under *any* phrasing, within the margin), `retain_acc` (caption
+    retrieval among the retain captions), `others_acc` (retain images whose caption names
+    another candidate label, recognised among the candidates) and `utility`, the mean of the
+    retain tasks (`hf_slug.evaluation.accuracy_key`, `UTILITY`). Give it data the gradients
+    never saw.
     """
     labels = check_labels(config)
     templates = criterion_templates(config.concept_kind, config.templates)
@@ -140,7 +143,7 @@ def default_evaluator(
     parts = config.name_parts and config.concept_kind == "identity"
     tasks = [
         ZeroShotTask(
-            "forget",
+            FORGET_TASK,
             forget_images,
             [config.concept] * len(forget_images),
             labels,
@@ -151,7 +154,7 @@ def default_evaluator(
             margin=float(config.margin),
         ),
         ZeroShotTask(
-            "retain",
+            RETAIN_TASK,
             [retain.image(i) for i in range(len(retain))],
             list(retain.texts),
             list(dict.fromkeys(retain.texts)),
@@ -163,7 +166,7 @@ def default_evaluator(
     if named:
         tasks.append(
             ZeroShotTask(
-                "others",
+                OTHERS_TASK,
                 [retain.image(i) for i, _ in named],
                 [label for _, label in named],
                 labels,
@@ -237,6 +240,7 @@ def _preview(labels: Any) -> str:
 
 
 __all__ = [
+    "OTHERS_TASK",
     "EvaluationData",
     "check_labels",
     "criterion_prompts",

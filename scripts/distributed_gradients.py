@@ -1,7 +1,7 @@
 """Compute SLUG's forget or retain gradients data-parallel with accelerate, and cache them.
 
 Each process takes every n-th batch; the per-tensor sums are all-reduced, so the file equals what
-one process would write (to float rounding). Pass it to `unlearn(..., retain_gradients=FILE)`.
+one process would write (to float rounding). Pass it to `unlearn(..., options=UnlearnOptions(retain_gradients=FILE))`.
 
     accelerate launch --multi_gpu --num_processes 2 scripts/distributed_gradients.py \\
         --model hf_slug/demo/embedded_clip --pairs data/retain --loss retain \\
@@ -18,9 +18,9 @@ import torch
 from accelerate import Accelerator
 from transformers import CLIPModel, CLIPProcessor
 
-from hf_slug import load_pairs
-from hf_slug.families.clip import candidate_names
+from hf_slug import GradientOptions, load_pairs
 from hf_slug.gradients import compute_gradients, save_gradients
+from hf_slug.towers import candidate_names
 
 
 def main() -> None:
@@ -46,8 +46,9 @@ def main() -> None:
         args.loss,
         names,
         batch_size=args.batch_size,
-        autocast_dtype=torch.bfloat16 if args.bf16 else None,
-        accelerator=accelerator,
+        options=GradientOptions(
+            autocast_dtype=torch.bfloat16 if args.bf16 else None, accelerator=accelerator
+        ),
         progress=accelerator.is_main_process,
     )
     if accelerator.is_main_process:

@@ -44,10 +44,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_slug.clip_sizes import TowerSize, clip_config  # noqa: E402
 from hf_slug.demo.world import ATTRIBUTES, KINDS, World, attributes_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,29 +153,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> CLIPModel:
     """A randomly initialised CLIPModel with the real CLIP vocabulary and EOS pooling."""
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=args.text_width,
-            intermediate_size=4 * args.text_width,
-            num_hidden_layers=args.text_layers,
-            num_attention_heads=args.heads,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            projection_dim=args.projection,
-        ),
-        vision_config=dict(
-            hidden_size=args.vision_width,
-            intermediate_size=4 * args.vision_width,
-            num_hidden_layers=args.vision_layers,
-            num_attention_heads=args.heads,
-            image_size=args.image_size,
-            patch_size=args.patch,
-            projection_dim=args.projection,
-        ),
-        projection_dim=args.projection,
+    config = clip_config(
+        TowerSize(args.text_width, args.text_layers, args.heads),
+        TowerSize(args.vision_width, args.vision_layers, args.heads),
+        image_size=args.image_size,
+        patch_size=args.patch,
+        projection=args.projection,
+        tower_projection=True,
     )
     return CLIPModel(config)
 

@@ -292,7 +292,7 @@ class Judge:
 
 def generate(pipe, prompts: Sequence[str], seeds: Sequence[int], **kwargs):
     """One image per (prompt, seed), batched; image for seed s uses a CPU generator seeded s,
-    exactly as `hf_slug.families.diffusion.generate_images` seeds its single-image calls."""
+    exactly as `hf_slug.hosts.generation.generate_images` seeds its single-image calls."""
     jobs = [(p, s) for p in prompts for s in seeds]
     images = {}
     for i in range(0, len(jobs), 32):

@@ -1,7 +1,7 @@
 """Train the embedded VLM: a real LlavaForConditionalGeneration on the embedded CLIP's world.
 
 The model is the embedded CLIP's vision tower (a bit-exact, frozen copy, so
-`hf_slug.families.vlm.check_same_tower(vlm, clip)` passes), LLaVA's two-layer projector and a
+`hf_slug.hosts.vlm.check_same_tower(vlm, clip)` passes), LLaVA's two-layer projector and a
 tiny Llama-style language model with a word-level tokenizer, saved with a real `LlavaProcessor`
 (the embedded CLIP's `CLIPImageProcessor`, the tokenizer and a chat template), so
 
@@ -65,7 +65,7 @@ QUESTIONS = {
             "Tell me who is in the photo.",
         ),
         "eval": (
-            "Who is in this image?",  # hf_slug.families.vlm.DEFAULT_QUESTION
+            "Who is in this image?",  # hf_slug.hosts.vlm_evaluation.DEFAULT_QUESTION
             "Who is the person in this photo?",
             "Name the person shown in the image.",
         ),
@@ -513,7 +513,7 @@ def train(args) -> dict:
 def save(run: dict, args, argv) -> dict:
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    from hf_slug.families.vlm import check_same_tower
+    from hf_slug.hosts.vlm import check_same_tower
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

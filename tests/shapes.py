@@ -31,9 +31,14 @@ import torch.nn.functional as F
 from conftest import IMAGE_SIZE, tiny_clip, tiny_processor
 from PIL import Image, ImageDraw
 
-from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, unlearn
-from hf_slug.families.clip import encode_images, encode_texts
+from hf_slug import (
+    SLUGConfig,
+    UnlearnOptions,
+    ZeroShotEvaluator,
+    ZeroShotTask,
+)
 from hf_slug.stacking import StackRequest
+from hf_slug.towers import encode_images, encode_texts
 
 CLASSES = {  # invented single-token-ish names -> (colour, shape); colours far apart
     "zorb": ((220, 40, 40), "circle"),
@@ -318,16 +323,8 @@ def shape_request(processor, target: str, seed: int = 1, stack: Sequence[str] = 
     )
 
 
-def unlearn_shape(model, processor, target: str, seed: int = 1, stack=(), **kwargs):
-    """SLUG on one class with `shape_request`'s data and evaluator."""
+def unlearn_shape(model, processor, target: str, seed: int = 1, stack=(), **options):
+    """SLUG on one class with `shape_request`'s data and evaluator; `options` are
+    `UnlearnOptions` fields (e.g. `cache_dir=`)."""
     r = shape_request(processor, target, seed, stack)
-    return unlearn(
-        model,
-        processor,
-        r.forget,
-        r.retain,
-        r.config,
-        evaluator=r.evaluator,
-        progress=False,
-        **kwargs,
-    )
+    return r.unlearn(model, processor, UnlearnOptions(progress=False, **options))

@@ -19,6 +19,7 @@ from hf_slug import (
     FingerprintMismatchError,
     NonFiniteGradientError,
     UnlearningConfig,
+    UnlearnOptions,
 )
 from hf_slug.config import CONFIG_NAME, WEIGHTS_NAME, TargetInfo
 from hf_slug.io import fingerprint
@@ -363,7 +364,7 @@ def test_adding_an_unlearning_result_directly(processor):
             validation_share=0,  # 4 images: plumbing only, scored in-sample (and labelled so)
             forget_target=1.0,  # a random model: the first trial passes, so a delta exists
         ),
-        progress=False,
+        options=UnlearnOptions(progress=False),
     )
     slug = SLUGModel(model)
     slug.add_adapter("ada", result)

@@ -16,7 +16,7 @@ from hf_slug import (
     SLUGModel,
     unlearn,
 )
-from hf_slug.audit import AuditBudget, AuditReport, audit
+from hf_slug.audit import AuditBudget, AuditReport, AuditTarget, audit
 from hf_slug.audit.phrasings import name_variants, templates
 from hf_slug.demo.novel import novel_views
 from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
@@ -55,10 +55,8 @@ def _weakened(delta: ConceptDelta, factor: float) -> ConceptDelta:
 
 def test_every_probe_finds_the_concept_in_the_original_and_the_edit_hides_the_plain_name(embedded):
     model, processor, world, delta, held_out = embedded
-    report = audit(
-        model, processor, delta, TARGET, world.identities, held_out,
-        reference_images=novel_views(world, 8), budget=BUDGET,
-    )  # fmt: skip
+    target = AuditTarget(TARGET, world.identities, held_out, reference_images=novel_views(world, 8))
+    report = audit(model, processor, delta, target, budget=BUDGET)
     assert report.broken_probes() == []
     plain = next(r for r in report.rows if r.family == "phrasing" and r.setting == "'{}.'")
     assert plain.original >= 0.9 and plain.edited <= 0.35
@@ -73,7 +71,8 @@ def test_every_probe_finds_the_concept_in_the_original_and_the_edit_hides_the_pl
 def test_a_weakly_erased_concept_is_recovered_by_the_probes(embedded):
     model, processor, world, delta, held_out = embedded
     weak = _weakened(delta, 0.15)  # far too small a step to forget
-    report = audit(model, processor, weak, TARGET, world.identities, held_out, budget=BUDGET)
+    target = AuditTarget(TARGET, world.identities, held_out)
+    report = audit(model, processor, weak, target, budget=BUDGET)
     assert report.worst("phrasing") >= 0.5
     assert report.worst("augmentation") >= 0.5
     inversion = next(r for r in report.rows if r.family == "learned prompt")
@@ -89,9 +88,8 @@ def test_a_slug_model_is_audited_against_its_own_base_without_its_hooks(embedded
     slug = SLUGModel(model)
     slug.add_adapter("marcus", delta)
     try:
-        report = audit(
-            slug.model, processor, slug, TARGET, world.identities, held_out, budget=BUDGET
-        )
+        target = AuditTarget(TARGET, world.identities, held_out)
+        report = audit(slug.model, processor, slug, target, budget=BUDGET)
     finally:
         slug.unload()
     plain = next(r for r in report.rows if r.setting == "'{}.'")
@@ -102,7 +100,8 @@ def test_report_round_trips_through_its_files(embedded, tmp_path):
     model, processor, world, delta, held_out = embedded
     budget = AuditBudget("tiny", templates=2, prompt_steps=4, pgd_steps=1, relearn_sizes=(1,),
                          relearn_max_steps=2)  # fmt: skip
-    report = audit(model, processor, delta, TARGET, world.identities, held_out, budget=budget)
+    target = AuditTarget(TARGET, world.identities, held_out)
+    report = audit(model, processor, delta, target, budget=budget)
     report.save(tmp_path)
     assert (tmp_path / "slug_audit.png").stat().st_size > 1000
     assert "| phrasing |" in (tmp_path / "slug_audit.md").read_text()
@@ -132,20 +131,23 @@ def test_name_variants_and_templates_are_deterministic_and_varied():
         ({"budget": "huge"}, ConfigError, "unknown audit budget"),
         ({"deltas": []}, ConfigError, "ConceptDelta"),
         ({"other_base": True}, FingerprintMismatchError, "not the tensor"),
+        ({"target": TARGET}, ConfigError, "not an AuditTarget"),
     ],
     ids=["no-images", "not-images", "concept-absent", "bad-kind", "bad-budget", "no-delta",
-         "delta-for-another-base"],
+         "delta-for-another-base", "concept-not-a-target"],
 )  # fmt: skip
 def test_bad_input_gets_a_typed_error(embedded, change, error, words):
     model, processor, world, delta, held_out = embedded
-    kwargs = {"deltas": delta, "concept": TARGET, "images": held_out, "kind": "identity",
-              "budget": BUDGET}  # fmt: skip
+    change = dict(change)
+    fields = {"concept": TARGET, "names": world.identities, "images": held_out, "kind": "identity"}
+    fields.update({k: change.pop(k) for k in list(change) if k in fields})
+    kwargs = {"deltas": delta, "target": AuditTarget(**fields), "budget": BUDGET}
     target_model = model
     if change.pop("other_base", False):
         target_model = type(model)(model.config)  # same architecture, other weights
     kwargs.update(change)
     with pytest.raises(error, match=words):
-        audit(target_model, processor, names=world.identities, **kwargs)
+        audit(target_model, processor, **kwargs)
 
 
 def test_cli_audits_an_embedded_world_delta_and_writes_the_report_beside_it(embedded, tmp_path):
@@ -194,7 +196,8 @@ def test_the_model_card_carries_the_audit_of_the_delta_it_holds_and_not_a_stale_
     assert "No audit has been run" in model_card(folder)
     budget = AuditBudget("tiny", templates=2, prompt_steps=2, pgd_steps=1, relearn_sizes=(1,),
                          relearn_max_steps=1)  # fmt: skip
-    audit(model, processor, delta, TARGET, world.identities, held_out, budget=budget).save(folder)
+    target = AuditTarget(TARGET, world.identities, held_out)
+    audit(model, processor, delta, target, budget=budget).save(folder)
     card = model_card(folder)
     assert "| phrasing | '{}.' |" in card and "slug_audit.png" in card
     _weakened(delta, 0.5).save_pretrained(folder)  # a new delta; the old audit stays beside it

@@ -19,7 +19,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 from measure import PeakMemory, counting, run_isolated  # noqa: E402
 
-from hf_slug.families.clip import encode_images, encode_texts  # noqa: E402
+from hf_slug.towers import encode_images, encode_texts  # noqa: E402
 
 
 @pytest.fixture(scope="module")

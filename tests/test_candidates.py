@@ -8,7 +8,7 @@ from conftest import clip_config
 from transformers import BertConfig, BertModel, CLIPTextModel, CLIPVisionModel
 
 from hf_slug import SLUGConfig, UnknownLayerError, UnsupportedModelError, unlearn
-from hf_slug.families.clip import candidate_names, find_towers, require_clip, resolve_names
+from hf_slug.towers import candidate_names, find_towers, require_clip, resolve_names
 
 
 @pytest.mark.parametrize("towers", [("vision",), ("text",), ("vision", "text")])

@@ -30,6 +30,7 @@ from shapes import (
 
 from hf_slug import (
     ConceptDelta,
+    ConfigError,
     DeltaFormatError,
     FingerprintMismatchError,
     SLUGConfig,
@@ -39,20 +40,30 @@ from hf_slug import (
     ZeroShotTask,
 )
 from hf_slug.config import TargetInfo
-from hf_slug.families.clip import encode_images, encode_texts, find_towers, tower_of
-from hf_slug.families.diffusion import (
-    LORA_WEIGHT_NAME,
-    DiffusionEvaluator,
+from hf_slug.hosts.diffusion import (
+    PipelineOptions,
+    TextEncoder,
     check_text_encoder,
-    export_diffusers_lora,
-    generate_forget_set,
-    generate_images,
-    select_components,
     unlearn_pipeline,
     usable_text_blocks,
 )
+from hf_slug.hosts.diffusion_export import (
+    LORA_WEIGHT_NAME,
+    export_diffusers_lora,
+    select_components,
+)
+from hf_slug.hosts.generation import (
+    DiffusionEvaluator,
+    DiffusionScoring,
+    ForgetGeneration,
+    GenerationSettings,
+    generate_forget_set,
+    generate_images,
+)
 from hf_slug.io import fingerprint
 from hf_slug.model import SLUGModel
+from hf_slug.options import UnlearnOptions
+from hf_slug.towers import encode_images, encode_texts, find_towers, tower_of
 
 STEPS = {"num_inference_steps": 2}
 PROMPTS = [TEMPLATE.format(n) for n in NAMES]
@@ -151,10 +162,11 @@ def shape_run(clip, processor, target, **kwargs):
             layer=[n for n in EVERY_LAYER if n.startswith("text.")],
             utility_tolerance=UTILITY_TOLERANCE,
         ),
-        evaluator=evaluator,
-        concept_kind="object",
-        progress=False,
-        **kwargs,
+        options=PipelineOptions(
+            evaluator=evaluator,
+            concept_kind="object",
+            unlearn=UnlearnOptions(progress=False, **kwargs),
+        ),
     )
 
 
@@ -391,13 +403,8 @@ def test_generation_before_and_after_with_fixed_seeds(sd, tmp_path):
         cross_prompts=cross,
         clip_model=clip,
         processor=processor,
-        label_names=NAMES,
-        classifier=nearest_label(references),
-        num_images=2,
-        seed=3,
-        template=TEMPLATE,
-        generation_kwargs=STEPS,
-        progress=False,
+        scoring=DiffusionScoring(NAMES, TEMPLATE, classifier=nearest_label(references)),
+        generation=GenerationSettings(2, 3, STEPS, progress=False),
     )
     slug = SLUGModel(pipe)
     slug.add_adapter(first, out.delta)
@@ -434,9 +441,7 @@ def test_evaluator_scores_with_clip_and_a_classifier(sd):
         cross_prompts={"X": "x"},
         clip_model=clip,
         processor=processor,
-        label_names=NAMES,
-        classifier=lambda ims: next(answers),
-        template=TEMPLATE,
+        scoring=DiffusionScoring(NAMES, TEMPLATE, classifier=lambda ims: next(answers)),
     )
     metrics = evaluator.score(images)
     assert metrics["UA"] == 0.5 and metrics["IRA"] == 0.75 and metrics["CRA"] == 0.5
@@ -461,13 +466,11 @@ def test_forget_set_generated_by_the_pipeline(sd):
         processor,
         "zorb",
         retain_pairs(),
-        num_forget_images=3,
-        prompt="a photo of a zorb.",
-        generator_seed=7,
-        generation_kwargs=STEPS,
+        forget=ForgetGeneration(3, "a photo of a zorb.", seed=7, generation_kwargs=STEPS),
         config=drift_config(),
-        evaluator=TextDrift(processor, "zorb"),
-        progress=False,
+        options=PipelineOptions(
+            evaluator=TextDrift(processor, "zorb"), unlearn=UnlearnOptions(progress=False)
+        ),
     )
     assert out.converged and out.result.after["drift"] <= 0.95
     assert all(
@@ -486,14 +489,13 @@ def sdxl(processor):
     runs = {
         wanted: unlearn_pipeline(
             pipe,
-            {c: clips[c] for c in wanted},
+            [TextEncoder(clips[c], c, evaluator=TextDrift(processor, "zorb")) for c in wanted],
             processor,
             "zorb",
             retain_pairs(),
             forget=retain_pairs(3, seed=6),
             config=drift_config(),
-            evaluator={c: TextDrift(processor, "zorb") for c in wanted},
-            progress=False,
+            options=UnlearnOptions(progress=False),
         )
         for wanted in [("text_encoder",), ("text_encoder_2",), ("text_encoder", "text_encoder_2")]
     }
@@ -508,6 +510,8 @@ def test_sdxl_one_or_both_encoders(sdxl, wanted, tmp_path):
     clip_l, clip_g, runs = sdxl
     out = runs[wanted]
     assert out.converged and out.components == list(wanted)
+    assert [run.component for run in out.runs] == list(wanted)  # one typed run per encoder
+    assert all(run.step == run.result.step and run.layer for run in out.runs)
     # SDXL reads the penultimate hidden state: CLIP-L's last block never reaches the UNet,
     # while text_encoder_2's does (through its pooled, projected output)
     assert out.usable_blocks == {
@@ -624,10 +628,10 @@ def test_pipeline_and_argument_errors(processor, tmp_path):
             retain_pairs(),
             config=SLUGConfig("zorb", towers=("vision",)),
         )
-    with pytest.raises(ValueError, match="forget= was given"):
-        unlearn_pipeline(
-            pipe, clip, processor, "zorb", retain_pairs(), forget=retain_pairs(), prompt="a zorb"
-        )
+    with pytest.raises(ConfigError, match="TextEncoder"):  # no single-or-mapping union
+        unlearn_pipeline(pipe, {"text_encoder": clip}, processor, "zorb", retain_pairs())
+    with pytest.raises(ConfigError, match="num_images"):
+        ForgetGeneration(0)
     with pytest.raises(ValueError, match="processor"):
         unlearn_pipeline(pipe, clip, None, "zorb", retain_pairs())
     with pytest.raises(ValueError, match="num_images_per_prompt"):
@@ -661,7 +665,7 @@ def test_usable_text_blocks(kind, component, clip_skip, blocks):
 
 
 def test_a_processor_that_tokenizes_differently_is_warned_about(processor):
-    from hf_slug.families.diffusion import _check_tokenizer
+    from hf_slug.hosts.diffusion import _check_tokenizer
 
     pipe = tiny_sd_pipeline(tiny_clip(seed=0))
     with warnings.catch_warnings():
@@ -692,8 +696,9 @@ def test_clip_model_by_path_and_sd2_style_pipeline(tmp_path):
         retain_pairs(),
         forget=retain_pairs(3, seed=6),
         config=drift_config(),
-        evaluator=TextDrift(tiny_processor(), "zorb"),
-        progress=False,
+        options=PipelineOptions(
+            evaluator=TextDrift(tiny_processor(), "zorb"), unlearn=UnlearnOptions(progress=False)
+        ),
     )
     assert out.converged and out.usable_blocks == {"text_encoder": (0,)}
     assert all(".layers.0." in k for k in out.delta.names)

@@ -23,7 +23,8 @@ from hf_slug.demo.t2i import (
     generate,
     load_embedded_pipeline,
 )
-from hf_slug.families.diffusion import check_text_encoder, generate_images
+from hf_slug.hosts.diffusion import check_text_encoder
+from hf_slug.hosts.generation import generate_images
 
 diffusers = pytest.importorskip("diffusers")
 STEPS = {"num_inference_steps": 3, "guidance_scale": 5.0}

@@ -19,7 +19,8 @@ from hf_slug import FingerprintMismatchError, SLUGConfig
 from hf_slug.demo.run import load_embedded
 from hf_slug.demo.vlm import EMBEDDED_VLM, ask, embedded_vlm_path, load_embedded_vlm, prompt
 from hf_slug.demo.world import World
-from hf_slug.families.vlm import check_same_tower, unlearn_vlm, usable_vision_blocks
+from hf_slug.hosts.vlm import check_same_tower, unlearn_vlm, usable_vision_blocks
+from hf_slug.options import UnlearnOptions
 
 MARGIN = 4.0  # logits; when picked, the answers led by 9.6 to 15.6
 # (kind, label, style, test-view index, task): test views the model names confidently.
@@ -119,7 +120,7 @@ def test_tower_is_the_embedded_clips(embedded):
             pairs,
             pairs,
             SLUGConfig(concept="Grace Hopper", candidate_labels=world.identities),
-            progress=False,
+            options=UnlearnOptions(progress=False),
         )
 
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from conftest import random_images
 
-from hf_slug import NonFiniteGradientError, load_pairs
+from hf_slug import GradientOptions, NonFiniteGradientError, load_pairs
 from hf_slug.errors import DeltaFormatError
-from hf_slug.families.clip import candidate_names
 from hf_slug.gradients import compute_gradients, load_gradients, save_gradients
+from hf_slug.towers import candidate_names
 
 CAPTIONS = [f"a photo of item number {i}" for i in range(12)]
 
@@ -132,13 +132,31 @@ def test_memory_options_keep_the_gradient(model, processor, pairs):
     names = candidate_names(model)
     exact = compute_gradients(model, processor, pairs, "retain", names, progress=False)
     checkpointed = compute_gradients(
-        model, processor, pairs, "retain", names, gradient_checkpointing=True, progress=False
+        model,
+        processor,
+        pairs,
+        "retain",
+        names,
+        options=GradientOptions(checkpointing=True),
+        progress=False,
     )
     halved = compute_gradients(
-        model, processor, pairs, "retain", names, storage_dtype=torch.bfloat16, progress=False
+        model,
+        processor,
+        pairs,
+        "retain",
+        names,
+        options=GradientOptions(storage_dtype=torch.bfloat16),
+        progress=False,
     )
     mixed = compute_gradients(
-        model, processor, pairs, "retain", names, autocast_dtype=torch.bfloat16, progress=False
+        model,
+        processor,
+        pairs,
+        "retain",
+        names,
+        options=GradientOptions(autocast_dtype=torch.bfloat16),
+        progress=False,
     )
     assert not model.is_gradient_checkpointing and not model.training
     for name in names:

@@ -19,9 +19,10 @@ from shapes import (
 )
 
 from hf_slug import SLUGModel
-from hf_slug.families.clip import encode_images, encode_texts
-from hf_slug.search import StackedEvaluator, edited
+from hf_slug.evaluation import StackedEvaluator
+from hf_slug.search import edited
 from hf_slug.stacking import unlearn_stack
+from hf_slug.towers import encode_images, encode_texts
 
 pytestmark = pytest.mark.numerics
 

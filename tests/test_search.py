@@ -7,11 +7,19 @@ import torch
 import torch.nn.functional as F
 from conftest import random_images
 
-from hf_slug import SLUGConfig, ZeroShotEvaluator, ZeroShotTask, load_pairs, unlearn
+from hf_slug import (
+    SearchSettings,
+    SLUGConfig,
+    UnlearnOptions,
+    ZeroShotEvaluator,
+    ZeroShotTask,
+    load_pairs,
+    unlearn,
+)
 from hf_slug.evaluation import CallableEvaluator
-from hf_slug.families.clip import candidate_names, encode_images, encode_texts
 from hf_slug.gradients import compute_gradients
 from hf_slug.search import Criterion, edited, search_step, update
+from hf_slug.towers import candidate_names, encode_images, encode_texts
 
 NAMES = ["Ada Byron", "Bob Stone", "Cy Young"]
 
@@ -94,7 +102,7 @@ def test_search_says_clearly_when_it_cannot(model):
         CallableEvaluator(lambda m: {"forget_acc": 1.0}),
         Criterion(),
         {},
-        max_evaluations=5,
+        SearchSettings(max_evaluations=5),
     )
     assert not search.usable
     assert search.status.startswith("largest step reached: s=1.6")
@@ -153,7 +161,9 @@ def test_unlearn_with_a_named_layer_and_grouping(model, processor, forget):
         validation_share=0,  # a handful of random images: plumbing, scored in-sample
     )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = unlearn(model, processor, forget, retain, config, progress=False)
+    result = unlearn(
+        model, processor, forget, retain, config, options=UnlearnOptions(progress=False)
+    )
     assert result.converged
     assert {n.split(".")[-2] for n in result.deltas} == {"q_proj", "k_proj", "v_proj"}
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # not mutated

@@ -18,9 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapes import NAMES, shape_request, unlearn_shape
 
-from hf_slug import SLUGConfig, ZeroShotEvaluator, unlearn
+from hf_slug import (
+    SLUGConfig,
+    UnlearnOptions,
+    ZeroShotEvaluator,
+    unlearn,
+)
 from hf_slug.evaluation import _boosted, _rate, _view_hits
-from hf_slug.search import Criterion, count_until, lazy_recognised
+from hf_slug.evaluation.early_exit import count_until, lazy_recognised
+from hf_slug.search import Criterion
 
 
 def _full_count(sims: torch.Tensor, truth: torch.Tensor, margin: float) -> int:
@@ -132,11 +138,15 @@ def test_default_criterion_with_early_exit_picks_the_same_layer_and_step(
     config = SLUGConfig(
         concept="plim", candidate_labels=NAMES, concept_kind="object", validation_share=0
     )
-    fast = unlearn(model, processor, r.forget, r.retain, config, progress=False)
+    fast = unlearn(
+        model, processor, r.forget, r.retain, config, options=UnlearnOptions(progress=False)
+    )
     partial = {s.label.split(".")[0] for s in fast.searches for t in s.trials if t.partial}
     assert partial  # some stopped early (with the default fixture: in both towers)
     no_early_exit()
-    full = unlearn(model, processor, r.forget, r.retain, config, progress=False)
+    full = unlearn(
+        model, processor, r.forget, r.retain, config, options=UnlearnOptions(progress=False)
+    )
     assert (fast.chosen_names, fast.step) == (full.chosen_names, full.step)
     assert _searches(fast) == _searches(full)
 
@@ -170,8 +180,7 @@ def test_cached_retain_gradients_are_reused_and_invalidated(processor, tmp_path,
                 retain,
                 SLUGConfig(**{**config.to_dict(), "concept": concept}),
                 evaluator=lambda m: {"forget_acc": 0.0, "utility": 1.0},
-                cache_dir=tmp_path,
-                progress=False,
+                options=UnlearnOptions(cache_dir=tmp_path, progress=False),
             )
         assert result.converged
         return computed.count("retain")

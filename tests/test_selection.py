@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_slug.families.clip import candidate_names, group_layers
 from hf_slug.selection import pareto_front, score_layers
+from hf_slug.towers import candidate_names, group_layers
 
 
 @pytest.mark.parametrize(

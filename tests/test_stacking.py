@@ -12,7 +12,14 @@ import pytest
 import torch
 from conftest import random_images, tiny_clip
 
-from hf_slug import ConceptDelta, SLUGConfig, SLUGModel, UnknownLayerError, UnlearningConfig
+from hf_slug import (
+    ConceptDelta,
+    SLUGConfig,
+    SLUGModel,
+    UnknownLayerError,
+    UnlearningConfig,
+    UnlearnOptions,
+)
 from hf_slug.config import TargetInfo
 from hf_slug.io import fingerprint
 from hf_slug.stacking import StackError, StackRequest, unlearn_stack
@@ -117,8 +124,7 @@ def test_avoid_keeps_the_search_off_tensors_other_deltas_use(clip, processor, av
         pairs(4, 2, "a cat"),
         SLUGConfig(concept="zorb", candidate_labels=LABELS, max_evaluations=2),
         evaluator=edit_evaluator(model),
-        avoid=stack,
-        progress=False,
+        options=UnlearnOptions(avoid=stack, progress=False),
     )
     assert result.converged
     searched = {n for s in result.searches for n in s.names}
@@ -136,8 +142,7 @@ def test_avoiding_every_candidate_is_a_typed_error_that_says_what_to_do(clip, pr
             pairs(2, 2, "a cat"),
             SLUGConfig(concept="zorb", candidate_labels=LABELS, towers=("text",)),
             evaluator=edit_evaluator(model),
-            avoid=names,
-            progress=False,
+            options=UnlearnOptions(avoid=names, progress=False),
         )
 
 
@@ -170,8 +175,7 @@ def test_a_search_on_top_of_a_stack_guards_utility_against_theta0(
                 utility_tolerance=tolerance,
             ),
             evaluator=edit_evaluator(model, {FC1: 1.0}),
-            on_top_of=[stack],
-            progress=False,
+            options=UnlearnOptions(on_top_of=[stack], progress=False),
         )
     assert not result.converged
     status = result.searches[0].status
@@ -211,7 +215,13 @@ def test_a_stack_that_still_fails_is_reported_with_the_concept_and_its_numbers(
     ]
     alone = [
         unlearn(
-            model, processor, r.forget, r.retain, r.config, evaluator=r.evaluator, progress=False
+            model,
+            processor,
+            r.forget,
+            r.retain,
+            r.config,
+            evaluator=r.evaluator,
+            options=UnlearnOptions(progress=False),
         )
         for r in requests
     ]

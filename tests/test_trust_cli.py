@@ -16,7 +16,12 @@ import torch
 from conftest import random_images, tiny_clip, tiny_processor
 from safetensors.torch import load_file, save_file
 
-from hf_slug import ConceptDelta, SLUGConfig, unlearn
+from hf_slug import (
+    ConceptDelta,
+    SLUGConfig,
+    UnlearnOptions,
+    unlearn,
+)
 from hf_slug.cli import main
 
 ADA = "Ada Byron"
@@ -60,7 +65,7 @@ def ws(tmp_path_factory) -> Path:
             root / "retain",
             SLUGConfig(concept=ADA, towers=("text",), layer="text.L0.fc1"),
             evaluator=lambda m: {"forget_acc": 0.0},
-            progress=False,
+            options=UnlearnOptions(progress=False),
         )
     ConceptDelta.from_result(result, concept_kind="identity").save_pretrained(root / "delta")
     shutil.copytree(root / "delta", root / "nan_delta")
@@ -184,10 +189,12 @@ USAGE = [
 def no_model(monkeypatch):
     """Fail the test if the command gets as far as loading the model."""
 
-    def refuse(args):
+    def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the usage error was reported")
 
-    monkeypatch.setattr("hf_slug.cli._load_clip", refuse)
+    # any path that loads a CLIP model or processor (every command's loader goes through these)
+    monkeypatch.setattr("transformers.CLIPModel.from_pretrained", refuse)
+    monkeypatch.setattr("transformers.CLIPProcessor.from_pretrained", refuse)
 
 
 @pytest.mark.parametrize("argv, flag", USAGE)

@@ -18,7 +18,13 @@ import pytest
 import torch
 from conftest import random_images, tiny_clip
 
-from hf_slug import SLUGConfig, unlearn
+from hf_slug import (
+    GradientOptions,
+    SearchSettings,
+    SLUGConfig,
+    UnlearnOptions,
+    unlearn,
+)
 from hf_slug.data import load_pairs
 from hf_slug.errors import (
     ConfigError,
@@ -255,14 +261,40 @@ UNLEARN_CASES = [
     ),
     pytest.param({"evaluator": 3}, ConfigError, r"evaluator must be", id="evaluator-not-callable"),
     pytest.param(
-        {"autocast_dtype": "bf16"}, ConfigError, r"torch\.bfloat16", id="autocast-dtype-str"
+        {"options": lambda p: UnlearnOptions(gradients=GradientOptions(autocast_dtype="bf16"))},
+        ConfigError,
+        r"torch\.bfloat16",
+        id="autocast-dtype-str",
     ),
-    pytest.param({"cache_dir": "{file}"}, ConfigError, r"is a file", id="cache-dir-is-a-file"),
     pytest.param(
-        {"forget_gradients": "{missing}"},
+        {"options": lambda p: UnlearnOptions(cache_dir=p["file"])},
+        ConfigError,
+        r"is a file",
+        id="cache-dir-is-a-file",
+    ),
+    pytest.param(
+        {"options": lambda p: UnlearnOptions(forget_gradients=str(p["missing"]))},
         ConfigError,
         r"forget_gradients=.*is not a file",
         id="gradient-file-missing",
+    ),
+    pytest.param(
+        {"options": lambda p: {"progress": False}},
+        ConfigError,
+        r"UnlearnOptions",
+        id="options-dict",
+    ),
+    pytest.param(
+        {"cache_dir": "cache"},
+        ConfigError,
+        r"no longer takes cache_dir=: pass options=UnlearnOptions\(cache_dir=\.\.\.\)",
+        id="legacy-keyword-names-its-new-place",
+    ),
+    pytest.param(
+        {"gradient_checkpointing": True},
+        ConfigError,
+        r"GradientOptions\(checkpointing=",
+        id="legacy-gradient-keyword",
     ),
 ]
 
@@ -288,7 +320,8 @@ def test_bad_unlearn_calls_fail_typed_before_any_gradient(
                 call["config"] = call["config"]()  # built inside: its own check may fire first
             call = {k: v.format(**paths) if isinstance(v, str) else v for k, v in call.items()}
             args = [call.pop(k) for k in ("model", "processor", "forget", "retain", "config")]
-            unlearn(*args, progress=False, **call)
+            options = call.pop("options", lambda p: UnlearnOptions(progress=False))
+            unlearn(*args, options=options(paths), **call)
     assert isinstance(caught.value, SLUGError)
 
 
@@ -341,10 +374,17 @@ def test_bad_search_options_stop_before_the_first_trial(kwargs, match):
     model = tiny_clip()
     grads = {LAYER: torch.ones_like(dict(model.named_parameters())[LAYER])}
     _Evaluator.calls = 0
-    options = {"initial_step": 0.1, "max_evaluations": 3, "progress": False, **kwargs}
+    settings = {"initial_step": 0.1, "max_evaluations": 3, **kwargs}
     with pytest.raises(ConfigError, match=match):
         search_layers(
-            model, [(LAYER,)], grads, _Evaluator(), Criterion(), {"forget_acc": 1.0}, **options
+            model,
+            [(LAYER,)],
+            grads,
+            _Evaluator(),
+            Criterion(),
+            {"forget_acc": 1.0},
+            SearchSettings(**settings),
+            progress=False,
         )
     assert _Evaluator.calls == 0
 

@@ -13,7 +13,12 @@ import pytest
 from conftest import tiny_clip
 from PIL import Image
 
-from hf_slug import ConfigError, SLUGConfig, unlearn
+from hf_slug import (
+    ConfigError,
+    SLUGConfig,
+    UnlearnOptions,
+    unlearn,
+)
 from hf_slug.data import load_pairs
 from hf_slug.evaluation import ZeroShotEvaluator
 from hf_slug.testing import random_images
@@ -176,7 +181,9 @@ def test_default_call_never_scores_on_a_gradient_pair(processor, monkeypatch):
     config = SLUGConfig(
         concept="Ada Byron", candidate_labels=NAMES, layer="vision.L0.fc1", max_evaluations=2
     )
-    result = unlearn(tiny_clip(), processor, forget, retain, config, progress=False)
+    result = unlearn(
+        tiny_clip(), processor, forget, retain, config, options=UnlearnOptions(progress=False)
+    )
     gradient, evaluated = set(seen["gradient"]), set(seen["evaluated"])
     assert len(gradient) == 15 + 30 and len(evaluated) == 5 + 10
     assert not gradient & evaluated
@@ -198,7 +205,14 @@ def test_card_and_config_say_which_data_the_numbers_come_from(processor, tmp_pat
         forget_target=1.0,  # a random model: the first trial passes, so a delta exists
         validation_share=0,
     )
-    result = unlearn(tiny_clip(), processor, _pairs(6), _retain(8), config, progress=False)
+    result = unlearn(
+        tiny_clip(),
+        processor,
+        _pairs(6),
+        _retain(8),
+        config,
+        options=UnlearnOptions(progress=False),
+    )
     ConceptDelta.from_result(result).save_pretrained(tmp_path / "delta")
     saved = UnlearningConfig.from_pretrained(tmp_path / "delta")
     assert saved.metrics["data"]["source"] == "in-sample"
@@ -218,7 +232,7 @@ def test_own_evaluator_is_labelled_as_such(processor):
         _retain(8),
         config,
         evaluator=lambda model: {"forget_acc": 1.0, "utility": 1.0},
-        progress=False,
+        options=UnlearnOptions(progress=False),
     )
     assert result.data.source == "evaluator"
     assert result.data.gradient_forget == 6  # the user's evaluator: nothing is held out

@@ -25,17 +25,18 @@ from hf_slug import (
     ZeroShotTask,
     testing,
 )
-from hf_slug.families.clip import block_index, candidate_names, short_name
-from hf_slug.families.vlm import (
-    VLMIdentityEvaluator,
-    before_after_table,
+from hf_slug.hosts.base import before_after_table
+from hf_slug.hosts.vlm import (
+    VLMOptions,
     check_same_tower,
-    score_answers,
     unlearn_vlm,
     usable_vision_blocks,
     vision_tower_of,
 )
+from hf_slug.hosts.vlm_evaluation import AskSettings, VLMIdentityEvaluator, score_answers
 from hf_slug.model import SLUGModel
+from hf_slug.options import UnlearnOptions
+from hf_slug.towers import block_index, candidate_names, short_name
 
 BLOCKS = 3  # vision blocks of the tiny CLIP; LLaVA's default feature layer -2 leaves out block 2
 PEOPLE = ["Ada Byron", "Ada Byron", "Bob Stone", "Cleo Dune"]
@@ -114,8 +115,10 @@ def world():
         (random_images(4, seed=1), ["Ada Byron"] * 4),
         retain,
         SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
-        evaluator=in_sample(clip_processor, (random_images(4, seed=1), None), "Ada Byron"),
-        progress=False,
+        options=VLMOptions(
+            evaluator=in_sample(clip_processor, (random_images(4, seed=1), None), "Ada Byron"),
+            unlearn=UnlearnOptions(progress=False),
+        ),
     )
     assert ada.converged
     other = next(
@@ -130,8 +133,10 @@ def world():
         (random_images(4, seed=3), ["Bob Stone"] * 4),
         retain,
         SLUGConfig(concept="Bob Stone", candidate_labels=LABELS, layer=short_name(other)),
-        evaluator=in_sample(clip_processor, (random_images(4, seed=3), None), "Bob Stone"),
-        progress=False,
+        options=VLMOptions(
+            evaluator=in_sample(clip_processor, (random_images(4, seed=3), None), "Bob Stone"),
+            unlearn=UnlearnOptions(progress=False),
+        ),
     )
     assert bob.converged
     return dict(
@@ -179,6 +184,8 @@ def test_feature_layers_reaching_no_block_or_out_of_range_are_refused(world, fea
 def test_blocks_above_the_feature_layer_are_never_candidates(world):
     ada = world["ada"]
     assert ada.usable_blocks == (0, 1)
+    assert [run.component for run in ada.runs] == ["vision_tower"]  # one typed run
+    assert ada.vision_tower == "model.vision_tower" and ada.run.delta is ada.delta
     scored = {block_index(n)[0] for s in ada.result.layers for n in s.names}
     searched = {block_index(n)[0] for s in ada.result.searches for n in s.names}
     assert scored == {0, 1} and searched <= {0, 1}
@@ -194,7 +201,7 @@ def test_blocks_above_the_feature_layer_are_never_candidates(world):
             SLUGConfig(
                 concept="Ada Byron", candidate_labels=LABELS, layer="vision.L2.fc1", **PLUMBING
             ),
-            progress=False,
+            options=UnlearnOptions(progress=False),
         )
 
 
@@ -290,7 +297,7 @@ def test_a_different_vision_tower_is_refused_before_any_computation(world, monke
     def must_not_run(*args, **kwargs):
         raise AssertionError("gradients were computed for a mismatched tower")
 
-    monkeypatch.setattr("hf_slug.families.vlm.unlearn", must_not_run)
+    monkeypatch.setattr("hf_slug.hosts.vlm.unlearn_on_host", must_not_run)
     config = SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, **PLUMBING)
     data = (random_images(2, seed=1), ["Ada Byron"] * 2)
     for clip, match in [
@@ -316,7 +323,7 @@ def test_a_half_precision_vlm_passes_the_check_and_gets_a_delta_for_its_own_tens
         (random_images(4, seed=1), ["Ada Byron"] * 4),
         world["retain"],
         SLUGConfig(concept="Ada Byron", candidate_labels=LABELS, layer="vision.L1.fc1", **PLUMBING),
-        progress=False,
+        options=UnlearnOptions(progress=False),
     )
     (name,) = out.delta.names
     assert out.delta.config.targets[name].dtype == "float16"
@@ -415,7 +422,7 @@ def test_identity_questions_generate_end_to_end_before_and_after(world):
         return 0.25
 
     evaluator = VLMIdentityEvaluator(
-        processor, images, PEOPLE, "Ada Byron", max_new_tokens=3, batch_size=3,
+        processor, images, PEOPLE, "Ada Byron", settings=AskSettings(max_new_tokens=3, batch_size=3),
         capability_probe=probe,
     )  # fmt: skip
     assert evaluator.prompt == "USER: <image>\nWho is in this image? ASSISTANT:"
@@ -457,12 +464,20 @@ def test_prompt_comes_from_the_chat_template_or_a_given_template(world):
     processor = copy.deepcopy(world["processor"])
     images = random_images(2, seed=6)
     custom = VLMIdentityEvaluator(
-        processor, images, PEOPLE[:2], "Ada Byron", prompt_template="<image> {question}"
+        processor,
+        images,
+        PEOPLE[:2],
+        "Ada Byron",
+        settings=AskSettings(prompt_template="<image> {question}"),
     )
     assert custom.prompt == "<image> Who is in this image?"
     with pytest.raises(ValueError, match="image token"):
         _ = VLMIdentityEvaluator(
-            processor, images, PEOPLE[:2], "Ada Byron", prompt_template="Q: {question}"
+            processor,
+            images,
+            PEOPLE[:2],
+            "Ada Byron",
+            settings=AskSettings(prompt_template="Q: {question}"),
         ).prompt
     processor.chat_template = (
         "{% for m in messages %}{{ m['role'] }} : {% for c in m['content'] %}"
@@ -470,7 +485,11 @@ def test_prompt_comes_from_the_chat_template_or_a_given_template(world):
         "{% endfor %}{% if add_generation_prompt %} assistant :{% endif %}"
     )
     evaluator = VLMIdentityEvaluator(
-        processor, images, PEOPLE[:2], "Ada Byron", question="who is this ?", max_new_tokens=2
+        processor,
+        images,
+        PEOPLE[:2],
+        "Ada Byron",
+        settings=AskSettings("who is this ?", max_new_tokens=2),
     )
     assert evaluator.prompt == "user : <image>\nwho is this ? assistant :"
     answers = evaluator.answers(world["vlm"])
@@ -499,7 +518,7 @@ def test_scoring_and_evaluator_errors(world):
     with pytest.raises(ValueError, match="no image is labelled"):
         VLMIdentityEvaluator(world["processor"], random_images(1), ["Bob Stone"], "Ada Byron")
     clash = VLMIdentityEvaluator(
-        world["processor"], random_images(1), ["Ada Byron"], "Ada Byron", max_new_tokens=1,
+        world["processor"], random_images(1), ["Ada Byron"], "Ada Byron", settings=AskSettings(max_new_tokens=1),
         capability_probe=lambda model: {"forget_acc": 1.0},
     )  # fmt: skip
     with pytest.raises(ValueError, match="taken"):
@@ -519,11 +538,12 @@ def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
             (random_images(4, seed=1), ["Ada Byron"] * 4),
             world["retain"],
             SLUGConfig(concept="Ada Byron", candidate_labels=LABELS),
-            evaluator=in_sample(
-                world["clip_processor"], (random_images(4, seed=1), None), "Ada Byron"
+            options=VLMOptions(
+                evaluator=in_sample(
+                    world["clip_processor"], (random_images(4, seed=1), None), "Ada Byron"
+                ),
+                unlearn=UnlearnOptions(on_top_of=[ada.deltas], progress=False),
             ),
-            on_top_of=[ada.deltas],
-            progress=False,
         )
     assert again.result.before["forget_acc"] == pytest.approx(ada.after["forget_acc"])
     assert again.result.before["forget_acc"] < ada.before["forget_acc"]

@@ -18,8 +18,12 @@ from hf_slug.demo.protocol import forget_pairs, retain_pairs
 from hf_slug.demo.run import load_embedded
 from hf_slug.demo.vlm import ask, load_embedded_vlm
 from hf_slug.demo.world import World
-from hf_slug.families.vlm import VLMIdentityEvaluator, unlearn_vlm
-from hf_slug.families.vlm_criterion import VLMAnswerEvaluator, answer_gradients
+from hf_slug.hosts.vlm import VLMOptions, unlearn_vlm
+from hf_slug.hosts.vlm_criterion import VLMAnswerEvaluator, answer_gradients
+from hf_slug.hosts.vlm_evaluation import AskSettings, VLMIdentityEvaluator
+from hf_slug.options import UnlearnOptions
+
+QUIET = UnlearnOptions(progress=False)
 
 TARGET = "Clara Alderwick"
 QUESTION = "Who is the person in this photo?"  # a held-out phrasing (never trained on)
@@ -46,7 +50,7 @@ def test_clip_criterion_is_met_while_the_vlm_still_names_the_person(setup):
     clip, clip_processor, vlm, processor, (forget, retain), views, config = setup
     assert named(vlm, processor, views) == 1.0
     with pytest.warns(UserWarning, match="pooled class token"):
-        out = unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, progress=False)
+        out = unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, options=QUIET)
     assert out.converged and out.result.after["forget_acc"] == 0.0  # CLIP is satisfied
     slug = SLUGModel(vlm)
     slug.add_adapter("clip", out.delta)
@@ -65,7 +69,7 @@ def test_the_vlm_criterion_makes_it_stop_and_keeps_the_language_model(setup):
         warnings.simplefilter("always")
         out = unlearn_vlm(
             vlm, clip, clip_processor, forget, retain, config, vlm_processor=processor,
-            progress=False,
+            options=QUIET,
         )  # fmt: skip
     assert not [w for w in caught if "pooled class token" in str(w.message)]
     assert out.converged and out.result.data.source == "validation"
@@ -82,7 +86,9 @@ def test_the_vlm_criterion_makes_it_stop_and_keeps_the_language_model(setup):
 
 def test_an_answer_evaluator_restores_the_tower_and_scores_what_the_vlm_says(setup):
     clip, _, vlm, processor, _, views, _ = setup
-    judge = VLMIdentityEvaluator(processor, views[:2], [TARGET] * 2, TARGET, question=QUESTION)
+    judge = VLMIdentityEvaluator(
+        processor, views[:2], [TARGET] * 2, TARGET, settings=AskSettings(QUESTION)
+    )
     evaluator = VLMAnswerEvaluator(vlm, clip, judge)
     before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
     name = "vision_model.encoder.layers.0.mlp.fc2.weight"
@@ -110,13 +116,16 @@ def test_an_answer_evaluator_restores_the_tower_and_scores_what_the_vlm_says(set
 def test_bad_criteria_are_typed_errors(setup, kwargs, match):
     clip, clip_processor, vlm, _, (forget, retain), _, config = setup
     with pytest.raises(ConfigError, match=match):
-        unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, progress=False, **kwargs)
+        options = VLMOptions(unlearn=QUIET, **kwargs)
+        unlearn_vlm(vlm, clip, clip_processor, forget, retain, config, options=options)
 
 
 def test_answer_gradients_reach_only_the_blocks_the_language_model_reads(setup):
     clip, _, vlm, processor, _, views, _ = setup
     flags = {n: p.requires_grad for n, p in vlm.named_parameters()}
-    judge = VLMIdentityEvaluator(processor, views[:4], [TARGET] * 4, TARGET, question=QUESTION)
+    judge = VLMIdentityEvaluator(
+        processor, views[:4], [TARGET] * 4, TARGET, settings=AskSettings(QUESTION)
+    )
     grads = answer_gradients(vlm, clip, [(judge, [True] * 4)])
     assert {n: p.requires_grad for n, p in vlm.named_parameters()} == flags  # restored
     clip_names = {n for n, _ in clip.named_parameters()}

@@ -7,7 +7,8 @@ relearning also teach the *original* model a concept it never knew (`reference_i
 numbers have a scale.
 
 Example:
-    >>> report = audit(model, processor, delta, "Ada Byron", names, held_out)  # doctest: +SKIP
+    >>> target = AuditTarget("Ada Byron", names, held_out)  # doctest: +SKIP
+    >>> report = audit(model, processor, delta, target)  # doctest: +SKIP
     >>> print(report.to_markdown())  # doctest: +SKIP
     >>> report.save("deltas/ada")  # slug_audit.json / .md / .png beside the delta  # doctest: +SKIP
 """
@@ -29,9 +30,10 @@ from tqdm.auto import tqdm
 from ..audit_report import AUDIT_NAME, AuditReport, ProbeRow
 from ..delta import ConceptDelta
 from ..errors import ConfigError
-from ..families.clip import require_clip
+from ..towers import require_clip
 from .phrasings import KINDS, name_variants, templates
 from .probes import (
+    RelearnSettings,
     Scorer,
     augmentation_rates,
     learned_prompt_curve,
@@ -40,7 +42,15 @@ from .probes import (
     relearn_steps,
 )
 
-__all__ = ["AUDIT_NAME", "AuditBudget", "AuditReport", "ProbeRow", "audit"]
+__all__ = [
+    "AUDIT_NAME",
+    "AuditBudget",
+    "AuditReport",
+    "AuditTarget",
+    "ProbeRow",
+    "RelearnSettings",
+    "audit",
+]
 
 NEW_NAME = "Quill Varanov"  # the never-known concept's name in the reference runs
 
@@ -83,36 +93,73 @@ class AuditBudget:
             f"unknown audit budget {budget!r}: use 'quick', 'full' or AuditBudget(...)."
         )
 
+    def relearn(self) -> RelearnSettings:
+        """The relearning probe's settings: `relearn_max_steps` steps at `relearn_lr`.
+
+        Example:
+            >>> AuditBudget.quick().relearn()
+            RelearnSettings(max_steps=20, lr=0.0001)
+        """
+        return RelearnSettings(max_steps=self.relearn_max_steps, lr=self.relearn_lr)
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """What the audit probes: a concept, every candidate name, and held-out views of it.
+
+    `names` holds every candidate name, the `concept` among them. `images` are held-out views of
+    the concept (≥ 4): phrasing and image probes score them all; the learned prompt and
+    relearning train on every other view and score the rest. `kind` ("identity", "object",
+    "style" or "concept") chooses templates and name variants. `reference_images` (optional) are
+    views of a concept the original never knew: the scale for inversion and relearning, also
+    pushed towards the concept by PGD.
+
+    Example:
+        >>> from hf_slug.testing import random_images
+        >>> target = AuditTarget("Ada Byron", ["Ada Byron", "Alan Turing"], random_images(4))
+        >>> target.kind, len(target.images)
+        ('identity', 4)
+    """
+
+    concept: str
+    names: Sequence[str]
+    images: Sequence[Image.Image]
+    kind: str = "identity"
+    reference_images: Sequence[Image.Image] | None = None
+
 
 def audit(
     model: nn.Module,
     processor: Any,
     deltas: Any,
-    concept: str,
-    names: Sequence[str],
-    images: Sequence[Image.Image],
+    target: AuditTarget,
     *,
-    kind: str = "identity",
-    reference_images: Sequence[Image.Image] | None = None,
     budget: str | AuditBudget = "quick",
 ) -> AuditReport:
-    """Probe a CLIPModel edited by `deltas` for `concept`, against the original `model`.
+    """Probe a CLIPModel edited by `deltas` for `target.concept`, against the original `model`.
 
     Args:
         model: the original CLIPModel the deltas were computed on (left unchanged).
         deltas: a `ConceptDelta`, a list of them, a `SLUGModel` (its active adapters and
             weights), or a model edited from `model` by another method (to compare methods).
-        concept, names: the concept and every candidate name (the concept among them).
-        images: held-out views of the concept (≥ 4). Phrasing and image probes score them all;
-            the learned prompt and relearning train on every other view and score the rest.
-        kind: "identity", "object", "style" or "concept" (chooses templates and name variants).
-        reference_images: views of a concept the original never knew (scale for inversion and
-            relearning; also pushed towards the concept by PGD). Optional.
+        target: the concept, its candidate names, held-out views and kind (`AuditTarget`).
         budget: "quick", "full" or an `AuditBudget`.
+
+    Example:
+        >>> target = AuditTarget("Ada Byron", names, held_out)  # doctest: +SKIP
+        >>> report = audit(model, processor, delta, target)  # doctest: +SKIP
+        >>> report.save("deltas/ada")  # doctest: +SKIP
     """
+    if not isinstance(target, AuditTarget):
+        raise ConfigError(
+            f"the audit's target is a {type(target).__name__}, not an AuditTarget: pass "
+            "AuditTarget(concept, names, images, kind=..., reference_images=...)."
+        )
     budget = AuditBudget.named(budget)
     require_clip(model)
-    names, images = list(names), [im.convert("RGB") for im in _images(images, "images")]
+    concept, kind = target.concept, target.kind
+    names = list(target.names)
+    images = [im.convert("RGB") for im in _images(target.images, "images")]
     if concept not in names:
         raise ConfigError(
             f"{concept!r} is not among the {len(names)} names: pass every candidate name, the "
@@ -125,11 +172,12 @@ def audit(
             f"the audit needs at least 4 held-out views of {concept!r} (half to attack, half to "
             f"score), got {len(images)}: pass more images the search never saw."
         )
-    reference = _images(reference_images, "reference_images") if reference_images else None
+    given = target.reference_images
+    reference = _images(given, "reference_images") if given else None
     original = _original(model, deltas)
-    edited, targets = _edited(original, deltas)
+    edited, edited_names = _edited(original, deltas)
     attack, held_out = images[::2], images[1::2]
-    target = names.index(concept)
+    index = names.index(concept)
     started = time.perf_counter()
     rows: list[ProbeRow] = []
     curves: dict[str, list[tuple[int, float]]] = {}
@@ -139,13 +187,11 @@ def audit(
         for step in bar:
             bar.set_postfix_str(step)
             if step == "phrasings":
-                rows += _phrasing_rows(scorers, images, names, target, kind, budget)
+                rows += _phrasing_rows(scorers, images, names, index, kind, budget)
             elif step == "image":
-                rows += _image_rows(scorers, images, names, target, reference, budget)
+                rows += _image_rows(scorers, images, names, index, reference, budget)
             elif step == "learned prompt":
-                row, curves = _inversion(
-                    scorers, attack, held_out, names, target, reference, budget
-                )
+                row, curves = _inversion(scorers, attack, held_out, names, index, reference, budget)
                 rows.append(row)
             else:
                 rows += _relearn_rows(
@@ -155,8 +201,8 @@ def audit(
                     attack,
                     held_out,
                     names,
-                    target,
-                    targets,
+                    index,
+                    edited_names,
                     reference,
                     budget,
                 )
@@ -322,7 +368,7 @@ def _relearn_rows(
     rows = []
     for family, only in (("relearn (all weights)", None), ("relearn (edited layers)", targets)):
         for n in budget.relearn_sizes:
-            kwargs = {"only": only, "max_steps": budget.relearn_max_steps, "lr": budget.relearn_lr}
+            kwargs = {"only": only, "settings": budget.relearn()}
             train = attack[:n]
             steps = {
                 "edited": relearn_steps(

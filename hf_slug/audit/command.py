@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """The `audit` command: cheap checks first, then the probes."""
     from ..delta import ConceptDelta
     from ..hub import resolve_delta_folder
-    from . import audit
+    from . import AuditTarget, audit
 
     sources = [existing_source(d, "delta") for d in args.delta]
     images_dir = existing_folder(args.images, "--images") if args.images else None
@@ -62,17 +62,8 @@ def run(args: argparse.Namespace) -> int:
         images, names, reference = _images(images_dir), given, None
     if reference_dir is not None:
         reference = _images(reference_dir)
-    report = audit(
-        model,
-        processor,
-        deltas,
-        concept,
-        names,
-        images,
-        kind=kind,
-        reference_images=reference,
-        budget="quick" if args.quick else "full",
-    )
+    target = AuditTarget(concept, names, images, kind=kind, reference_images=reference)
+    report = audit(model, processor, deltas, target, budget="quick" if args.quick else "full")
     report.save(out)
     print(report.to_markdown())
     print(f"written: {out}/slug_audit.json, slug_audit.md, slug_audit.png")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch import nn
 
-from ..families.clip import encode_images, encode_texts
+from ..towers import encode_images, encode_texts
 
 
 @dataclass
@@ -218,6 +218,19 @@ def learned_prompt_curve(
     return curve
 
 
+@dataclass(frozen=True)
+class RelearnSettings:
+    """How the relearning probe fine-tunes: at most `max_steps` Adam steps at learning rate `lr`.
+
+    Example:
+        >>> RelearnSettings(max_steps=60).lr
+        0.0001
+    """
+
+    max_steps: int = 30
+    lr: float = 1e-4
+
+
 def relearn_steps(
     model: nn.Module,
     processor: Any,
@@ -227,14 +240,21 @@ def relearn_steps(
     target: int,
     *,
     only: Sequence[str] | None = None,
-    max_steps: int = 30,
-    lr: float = 1e-4,
+    settings: RelearnSettings | None = None,
 ) -> int | None:
     """Fine-tuning steps on `train_images` (labelled `target`) until FA@1 of `eval_images` ≥ 0.5.
 
-    Trains a copy (all weights, or only the parameters named in `only`); None when `max_steps`
-    do not suffice. 0 means the model recognises the concept before any step.
+    Trains a copy (all weights, or only the parameters named in `only`) with `settings`
+    (default `RelearnSettings()`: 30 steps, lr 1e-4); None when `settings.max_steps` do not
+    suffice. 0 means the model recognises the concept before any step.
+
+    Example:
+        >>> fast = RelearnSettings(max_steps=20)
+        >>> relearn_steps(clip, proc, train, test, prompts, 0, settings=fast)  # doctest: +SKIP
+        3
     """
+    settings = settings or RelearnSettings()
+    max_steps = settings.max_steps
     student = copy.deepcopy(model).train()
     params = dict(student.named_parameters())
     chosen = [params[n] for n in only] if only else list(params.values())
@@ -246,7 +266,7 @@ def relearn_steps(
     train_pixels, eval_pixels = scorer.pixels(train_images), scorer.pixels(eval_images)
     tokens = scorer.tokens(prompts)
     labels = torch.full((len(train_pixels),), target)
-    optimizer = torch.optim.Adam(chosen, lr=lr)
+    optimizer = torch.optim.Adam(chosen, lr=settings.lr)
     for step in range(max_steps + 1):
         with torch.no_grad():
             text_f = F.normalize(

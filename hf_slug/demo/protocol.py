@@ -31,28 +31,14 @@ def utility_tasks(world: World, split: str, per_concept: int = 3) -> list[ZeroSh
     """Zero-shot objects, styles and digits on held-out views and prompts."""
     scenes = world.samples("object_style", split, max(1, per_concept // 2))
     digits = world.samples("digit", split, per_concept * 2)
+    parts = (  # task (and prompt kind), its scenes, their labels, the candidate labels
+        ("object", scenes, [s.label for s in scenes], world.objects),
+        ("style", scenes, [s.style or "" for s in scenes], world.styles),
+        ("digit", digits, [s.label for s in digits], world.digits),
+    )
     return [
-        ZeroShotTask(
-            "object",
-            [s.image for s in scenes],
-            [s.label for s in scenes],
-            world.objects,
-            prompts=world.prompts("object"),
-        ),
-        ZeroShotTask(
-            "style",
-            [s.image for s in scenes],
-            [s.style or "" for s in scenes],
-            world.styles,
-            prompts=world.prompts("style"),
-        ),
-        ZeroShotTask(
-            "digit",
-            [s.image for s in digits],
-            [s.label for s in digits],
-            world.digits,
-            prompts=world.prompts("digit"),
-        ),
+        ZeroShotTask(name, [s.image for s in views], truth, names, prompts=world.prompts(name))
+        for name, views, truth, names in parts
     ]
 
 
@@ -138,30 +124,16 @@ def concept_evaluator(
     other_labels = world.styles if kind == "object" else world.objects
     mine = [s for s in scenes if label(s) == target]
     rest = [s for s in scenes if label(s) != target]
+    parts = (  # task, its scenes, their labels, the candidate labels, whose prompts
+        ("forget", mine, [target] * len(mine), labels, kind),
+        ("in_domain", rest, [label(s) for s in rest], labels, kind),
+        ("cross_domain", scenes, [cross(s) for s in scenes], other_labels, other),
+    )
     return ZeroShotEvaluator(
         processor,
         [
-            ZeroShotTask(
-                "forget",
-                [s.image for s in mine],
-                [target] * len(mine),
-                labels,
-                prompts=world.prompts(kind),
-            ),
-            ZeroShotTask(
-                "in_domain",
-                [s.image for s in rest],
-                [label(s) for s in rest],
-                labels,
-                prompts=world.prompts(kind),
-            ),
-            ZeroShotTask(
-                "cross_domain",
-                [s.image for s in scenes],
-                [cross(s) for s in scenes],
-                other_labels,
-                prompts=world.prompts(other),
-            ),
+            ZeroShotTask(name, [s.image for s in views], truth, names, prompts=world.prompts(k))
+            for name, views, truth, names, k in parts
         ],
     )
 

@@ -22,9 +22,10 @@ from ..config import SLUGConfig
 from ..delta import ConceptDelta
 from ..evaluation import ZeroShotEvaluator, ZeroShotTask
 from ..model import SLUGModel
+from ..options import UnlearnOptions
 from ..plots import plot_similarity
-from ..stacking import StackRequest, unlearn_stack
-from ..unlearn import unlearn
+from ..request import ConceptRequest
+from ..stacking import unlearn_stack
 from .protocol import forget_pairs, identity_evaluator, identity_report, retain_pairs
 from .world import World
 
@@ -80,7 +81,7 @@ def run_demo(
     test_all = identity_evaluator(world, processor, list(targets), "test", **size)
 
     requests = {
-        t: StackRequest(
+        t: ConceptRequest(
             forget_pairs(world, t, n_forget),
             retain_pairs(world, exclude=targets, per_concept=n_retain),
             SLUGConfig(concept=t, candidate_labels=world.identities, **settings),
@@ -90,15 +91,7 @@ def run_demo(
     }
     for target, r in requests.items():
         t0 = time.perf_counter()
-        result = unlearn(
-            model,
-            processor,
-            r.forget,
-            r.retain,
-            r.config,
-            evaluator=r.evaluator,
-            cache_dir=out / "gradients",
-        )
+        result = r.unlearn(model, processor, UnlearnOptions(cache_dir=out / "gradients"))
         elapsed = time.perf_counter() - t0
         if not result.converged:
             raise RuntimeError(f"the search did not converge for {target}: {result.report()}")

@@ -4,7 +4,7 @@
 4 × 12 × 12) and a DDIM scheduler; its `text_encoder` and `tokenizer` are the embedded CLIP's
 own text tower and tokenizer (`hf_slug/demo/embedded_clip`), read from there at load instead of
 stored twice. `check_text_encoder(pipe, clip)` therefore passes against the embedded CLIP, and
-SLUG's text-encoder edits (`hf_slug.families.diffusion.unlearn_pipeline`) act on it.
+SLUG's text-encoder edits (`hf_slug.hosts.diffusion.unlearn_pipeline`) act on it.
 `scripts/train_embedded_t2i.py` trains it; `model_cards/embedded_t2i.md` describes it.
 
 Plain diffusers loads it too (no hf_slug code):
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from .folders import checked_folder, retrain
 
 EMBEDDED_T2I = Path(__file__).parent / "embedded_t2i"
 EMBEDDED_CLIP = Path(__file__).parent / "embedded_clip"
@@ -61,15 +61,8 @@ def embedded_t2i_path(path: str | Path = EMBEDDED_T2I) -> Path:
         >>> embedded_t2i_path().name  # doctest: +SKIP
         'embedded_t2i'
     """
-    folder = Path(path)
-    missing = [name for name in FILES if not (folder / name).is_file()]
-    if missing:
-        raise ConfigError(
-            f"the embedded text-to-image pipeline is missing {missing} in {folder}: reinstall "
-            "hf_slug (the folder ships as package data), or train it again with "
-            f"`python scripts/train_embedded_t2i.py --out {folder}`."
-        )
-    return folder
+    what = "the embedded text-to-image pipeline"
+    return checked_folder(path, FILES, what, retrain("train_embedded_t2i.py"))
 
 
 def load_text_encoder(clip_path: str | Path = EMBEDDED_CLIP) -> tuple[Any, Any]:
@@ -77,13 +70,12 @@ def load_text_encoder(clip_path: str | Path = EMBEDDED_CLIP) -> tuple[Any, Any]:
     from transformers import CLIPTextModel, CLIPTokenizer
     from transformers.utils import logging as hf_logging
 
-    folder = Path(clip_path)
-    missing = [name for name in CLIP_FILES if not (folder / name).is_file()]
-    if missing:
-        raise ConfigError(
-            f"the embedded CLIP (the pipeline's text encoder) is missing {missing} in {folder}: "
-            "reinstall hf_slug, or train it with scripts/train_embedded.py."
-        )
+    folder = checked_folder(
+        clip_path,
+        CLIP_FILES,
+        "the embedded CLIP (the pipeline's text encoder)",
+        "reinstall hf_slug, or train it with scripts/train_embedded.py.",
+    )
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the vision tower's tensors are unused here, as expected
     try:
@@ -126,7 +118,7 @@ def generate(
     """One PIL image per (prompt, seed), several per pipeline call.
 
     The image of seed `s` starts from a CPU generator seeded `s`, as
-    `hf_slug.families.diffusion.generate_images` seeds its one-image calls, so both give the
+    `hf_slug.hosts.generation.generate_images` seeds its one-image calls, so both give the
     same starting noise. `pipe` may be a pipeline or a `SLUGModel` wrapping one.
     """
     jobs = [(p, s) for p in prompts for s in seeds]

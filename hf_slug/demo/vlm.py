@@ -1,7 +1,7 @@
 """The embedded VLM: a small trained `LlavaForConditionalGeneration` on the demo world.
 
 Its vision tower is the embedded CLIP's (`hf_slug/demo/embedded_clip`), frozen and bit-identical,
-so SLUG's gradients for it come from that CLIPModel (`hf_slug.families.vlm.unlearn_vlm`); its
+so SLUG's gradients for it come from that CLIPModel (`hf_slug.hosts.vlm.unlearn_vlm`); its
 projector and tiny Llama-style language model were trained by `scripts/train_embedded_vlm.py` to
 answer "Who is in this picture?" with the person's name, "What is shown?" with the object and
 "In which style?" with the style (model card: `model_cards/embedded_vlm.md`). The folder loads
@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .folders import checked_folder, retrain
+
 EMBEDDED_VLM = Path(__file__).parent / "embedded_vlm"
 FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json")
 
@@ -39,15 +41,8 @@ def embedded_vlm_path(path: str | Path = EMBEDDED_VLM) -> Path:
         >>> embedded_vlm_path().name  # doctest: +SKIP
         'embedded_vlm'
     """
-    folder = Path(path)
-    missing = [name for name in FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"the embedded VLM is missing {missing} in {folder}: reinstall hf_slug (the folder "
-            "ships as package data), or train it again with "
-            f"`python scripts/train_embedded_vlm.py --out {folder}`."
-        )
-    return folder
+    fix = retrain("train_embedded_vlm.py")
+    return checked_folder(path, FILES, "the embedded VLM", fix, FileNotFoundError)
 
 
 def load_embedded_vlm(path: str | Path = EMBEDDED_VLM) -> tuple[Any, Any]:

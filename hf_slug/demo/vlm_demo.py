@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from ..config import SLUGConfig
-from ..families.vlm import unlearn_vlm
+from ..hosts.vlm import VLMOptions, unlearn_vlm
 from ..model import SLUGModel
+from ..options import UnlearnOptions
 from .protocol import forget_pairs, retain_pairs
 from .run import load_embedded
 from .vlm import ask, load_embedded_vlm
@@ -59,9 +60,10 @@ def run_vlm_demo(out: str | Path, target: str = TARGET, quick: bool = False) -> 
         start = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the CLIP criterion's warning is the point here
+            options = VLMOptions(criterion=criterion, unlearn=UnlearnOptions(progress=not quick))
             result = unlearn_vlm(
-                vlm, clip, clip_processor, forget, retain, config, progress=not quick,
-                vlm_processor=processor if criterion == "vlm" else None, criterion=criterion,
+                vlm, clip, clip_processor, forget, retain, config,
+                vlm_processor=processor if criterion == "vlm" else None, options=options,
             )  # fmt: skip
         seconds = time.perf_counter() - start
         if not result.converged:

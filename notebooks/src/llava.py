@@ -211,7 +211,7 @@ forget[0][0].resize((96, 96))
 # %%
 from IPython.display import Image, display
 
-from hf_slug import SLUGConfig, unlearn_vlm
+from hf_slug import SLUGConfig, UnlearnOptions, VLMOptions, unlearn_vlm
 
 
 def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
@@ -227,9 +227,10 @@ def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
         forget_set(name),
         retain_set(exclude),
         config,
-        evaluator=held_out(scored_on or name, "val"),
-        on_top_of=on_top_of,
-        progress=not QUICK,
+        options=VLMOptions(
+            evaluator=held_out(scored_on or name, "val"),
+            unlearn=UnlearnOptions(on_top_of=on_top_of, progress=not QUICK),
+        ),
     )
 
 
@@ -255,7 +256,7 @@ display(Image(filename=str(out.result.plot_pareto("pareto.png"))))
 # %%
 import matplotlib.pyplot as plt
 
-from hf_slug import SLUGModel, VLMIdentityEvaluator
+from hf_slug import AskSettings, SLUGModel, VLMIdentityEvaluator
 
 slug = SLUGModel(vlm)
 A1, A2 = (f"no_{name.lower().replace(' ', '_')}" for name in (CONCEPT, SECOND))
@@ -268,7 +269,7 @@ ask = VLMIdentityEvaluator(
     [im for im, _ in test_photos],
     [name for _, name in test_photos],
     target=CONCEPT,
-    max_new_tokens=MAX_NEW_TOKENS,
+    settings=AskSettings(max_new_tokens=MAX_NEW_TOKENS),
 )
 comparison = ask.before_after(slug)
 print(comparison.table())
@@ -383,9 +384,7 @@ slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")
 clip_side([out.result, out2.result], [CONCEPT, SECOND])
 
-ask2 = VLMIdentityEvaluator(
-    processor, ask.images, ask.names, target=SECOND, max_new_tokens=MAX_NEW_TOKENS
-)
+ask2 = VLMIdentityEvaluator(processor, ask.images, ask.names, target=SECOND, settings=ask.settings)
 comparison2 = ask2.before_after(slug)
 print(comparison2.table())
 answers_figure(comparison2, "answers_stacked.png")

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import UnknownLayerError, UnsupportedModelError
+from .errors import UnknownLayerError, UnsupportedModelError
 
 TowerKind = Literal["vision", "text"]
 BLOCK_WEIGHTS = (

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from ..evaluation import Evaluator, Metrics
+from ..towers import tower_of
 from ..validation import EvaluationData, named_label
-from .clip import tower_of
-from .vlm import VLMIdentityEvaluator, vision_tower_of
+from .vlm import vision_tower_of
+from .vlm_evaluation import AskSettings, VLMIdentityEvaluator
 
 CRITERIA = ("vlm", "clip")
 KEPT_QUESTION = "What is shown in this image?"
@@ -67,10 +68,7 @@ class VLMAnswerEvaluator(Evaluator):
             [im for im, name in zip(judge.images, judge.names) if name == judge.target],
             [judge.target] * judge.names.count(judge.target),
             judge.target,
-            question=judge.question,
-            prompt_template=judge.prompt_template,
-            max_new_tokens=judge.max_new_tokens,
-            batch_size=judge.batch_size,
+            settings=judge.settings,
         )
 
     def __call__(self, model: nn.Module) -> Metrics:
@@ -138,7 +136,7 @@ def answer_judges(
         return judge, None
     # `names` only satisfy the evaluator's bookkeeping: `kept` compares answers, not names
     kept = VLMIdentityEvaluator(
-        vlm_processor, rest, [concept] * len(rest), concept, question=KEPT_QUESTION
+        vlm_processor, rest, [concept] * len(rest), concept, settings=AskSettings(KEPT_QUESTION)
     )
     return judge, kept
 
