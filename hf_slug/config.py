@@ -36,10 +36,6 @@ WEIGHTS_NAME = "slug_model.safetensors"
 STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, active flags
 
 
-def _version() -> str:
-    return __version__
-
-
 TOWERS = ("vision", "text")
 CAPTION_MODES = ("original", "concept_name")
 DELTA_FORMATS = ("dense", "lowrank")
@@ -287,12 +283,21 @@ class UnlearningConfig:
     rank: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    hf_slug_version: str = field(default_factory=_version)
+    hf_slug_version: str = __version__
 
     @property
     def target_modules(self) -> list[str]:
         """The targeted parameter names."""
         return list(self.targets)
+
+    @property
+    def component_steps(self) -> dict[str, float]:
+        """Each edited component's step: two for a delta on both SDXL encoders, else one."""
+        parts = self.metrics.get("components") if isinstance(self.metrics, dict) else None
+        if not isinstance(parts, dict) or not parts:
+            return {self.component or "": self.step}
+        steps = {n: finite_real(p.get("step")) for n, p in parts.items() if isinstance(p, dict)}
+        return {n: self.step if step is None else step for n, step in steps.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -203,12 +203,9 @@ def _audit_section(folder: Path, configs: dict[str, UnlearningConfig]) -> str:
 
 def _steps(config: UnlearningConfig) -> str:
     """The step, or one per component for a delta that edits several (SDXL's two encoders)."""
-    parts = (config.metrics or {}).get("components", {})
-    if isinstance(parts, dict) and len(parts) > 1:
-        return ", ".join(
-            f"{name}: {_number(part.get('step') if isinstance(part, dict) else None, '.4g')}"
-            for name, part in parts.items()
-        )
+    steps = config.component_steps
+    if len(steps) > 1:
+        return ", ".join(f"{name}: {step:.4g}" for name, step in steps.items())
     return f"{config.step:.4g}"
 
 

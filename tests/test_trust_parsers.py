@@ -273,3 +273,28 @@ SLUG_CONFIGS = [
 def test_slug_config_fields_are_checked_before_any_work(case, kwargs):
     with pytest.raises(ConfigError, match="must be|got"):
         SLUGConfig(**{"concept": "Ada Byron", **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("component", "metrics", "expected"),
+    [
+        (None, {}, {"": 0.3}),
+        ("text_encoder", {"components": "not a table"}, {"text_encoder": 0.3}),
+        (
+            "text_encoder+text_encoder_2",
+            {"components": {"text_encoder": {"step": 0.2}, "text_encoder_2": {"step": 0.5}}},
+            {"text_encoder": 0.2, "text_encoder_2": 0.5},
+        ),
+        (
+            "text_encoder+text_encoder_2",
+            {"components": {"text_encoder": {"step": "x"}, "text_encoder_2": {}}},
+            {"text_encoder": 0.3, "text_encoder_2": 0.3},
+        ),
+    ],
+    ids=["one-component", "damaged-table", "sdxl-two-steps", "bad-step-falls-back"],
+)
+def test_component_steps_are_typed(component, metrics, expected):
+    from hf_slug.config import UnlearningConfig
+
+    config = UnlearningConfig("Ada Byron", 0.3, {}, component=component, metrics=metrics)
+    assert config.component_steps == expected

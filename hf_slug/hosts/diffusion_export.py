@@ -96,7 +96,7 @@ def select_components(delta: ConceptDelta, components: str | Sequence[str]) -> C
     parts = metrics.get("components", {}) if isinstance(metrics, dict) else {}
     if len(wanted) == 1 and wanted[0] in parts:
         metrics = {k: v for k, v in parts[wanted[0]].items() if k != "step"}
-        step = parts[wanted[0]].get("step", delta.config.step)
+        step = delta.config.component_steps.get(wanted[0], delta.config.step)
     else:
         step = delta.config.step
     config = replace(
