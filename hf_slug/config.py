@@ -115,14 +115,7 @@ class SLUGConfig:
                 f"concept must be a non-empty string naming what to unlearn, got "
                 f"{self.concept!r}: pass e.g. concept='Ada Byron'."
             )
-        if isinstance(self.towers, str):
-            self.towers = (self.towers,)
-        if not isinstance(self.towers, (list, tuple)):
-            raise ConfigError(
-                f"towers must be 'vision', 'text' or a tuple of them, got {self.towers!r}: pass "
-                "e.g. towers=('vision', 'text')."
-            )
-        self.towers = tuple(self.towers)
+        self.towers = _as_tuple(self.towers, "towers", "'vision', 'text' or a tuple of them")
         if not self.towers or any(t not in TOWERS for t in self.towers):
             raise ConfigError(
                 f"towers must be a non-empty subset of {TOWERS}, got {self.towers!r}: pass "
@@ -200,14 +193,11 @@ class SLUGConfig:
         self.candidate_labels = list(labels)
 
     def _check_criterion(self) -> None:
-        if isinstance(self.templates, str):
-            self.templates = (self.templates,)
-        if not isinstance(self.templates, (list, tuple)):
-            raise ConfigError(
-                f"templates must be a tuple of phrasings with one '{{}}', got {self.templates!r}: "
-                "pass e.g. templates=('a photo of {}.',)."
-            )
-        self.templates = tuple(self.templates)
+        self.templates = _as_tuple(
+            self.templates,
+            "templates",
+            "a tuple of phrasings with one '{}', e.g. ('a photo of {}.',)",
+        )
         criterion_templates(self.concept_kind, self.templates)
         margin = finite_real(self.margin)
         if margin is None or not 0 <= margin < 2:
@@ -236,6 +226,15 @@ class SLUGConfig:
         data["towers"] = list(self.towers)
         data["templates"] = list(self.templates)
         return data
+
+
+def _as_tuple(value: Any, name: str, expected: str) -> tuple:
+    """`value` as a tuple (a lone string becomes a 1-tuple); ConfigError unless a list/tuple."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name} must be {expected}, got {value!r}.")
+    return tuple(value)
 
 
 @dataclass

@@ -116,16 +116,15 @@ def require_clip_model(model: object) -> None:
 
 def check_names(params: Mapping[str, Any], names: Sequence[str]) -> list[str]:
     """`names` as a list, if it is non-empty and every name is a parameter; else a typed error."""
+    problem = None
     if isinstance(names, str) or not names:
+        problem = f"gradients need a non-empty list of parameter names, got {names!r}"
+    elif unknown := [n for n in names if n not in params]:
+        problem = f"{unknown[:3]} are not parameters of the model"
+    if problem is not None:
         raise UnknownLayerError(
-            f"gradients need a non-empty list of parameter names, got {names!r}: pass e.g. "
-            "hf_slug.towers.candidate_names(model), or SLUGConfig(layer='auto')."
-        )
-    unknown = [n for n in names if n not in params]
-    if unknown:
-        raise UnknownLayerError(
-            f"{unknown[:3]} are not parameters of the model: pass names from "
-            "hf_slug.towers.candidate_names(model)."
+            f"{problem}: pass names from hf_slug.towers.candidate_names(model), or "
+            "SLUGConfig(layer='auto')."
         )
     return list(names)
 
