@@ -23,9 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import AdapterError
 from .weights import added
 
-__all__ = ["DeltaHooks", "module_tree", "owner", "write_weights"]
+__all__ = [
+    "DeltaHooks",
+    "hooked_layers",
+    "module_tree",
+    "owner",
+    "require_no_active_adapters",
+    "write_weights",
+]
 
 
 def module_tree(host: Any) -> nn.Module:
@@ -125,4 +133,35 @@ def _adder(combined: dict[str, torch.Tensor], host: str) -> Callable[..., torch.
         delta = combined[host].to(device=output.device, dtype=output.dtype)
         return output + torch.nn.functional.linear(args[0], delta)
 
+    hook.hf_slug_delta = host  # marks it for `hooked_layers`
     return hook
+
+
+def hooked_layers(model: nn.Module) -> list[str]:
+    """The modules of `model` that an active, unmerged SLUGModel adapter hooks.
+
+    Their outputs include a delta the weights do not show, so gradients, fingerprints and
+    trials computed on `model` would silently include it.
+
+    Example:
+        >>> import torch
+        >>> hooked_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        []
+    """
+    return [
+        name
+        for name, module in model.named_modules()
+        if any(hasattr(h, "hf_slug_delta") for h in module._forward_hooks.values())
+    ]
+
+
+def require_no_active_adapters(model: nn.Module, what: str) -> None:
+    """Raise `AdapterError` if SLUGModel adapters hook `model` (see `hooked_layers`)."""
+    hooked = hooked_layers(model)
+    if hooked:
+        raise AdapterError(
+            f"{what} has active SLUGModel adapters (hooks on {hooked[:3]}): a search on it would "
+            "include their deltas without knowing it. Pass the base model with the adapters "
+            "off (`with slug.disable_adapters(): ...`, or `slug.unload()`), and give deltas to "
+            "stack on as UnlearnOptions(on_top_of=[...])."
+        )

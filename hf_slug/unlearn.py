@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapter_weights import require_no_active_adapters
 from .config import SLUGConfig, TargetInfo, UnlearningConfig
 from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
@@ -378,6 +379,7 @@ def _check_arguments(
 ) -> None:
     """Cheap checks of `unlearn`'s arguments, before any data is read or gradient computed."""
     require_clip_model(model)
+    require_no_active_adapters(model, "the CLIP model")
     if not isinstance(config, SLUGConfig):
         raise ConfigError(
             f"config must be an hf_slug.SLUGConfig, got a {type(config).__name__}: pass "

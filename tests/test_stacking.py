@@ -13,6 +13,7 @@ import torch
 from conftest import random_images, tiny_clip
 
 from hf_slug import (
+    AdapterError,
     ConceptDelta,
     SLUGConfig,
     SLUGModel,
@@ -249,3 +250,24 @@ def test_unlearn_stack_rejects_an_unknown_on_failure(clip, processor):
 
     with pytest.raises(ConfigError, match="on_failure must be 'warn' or 'raise'"):
         unlearn_stack(clip, processor, [], on_failure="ignore", progress=False)
+
+
+# -- a model with active adapters is no base for a search --------------------------------------------
+def test_a_model_with_active_adapters_is_refused_and_disabling_them_is_the_fix(clip, processor):
+    model = copy.deepcopy(clip)
+    slug = SLUGModel(model)
+    slug.add_adapter("zorb", make_delta(model, "zorb", FC1, direction(model, FC1, 1)))
+    call = (
+        model,
+        processor,
+        pairs(2, 1, "zorb"),
+        pairs(2, 2, "a cat"),
+        SLUGConfig(concept="quax", candidate_labels=LABELS, towers=("text",), layer=V_PROJ),
+    )
+    options = UnlearnOptions(progress=False)
+    with pytest.raises(AdapterError, match=r"active SLUGModel adapters.*disable_adapters"):
+        unlearn(*call, evaluator=edit_evaluator(model), options=options)
+    with slug.disable_adapters():  # the fix the error names: hooks off, the search runs at θ⁰
+        result = unlearn(*call, evaluator=edit_evaluator(model), options=options)
+    assert result.searches, "the search ran once the adapters were off"
+    slug.unload()

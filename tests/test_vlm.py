@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from hf_slug import (
+    AdapterError,
     FingerprintMismatchError,
     SLUGConfig,
     UnknownLayerError,
@@ -310,6 +311,18 @@ def test_a_different_vision_tower_is_refused_before_any_computation(world, monke
     other_vlm = tiny_llava(tiny_clip(seed=1, layers=BLOCKS))
     with pytest.raises(FingerprintMismatchError, match="check_fingerprint=False"):
         SLUGModel(other_vlm).add_adapter("ada", ada.delta)
+
+
+def test_a_vlm_with_active_adapters_is_refused_before_any_computation(world, monkeypatch):
+    vlm = copy.deepcopy(world["vlm"])
+    monkeypatch.setattr("hf_slug.hosts.vlm.unlearn_on_host", lambda *a, **k: 1 / 0)
+    slug = SLUGModel(vlm)
+    slug.add_adapter("ada", world["ada"].delta)  # hooks add Ada's delta; the weights do not
+    config = SLUGConfig(concept="Bob Stone", candidate_labels=LABELS, **PLUMBING)
+    data = (random_images(2, seed=1), ["Bob Stone"] * 2)
+    with pytest.raises(AdapterError, match=r"active SLUGModel adapters.*on_top_of"):
+        unlearn_vlm(vlm, world["clip"], world["clip_processor"], data, world["retain"], config)
+    slug.unload()
 
 
 @pytest.mark.numerics

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from ..adapter_weights import require_no_active_adapters
 from ..config import SLUGConfig, TargetInfo
 from ..data import ImageTextPairs
 from ..delta import ConceptDelta
@@ -100,7 +101,8 @@ def check_tower(host: Host, clip_model: nn.Module) -> None:
     host's `extra_tensors()`) must be equal after the same cast, as must `hidden_act` and
     `layer_norm_eps`. The CLIPModel may have more blocks than the host (SD 2.x keeps 23 of
     OpenCLIP ViT-H's 24). Raises `FingerprintMismatchError` naming the first differing tensor,
-    or `UnsupportedModelError` when `clip_model` is no two-tower CLIPModel.
+    or `UnsupportedModelError` when `clip_model` is no two-tower CLIPModel; `AdapterError` when
+    active SLUGModel adapters hook the host's tower.
 
     Example:
         >>> check_tower(StableDiffusionHost(pipe), clip)  # doctest: +SKIP
@@ -108,6 +110,7 @@ def check_tower(host: Host, clip_model: nn.Module) -> None:
     require_clip(clip_model)
     kind, fix = host.tower_kind, host.clip_hint
     mine_tower, theirs_tower = host.tower(), tower_of(clip_model, host.tower_kind)
+    require_no_active_adapters(mine_tower.module, host.label)  # hooks the weights do not show
     for attribute in CHECKED_CONFIG:
         a = getattr(getattr(mine_tower.module, "config", None), attribute, None)
         b = getattr(getattr(theirs_tower.module, "config", None), attribute, None)
