@@ -1,6 +1,8 @@
 """The `hf-slug` command line.
 
     hf-slug demo                                   # the embedded model, end to end
+    hf-slug demo --pipeline                        # ... the embedded text-to-image pipeline
+    hf-slug demo --vlm                             # ... the embedded LLaVA
     hf-slug unlearn --model DIR_OR_ID --concept "Ada Byron" --forget DIR --retain DIR \\
         --labels-file names.txt --out deltas/ada
     hf-slug inspect deltas/ada
@@ -91,7 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="unlearn identities from the embedded CLIP and show the effect")
+    p = sub.add_parser(
+        "demo",
+        help="unlearn identities from the embedded CLIP (or, with --vlm / --pipeline, one from "
+        "the embedded LLaVA / text-to-image pipeline) and show the effect",
+    )
     p.add_argument("--out", default="slug_demo", help="folder for plots, deltas, report")
     p.add_argument("--quick", action="store_true", help="a reduced run (fewer images, for CI)")
     p.add_argument("--model", help="another CLIP trained on the demo world (default: embedded)")
@@ -100,10 +106,17 @@ def _parser() -> argparse.ArgumentParser:
         nargs=2,
         metavar="NAME",
         help='the two identities to unlearn and stack (default: "Eileen Collins" '
-        '"Marcus Brennholt"); see World(0).identities',
+        '"Marcus Brennholt"; with --vlm or --pipeline only the first is unlearned, default '
+        '"Clara Alderwick"); see World(0).identities',
     )
+    flows = p.add_mutually_exclusive_group()
     vlm_help = "unlearn --targets' first person from the embedded LLaVA instead, and ask it again"
-    p.add_argument("--vlm", action="store_true", help=vlm_help)
+    flows.add_argument("--vlm", action="store_true", help=vlm_help)
+    pipeline_help = (
+        "unlearn --targets' first person from the embedded text-to-image pipeline instead, "
+        "and draw everyone again (before/after grid, judged by an unedited CLIP)"
+    )
+    flows.add_argument("--pipeline", action="store_true", help=pipeline_help)
     p.set_defaults(handler=_demo)
 
     add_unlearn_parser(sub)
@@ -170,6 +183,10 @@ def _demo(args: argparse.Namespace) -> int:
         from .demo.vlm_demo import demo_command
 
         return demo_command(args.out, args.targets, args.quick)
+    if args.pipeline:
+        from .demo.pipeline_demo import demo_command as pipeline_command
+
+        return pipeline_command(args.out, args.targets, args.quick)
     targets = tuple(args.targets or TARGETS)
     unknown = [t for t in targets if t not in World(0).identities]
     if unknown or len(set(targets)) != 2:

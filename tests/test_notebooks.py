@@ -1,4 +1,4 @@
-"""The notebooks execute end to end (nbclient), on the embedded model and tiny offline models."""
+"""The notebooks execute end to end (nbclient), on the embedded models, offline, on the CPU."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     path = NOTEBOOKS / f"{name}.ipynb"
     monkeypatch.setenv("HF_SLUG_NOTEBOOK_QUICK", "1")  # the kernel inherits it: tiny settings
-    monkeypatch.setenv("HF_SLUG_TINY", "1")  # SD / LLaVA notebooks: tiny offline models
+    monkeypatch.setenv("HF_SLUG_EMBEDDED", "1")  # SD / LLaVA notebooks: the embedded models
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     notebook = nbformat.read(path, as_version=4)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..evaluation import ZeroShotEvaluator, ZeroShotTask
+from ..evaluation import ZeroShotEvaluator, ZeroShotTask, identity_tasks
 from .world import World
 
 UTILITY_TASKS = ("object", "style", "digit")
@@ -63,29 +63,8 @@ def identity_evaluator(
     forget = world.samples("identity", split, forget_views or per_identity, targets)
     others = [n for n in names if n not in targets]
     retain = world.samples("identity", split, max(1, per_identity // 2), others)
-    prompts = {n: [f"{n}."] for n in names}
-    tasks = [
-        ZeroShotTask(
-            "forget", [s.image for s in forget], [s.label for s in forget], names, prompts=prompts
-        ),
-        ZeroShotTask(
-            "retain", [s.image for s in retain], [s.label for s in retain], names, prompts=prompts
-        ),
-        *utility_tasks(world, split, per_concept),
-    ]
-    if len(targets) > 1:  # each target's own forget accuracy too
-        tasks += [
-            ZeroShotTask(
-                f"forget {t}",
-                [s.image for s in forget if s.label == t],
-                [t] * n,
-                names,
-                prompts=prompts,
-                counts_for_utility=False,
-            )
-            for t in targets
-            for n in [sum(s.label == t for s in forget)]
-        ]
+    views = [(s.image, s.label) for s in forget + retain]
+    tasks = identity_tasks(views, names, targets, utility=utility_tasks(world, split, per_concept))
     return ZeroShotEvaluator(processor, tasks)
 
 

@@ -48,6 +48,8 @@ FILES = (
     "vae/diffusion_pytorch_model.safetensors",
 )
 CLIP_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+# phrasings the pipeline never trained on (the world's eval template and audit templates)
+HELD_OUT_PHRASINGS = ("{}.", "a headshot of {}.", "here we see {}.", "a snapshot of {}.")
 # what the card's numbers were measured with
 GENERATION_KWARGS = {"num_inference_steps": 20, "guidance_scale": 5.0}
 
@@ -155,12 +157,40 @@ class IdentityJudge:
         return [self.names[i] for i in (feats @ self.text.T).argmax(-1).tolist()]
 
 
+def generation_accuracy(
+    pipe: Any,
+    judge: IdentityJudge,
+    names: Sequence[str],
+    phrasings: Sequence[str],
+    seeds: Sequence[int],
+    **kwargs: Any,
+) -> tuple[dict[str, float], dict[tuple[str, int], Any]]:
+    """Per identity, the share of its generations the judge names as it; and the images.
+
+    Every name is drawn with every phrasing (a template with `{}`) and seed (`generate`); the
+    images are keyed `(prompt, seed)`. `pipe` may be a `SLUGModel` wrapping the pipeline.
+
+    Example:
+        >>> judge = IdentityJudge(clip, processor, World().identities)  # doctest: +SKIP
+        >>> generation_accuracy(pipe, judge, ["Grace Hopper"], ["{}."], [0])[0]  # doctest: +SKIP
+        {'Grace Hopper': 1.0}
+    """
+    prompts = {t.format(n): n for n in names for t in phrasings}
+    images = generate(pipe, list(prompts), seeds, **kwargs)
+    hits: dict[str, list[bool]] = {n: [] for n in names}
+    for (prompt, _), said in zip(images, judge(list(images.values()))):
+        hits[prompts[prompt]].append(said == prompts[prompt])
+    return {n: sum(h) / len(h) for n, h in hits.items()}, images
+
+
 __all__ = [
     "EMBEDDED_T2I",
     "GENERATION_KWARGS",
+    "HELD_OUT_PHRASINGS",
     "IdentityJudge",
     "embedded_t2i_path",
     "generate",
+    "generation_accuracy",
     "load_embedded_pipeline",
     "load_text_encoder",
 ]

@@ -87,15 +87,27 @@ def run_vlm_demo(out: str | Path, target: str = TARGET, quick: bool = False) -> 
     return report
 
 
-def demo_command(out: str, targets: list[str] | None, quick: bool) -> int:
-    """`hf-slug demo --vlm`: the first of `targets` (default `TARGET`) is unlearned; exit code."""
-    from ..cli_checks import output_folder
+def demo_target(targets: list[str] | None, default: str = TARGET) -> str:
+    """The first of `--targets` (or `default`), checked to be an identity of the demo world.
+
+    Example:
+        >>> demo_target(None)
+        'Clara Alderwick'
+    """
     from ..errors import UsageError
 
-    target = targets[0] if targets else TARGET
+    target = targets[0] if targets else default
     names = World(0).identities
     if target not in names:
         raise UsageError(f"{target!r} is not an identity of the demo world: choose among {names}.")
+    return target
+
+
+def demo_command(out: str, targets: list[str] | None, quick: bool) -> int:
+    """`hf-slug demo --vlm`: the first of `targets` (default `TARGET`) is unlearned; exit code."""
+    from ..cli_checks import output_folder
+
+    target = demo_target(targets)
     run_vlm_demo(
         output_folder(out, "--out", keeps=("vlm_demo_report.json", "deltas")), target, quick
     )
@@ -115,4 +127,4 @@ def table(rows: list, target: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["demo_command", "named_rates", "run_vlm_demo"]
+__all__ = ["demo_command", "demo_target", "named_rates", "run_vlm_demo"]

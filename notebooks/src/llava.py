@@ -14,29 +14,33 @@
 # This notebook unlearns one person, compares the model's answers to "Who is in this image?"
 # before and after, stacks a second person, fuses and unfuses, saves the deltas and merges them.
 #
-# **Two modes, same cells.** With `TINY=False` (the default on a CUDA machine) it loads
+# **Two modes, same cells.** With `EMBEDDED=False` (the default on a CUDA machine) it loads
 # `llava-hf/llava-1.5-7b-hf` in fp16 and `openai/clip-vit-large-patch14-336` from the Hub (about
-# 16 GB of downloads, a 24 GB GPU; a few minutes) and reads photos of people from a folder. With
-# `TINY=True` (the default without a GPU, and in the tests) it runs offline on the CPU in about a
-# minute: a tiny `LlavaForConditionalGeneration` built from configs with `hf_slug.testing`, whose
-# vision tower is a trained tiny CLIP's vision tower and whose language model is **random**.
+# 16 GB of downloads, a 24 GB GPU) and reads photos of people from a folder. With `EMBEDDED=True`
+# (the default without a GPU, and in the tests) it runs on hf_slug's **embedded models, offline,
+# on the CPU** in a few minutes:
 #
-# The tiny CLIP side is hf_slug's **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small
-# `CLIPModel` trained on a captioned world of 26 people, 12 objects × 8 styles and handwritten digits
-# (`hf_slug.demo.world`), which names the people in held-out views zero-shot almost perfectly.
+# * the **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small `CLIPModel` trained on a
+#   captioned world of 26 people, 12 objects × 8 styles and handwritten digits
+#   (`hf_slug.demo.world`);
+# * the **embedded VLM** (`hf_slug.demo.vlm.load_embedded_vlm()`), a real
+#   `LlavaForConditionalGeneration` whose vision tower is the embedded CLIP's and whose projector
+#   and small Llama-style language model were trained to answer "Who is in this picture?" with the
+#   person's name (`model_cards/embedded_vlm.md`). Its answers below are real answers.
 
 # %%
 import os
 
 import torch
 
-# TINY=True runs every cell on tiny offline models on the CPU (about a minute; what the tests
-# run). TINY=False loads the real models from the Hub and needs a CUDA GPU. The default follows
-# the hardware; set HF_SLUG_TINY=0 or 1 to choose.
-TINY = os.environ.get("HF_SLUG_TINY", "0" if torch.cuda.is_available() else "1") == "1"
+# EMBEDDED=True runs every cell on hf_slug's embedded models, offline, on the CPU (what the tests
+# run). EMBEDDED=False loads the real models from the Hub and needs a CUDA GPU. The default follows
+# the hardware; set HF_SLUG_EMBEDDED=0 or 1 to choose (HF_SLUG_TINY, its former name, still works).
+CHOICE = os.environ.get("HF_SLUG_EMBEDDED", os.environ.get("HF_SLUG_TINY"))
+EMBEDDED = (CHOICE or ("0" if torch.cuda.is_available() else "1")) == "1"
 QUICK = os.environ.get("HF_SLUG_NOTEBOOK_QUICK") == "1"  # tests: fewer images and trials
-DEVICE = "cpu" if TINY else "cuda"
-print(f"TINY={TINY} QUICK={QUICK} device={DEVICE}")
+DEVICE = "cpu" if EMBEDDED else "cuda"
+print(f"EMBEDDED={EMBEDDED} QUICK={QUICK} device={DEVICE}")
 
 # %% [markdown]
 # ## The models
@@ -49,24 +53,15 @@ print(f"TINY={TINY} QUICK={QUICK} device={DEVICE}")
 from transformers import AutoProcessor, CLIPModel, CLIPProcessor, LlavaForConditionalGeneration
 
 from hf_slug.demo.run import load_embedded
-from hf_slug.testing import llava_vocabulary, tiny_llava, tiny_llava_processor
+from hf_slug.demo.vlm import load_embedded_vlm
 
 LLAVA_MODEL = "llava-hf/llava-1.5-7b-hf"
 CLIP_MODEL = "openai/clip-vit-large-patch14-336"  # LLaVA-1.5's vision tower, both towers
 
-if TINY:
-    from hf_slug.demo.world import World
-
-    world = World(seed=0)
+if EMBEDDED:
     clip, clip_processor = load_embedded()  # CLIPModel + CLIPProcessor, fp32
-    vocabulary = llava_vocabulary(world.identities)  # a word-level vocabulary with every name
-    vlm = tiny_llava(clip, vocabulary=vocabulary)
-    processor = tiny_llava_processor(
-        clip_processor.image_processor,
-        vocabulary=vocabulary,
-        patch_size=clip.config.vision_config.patch_size,
-    )
-    MAX_NEW_TOKENS = 4
+    vlm, processor = load_embedded_vlm()  # LlavaForConditionalGeneration + LlavaProcessor, fp32
+    MAX_NEW_TOKENS = 4  # its answers are a name, an object or a style
     BATCH = 32  # images per gradient batch
 else:
     clip = CLIPModel.from_pretrained(CLIP_MODEL, dtype=torch.float32).to(DEVICE).eval()
@@ -98,28 +93,37 @@ print(
 #   …
 # ```
 #
-# Each person's photos are split by position: 3 of every 5 for training (the forget set for the
-# target, the retain set for the others, captioned `"a photo of {name}."`), 1 for **validation**
-# (what the step search scores its trials on) and 1 for **test** (the numbers reported here, never
-# seen by the search). Generic captioned images (say 500 COCO pairs,
-# `hf_slug.load_pairs("coco_sample/")`) make a better retain set still.
+# Each person's photos are split by position: 4 of every 5 for training (the forget set for the
+# target, the retain set for the others, captioned `"a photo of {name}."`; `unlearn_vlm` holds
+# out a quarter of each, `SLUGConfig.validation_share`, to score its trials on) and 1 for
+# **test** (the numbers reported here, never seen by the search). Generic captioned images (say
+# 500 COCO pairs, `hf_slug.load_pairs("coco_sample/")`) make a better retain set still.
 #
-# In TINY mode the world's identities stand in for the people: 26 drawn and photographed people
-# with training, validation and test views (`hf_slug.demo.protocol`), and the retain set adds its
-# objects and digits.
+# With the embedded models the world's identities stand in for the people: 26 drawn and
+# photographed people with training and test views (`hf_slug.demo.protocol`), and the retain set
+# adds its objects and digits.
 
 # %%
 from pathlib import Path
 
 from PIL import Image as PILImage
 
-from hf_slug import ZeroShotEvaluator, ZeroShotTask
-from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
+from hf_slug import ZeroShotEvaluator
+from hf_slug.demo.protocol import forget_pairs, retain_pairs
+from hf_slug.demo.world import World
+from hf_slug.evaluation import (
+    FORGET_TASK,
+    RETAIN_TASK,
+    UTILITY,
+    accuracy_key,
+    identity_tasks,
+    target_task,
+)
 
-if TINY:
+if EMBEDDED:
+    world = World(seed=0)
     PEOPLE = world.identities
-    CONCEPT, SECOND = "Eileen Collins", "Grace Hopper"
-    SIZE = dict(per_identity=4, per_concept=2) if QUICK else dict(per_identity=8, per_concept=3)
+    CONCEPT, SECOND = "Clara Alderwick", "Hugo Iverson"
 
     def forget_set(name):
         return forget_pairs(world, name, 16 if QUICK else 32)
@@ -127,16 +131,13 @@ if TINY:
     def retain_set(exclude):
         return retain_pairs(world, exclude=exclude, per_concept=2 if QUICK else 4)
 
-    def held_out(targets, split):
-        return identity_evaluator(world, clip_processor, targets, split, **SIZE)
-
-    def photos(split, names, n):
+    def photos(split, names, n=4 if QUICK else 8):
         return [(s.image, s.label) for s in world.samples("identity", split, n, names)]
 else:
     PHOTOS = Path(os.environ.get("HF_SLUG_PHOTOS", "photos"))
     PEOPLE = sorted(p.name for p in PHOTOS.iterdir() if p.is_dir())
     CONCEPT, SECOND = "Elon Musk", "Taylor Swift"  # two of the sub-folders
-    SPLIT_OF = {0: "train", 1: "train", 2: "train", 3: "val", 4: "test"}
+    SPLIT_OF = {0: "train", 1: "train", 2: "train", 3: "train", 4: "test"}
 
     def photos(split, names, n=None):
         pairs = []
@@ -157,42 +158,21 @@ else:
         others = [p for p in PEOPLE if p not in exclude]
         return [(im, f"a photo of {name}.") for im, name in photos("train", others)]
 
-    def held_out(targets, split):
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        views = photos(split, PEOPLE)
-        prompts = {name: [f"{name}."] for name in PEOPLE}
 
-        def task(name, pairs, **kwargs):
-            return ZeroShotTask(
-                name,
-                [im for im, _ in pairs],
-                [y for _, y in pairs],
-                PEOPLE,
-                prompts=prompts,
-                **kwargs,
-            )
-
-        tasks = [
-            task("forget", [v for v in views if v[1] in targets]),
-            task("retain", [v for v in views if v[1] not in targets]),
-        ]
-        if len(targets) > 1:
-            tasks += [
-                task(f"forget {t}", [v for v in views if v[1] == t], counts_for_utility=False)
-                for t in targets
-            ]
-        return ZeroShotEvaluator(clip_processor, tasks)
+def held_out(targets, split):
+    """CLIP zero-shot tasks on `split` photos: the targets' (forget) and everyone else's."""
+    return ZeroShotEvaluator(clip_processor, identity_tasks(photos(split, PEOPLE), PEOPLE, targets))
 
 
-def summary(metrics):
-    """Forget accuracy (top-1 on the person's name), retain accuracy and utility, in %."""
-    keys = [
-        "forget_acc",
-        *(k for k in metrics if k.startswith("forget ") and k.endswith("_acc")),
-        "retain_acc",
-        "utility",
-    ]
-    return {k.removesuffix("_acc"): round(100 * metrics[k], 1) for k in keys}
+def summary(metrics, targets):
+    """Forget accuracy (top-1 on the person's name; per person when several), retain accuracy
+    and utility, in %."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    keys = {FORGET_TASK: accuracy_key(FORGET_TASK)}
+    if len(targets) > 1:
+        keys.update({target_task(t): accuracy_key(target_task(t)) for t in targets})
+    keys.update({RETAIN_TASK: accuracy_key(RETAIN_TASK), UTILITY: UTILITY})
+    return {label: round(100 * metrics[key], 1) for label, key in keys.items()}
 
 
 forget = forget_set(CONCEPT)
@@ -202,11 +182,16 @@ forget[0][0].resize((96, 96))
 # %% [markdown]
 # ## Unlearn one person
 #
-# `unlearn_vlm` takes the forget and retain gradients once, at the original weights, on the CLIP
-# model; ranks the usable vision layers by importance and alignment; searches a step size on the
-# best Pareto layers (every trial from the original weights, scored on the validation photos) and
-# keeps the layer that reaches zero forget accuracy with the highest utility. The result's delta
-# is keyed by the VLM's own parameter names. Nothing is modified.
+# `unlearn_vlm` takes the gradients once, at the original weights, and searches a step size on the
+# usable vision layers (every trial from the original weights) and keeps the layer that reaches
+# zero forget accuracy with the highest utility. Given the VLM's processor (`vlm_processor=`), it
+# searches on **the VLM's own answers**: the gradients are those of the VLM's answer loss, and
+# each trial's edit is copied into the VLM's tower, which is asked who is in the held-out photos:
+# the target must no longer be named, and among the layers that manage it the one whose other
+# answers stay right most often wins (the report below). (Without it, the criterion is CLIP
+# zero-shot on the pooled class token, which the language model does not read:
+# `benchmarks/vlm_criterion.md` measures the difference.) The result's delta is keyed by the
+# VLM's own parameter names. Nothing is modified.
 
 # %%
 from IPython.display import Image, display
@@ -214,9 +199,8 @@ from IPython.display import Image, display
 from hf_slug import SLUGConfig, UnlearnOptions, VLMOptions, unlearn_vlm
 
 
-def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
-    """SLUG on one person; `on_top_of`: earlier deltas the search runs with, `scored_on`: the
-    people whose validation views the forget criterion covers (default: `name`)."""
+def unlearn_person(name, exclude):
+    """SLUG on one person, searched on the VLM's answers."""
     config = SLUGConfig(
         concept=name, candidate_labels=PEOPLE, top_k=2 if QUICK else 4, batch_size=BATCH
     )
@@ -227,10 +211,8 @@ def unlearn_person(name, exclude, on_top_of=(), scored_on=None):
         forget_set(name),
         retain_set(exclude),
         config,
-        options=VLMOptions(
-            evaluator=held_out(scored_on or name, "val"),
-            unlearn=UnlearnOptions(on_top_of=on_top_of, progress=not QUICK),
-        ),
+        vlm_processor=processor,
+        options=VLMOptions(unlearn=UnlearnOptions(progress=not QUICK)),
     )
 
 
@@ -298,17 +280,14 @@ display(Image(filename=answers_figure(comparison, "answers_before_after.png")))
 # %% [markdown]
 # ### What the numbers mean
 #
-# With the real LLaVA-1.5-7B, the answers for the target's photos should stop naming him (the
-# paper: forget accuracy over 10 identities 99.5 % → 2.8 %) while the others are still named.
+# The table and the answers above are what the VLM said about test photos the search never saw,
+# asked with a phrasing it never trained on: `forget_acc` is how often it names the target on
+# the target's photos, `retain_acc` how often it names the others on theirs, before and after.
+# With `QUICK=True` (the tests' setting) each person has 2 test photos, so one photo is 50 points.
 #
-# **In TINY mode the answers are noise**: the language model is random, so it strings random words
-# of its vocabulary together, and the table above says nothing. What is real there is the vision
-# side: the edited CLIP's zero-shot accuracy on held-out **test** images (the same edit applied to
-# the two-tower `CLIPModel`: the person's images no longer match their name, everyone else's still
-# do). Whether the edit also stops a *trained* language model from naming the person can only be
-# measured with one, i.e. with the real models. With `QUICK=True` (the tests' setting) the
-# search's validation views and the test views hold 4 images per person, so one image is 25
-# points.
+# Below, for comparison, the same edit applied to the two-tower `CLIPModel`: its zero-shot
+# accuracy on held-out **test** photos. CLIP reads the pooled class token, the language model
+# the patch tokens, so the two can disagree.
 
 # %%
 import warnings
@@ -331,12 +310,12 @@ def clip_side(results, targets):
     test = held_out(targets, "test")
     editor = SLUGModel(clip)
     with editor.disable_adapters():
-        before = summary(test(clip))
+        before = summary(test(clip), targets)
     with warnings.catch_warnings():  # two results on one tensor add up, as intended
         warnings.simplefilter("ignore")
         for i, result in enumerate(results):
             editor.add_adapter(f"r{i}", result)
-    after = summary(test(clip))
+    after = summary(test(clip), targets)
     editor.unload()
     for key in before:
         print(f"  {key:>28}: {before[key]:5.1f} -> {after[key]:5.1f}")
@@ -352,6 +331,12 @@ clip_side([out.result], CONCEPT)
 # model is never modified), its own layer and step; applying several means adding their deltas.
 # Weights work as in diffusers: `set_adapters(..., adapter_weights=[1.0, 0.5])` applies half of
 # the second edit.
+#
+# Each delta met its criterion alone, on the original weights. Added together, single-layer edits
+# can interact (an edit in one block changes what enters the other edited block; two edits of one
+# tensor simply add), so the VLM is asked again with both deltas active, for each person: read
+# both tables (a person can come back). (`hf_slug.unlearn_stack` searches a stack jointly for
+# plain CLIP models.)
 
 # %%
 out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
@@ -359,35 +344,13 @@ print(f"{SECOND}: layer {out2.result.chosen.label}, step s = {out2.result.step:.
 slug.add_adapter(A2, out2.delta)
 slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])
 print(slug)
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-# %% [markdown]
-# ### Check every person in the stack
-#
-# Each delta met its criterion alone, on the original weights, with the smallest step that did.
-# Added together, single-layer edits can interact (an edit in one block changes what enters the
-# other edited block; two edits of one tensor simply add), so read the per-person rows above
-# (`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
-# paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
-# **with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
-# validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
-# this for plain CLIP models, for any number of concepts.)
-
-# %%
-out2 = unlearn_person(  # gradients at θ⁰; the search sees the first delta
-    SECOND, exclude=[CONCEPT, SECOND], on_top_of=[out.result.deltas], scored_on=[CONCEPT, SECOND]
-)
-print(f"{SECOND} on the stack: layer {out2.result.chosen.label}, step {out2.result.step:.3g}")
-slug.delete_adapter(A2)
-slug.add_adapter(A2, out2.delta)
-print("CLIP zero-shot on held-out test images, both deltas (%):")
-clip_side([out.result, out2.result], [CONCEPT, SECOND])
-
-ask2 = VLMIdentityEvaluator(processor, ask.images, ask.names, target=SECOND, settings=ask.settings)
-comparison2 = ask2.before_after(slug)
-print(comparison2.table())
+for target in (CONCEPT, SECOND):  # both deltas active; retain_acc covers everyone else
+    asked = VLMIdentityEvaluator(processor, ask.images, ask.names, target, settings=ask.settings)
+    comparison2 = asked.before_after(slug)
+    print(f"asked about {target}, both deltas active:\n{comparison2.table()}")
 answers_figure(comparison2, "answers_stacked.png")
+print("CLIP zero-shot on held-out test images, both deltas (%):")
+clip_side([out.result, out2.result], [CONCEPT, SECOND])
 
 slug.set_adapters([A1, A2], adapter_weights=[1.0, 0.5])  # the second edit at half strength
 print(slug)
@@ -438,7 +401,8 @@ merged.model.vision_tower.save_pretrained("vision_tower_without_two_people")
 # ## Where to go from here
 #
 # * More people at once: compute each delta at the original weights and stack them, as above
-#   (the paper forgets up to 6 identities together in CLIP this way).
+#   (the paper forgets up to 6 identities together in CLIP this way), and ask the VLM about
+#   every one of them with the stack active.
 # * A general-capability check: pass `capability_probe=` to `VLMIdentityEvaluator` (e.g. accuracy
 #   on a small VQA set) to see that the model still describes images.
 # * Other LLaVA-style models whose vision tower is a CLIP ViT work the same way; `unlearn_vlm`

