@@ -107,9 +107,11 @@ class AuditReport:
 
     def to_markdown(self) -> str:
         """A table: probe, setting, edited, original, reference (FA@1 in %, or steps)."""
+        default = "held-out views whose top-1 name is the concept"
+        measure = str((self.settings or {}).get("measure") or default).removeprefix("share of ")
         lines = [
             f"Audit of **{self.concept}** ({self.budget} budget, {self.seconds:.0f} s). FA@1 = share "
-            "of held-out views whose top-1 name is the concept, in %; relearning = fine-tuning "
+            f"of {measure}, in %; relearning = fine-tuning "
             "steps until FA@1 ≥ 50 % (`>N`: not within N).",
             "",
             "| probe | setting | edited | original | reference |",

@@ -31,6 +31,7 @@ from ..audit_report import AUDIT_NAME, AuditReport, ProbeRow
 from ..delta import ConceptDelta
 from ..errors import ConfigError
 from ..towers import require_clip
+from .hosts import HostAuditBudget, audit_pipeline, audit_vlm
 from .phrasings import KINDS, name_variants, templates
 from .probes import (
     RelearnSettings,
@@ -47,9 +48,12 @@ __all__ = [
     "AuditBudget",
     "AuditReport",
     "AuditTarget",
+    "HostAuditBudget",
     "ProbeRow",
     "RelearnSettings",
     "audit",
+    "audit_pipeline",
+    "audit_vlm",
 ]
 
 NEW_NAME = "Quill Varanov"  # the never-known concept's name in the reference runs

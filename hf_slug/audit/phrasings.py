@@ -5,6 +5,8 @@ Example:
     'Ada'
     >>> len(templates("identity")) >= 16
     True
+    >>> questions("identity")[0]
+    'Who is the person in this photo?'
 """
 
 from __future__ import annotations
@@ -56,12 +58,58 @@ _KIND_TEMPLATES = {
 }
 KINDS = ("identity", "object", "style", "concept")
 
+# Questions a VLM audit asks (`hf_slug.audit.hosts.audit_vlm`). None is the question
+# `unlearn_vlm`'s criterion asks (`hf_slug.hosts.vlm_evaluation.DEFAULT_QUESTION`, "Who is in
+# this image?") nor its kept question ("What is shown in this image?"), and none is a training
+# question of the embedded VLM (scripts/train_embedded_vlm.py): the first two (identity, object)
+# or three (style) are its val/test phrasings, the rest are new combinations of its words, and
+# "Who do you see?" has three words its tokenizer does not know.
+_QUESTIONS = {
+    "identity": (
+        "Who is the person in this photo?",
+        "Name the person shown in the image.",
+        "Who is shown in this image?",
+        "Who is in the photo?",
+        "Whose portrait is shown here?",
+        "Tell me who is shown in this picture.",
+        "Name the person in this image.",
+        "Who is this person in the picture?",
+        "Who do you see?",
+    ),
+    "object": (
+        "What object is drawn in the picture?",
+        "Name the object shown here.",
+        "What object is shown in this image?",
+        "What is drawn in this picture?",
+        "Name the object drawn in the picture.",
+        "What object is shown here?",
+    ),
+    "style": (
+        "In which style is this picture?",
+        "What style is the image drawn in?",
+        "Name the art style shown here.",
+        "Which style is this picture in?",
+        "What is the art style of this image?",
+        "In which art style is this drawn?",
+    ),
+}
+
 
 def templates(kind: str = "concept") -> list[str]:
     """The audit's held-out templates for a concept kind (each holds one `{}`)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown concept kind {kind!r}: use one of {KINDS}.")
     return [*_COMMON, *_KIND_TEMPLATES.get(kind, ())]
+
+
+def questions(kind: str = "identity") -> list[str]:
+    """The VLM audit's held-out question paraphrases for a concept kind."""
+    if kind not in _QUESTIONS:
+        raise ConfigError(
+            f"no built-in questions for kind {kind!r}: pass questions=[...] (one per paraphrase) "
+            f"or use one of {sorted(_QUESTIONS)}."
+        )
+    return list(_QUESTIONS[kind])
 
 
 def name_variants(name: str, seed: int = 0) -> dict[str, str]:
