@@ -66,6 +66,7 @@ LAYER = {
     "hf_slug.hosts": "hosts",  # the package __init__ (a docstring)
     "hf_slug.hosts.base": "hosts",  # the Host protocol, the one driver and result type
     "hf_slug.hosts.diffusion": "hosts",
+    "hf_slug.hosts.diffusion_criterion": "hosts",
     "hf_slug.hosts.diffusion_export": "hosts",
     "hf_slug.hosts.generation": "hosts",
     "hf_slug.hosts.vlm": "hosts",
@@ -81,6 +82,7 @@ LAYER = {
     "hf_slug.testing": "apps",
     "hf_slug.audit": "apps",
     "hf_slug.audit.command": "apps",
+    "hf_slug.audit.hosts": "apps",
     "hf_slug.audit.phrasings": "apps",
     "hf_slug.audit.probes": "apps",
     "hf_slug.demo": "apps",
@@ -89,6 +91,7 @@ LAYER = {
     "hf_slug.demo.run": "apps",
     "hf_slug.demo.vlm": "apps",
     "hf_slug.demo.vlm_demo": "apps",
+    "hf_slug.demo.pipeline_demo": "apps",
     "hf_slug.demo.t2i": "apps",
     "hf_slug.demo.world": "apps",
     "hf_slug.demo.concepts": "apps",
