@@ -149,15 +149,18 @@ def relation(i: ConceptDelta, j: ConceptDelta) -> str:
     return "lower block" if bi < bj else "higher block"
 
 
-def stack_eval(model, evaluator, deltas: dict[str, ConceptDelta], names: list[str]) -> dict:
-    """identity_report of the model with `names` of `deltas` stacked at weight 1.0."""
+def stack_eval(
+    model, evaluator, deltas: dict[str, ConceptDelta], names: list[str], targets=()
+) -> dict:
+    """identity_report of the model with `names` of `deltas` stacked at weight 1.0 (per-target
+    FA@1 for `targets` when the evaluator holds several)."""
     slug = SLUGModel(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # stacking warnings are measured, not shown here
         for n in names:
             slug.add_adapter(n.replace(" ", "_"), deltas[n])
     try:
-        return identity_report(evaluator(model))
+        return identity_report(evaluator(model), targets if len(targets) > 1 else ())
     finally:
         slug.unload()
 
@@ -165,12 +168,14 @@ def stack_eval(model, evaluator, deltas: dict[str, ConceptDelta], names: list[st
 def measure_stack(model, processor, world, targets, deltas) -> dict[str, Any]:
     test = identity_evaluator(world, processor, targets, "test", **SIZE)
     val = identity_evaluator(world, processor, targets, "val", **SIZE)
-    val_original = stack_eval(model, val, deltas, [])
-    val_stacked = stack_eval(model, val, deltas, targets)
-    original = stack_eval(model, test, deltas, [])
-    stacked = stack_eval(model, test, deltas, targets)
-    alone = {t: stack_eval(model, test, deltas, [t]) for t in targets}
-    removed = {t: stack_eval(model, test, deltas, [u for u in targets if u != t]) for t in targets}
+    val_original = stack_eval(model, val, deltas, [], targets)
+    val_stacked = stack_eval(model, val, deltas, targets, targets)
+    original = stack_eval(model, test, deltas, [], targets)
+    stacked = stack_eval(model, test, deltas, targets, targets)
+    alone = {t: stack_eval(model, test, deltas, [t], targets) for t in targets}
+    removed = {
+        t: stack_eval(model, test, deltas, [u for u in targets if u != t], targets) for t in targets
+    }
     fa = {t: stacked[f"FA@1 {t}"] if len(targets) > 1 else stacked["FA@1"] for t in targets}
     key = (lambda t: f"FA@1 {t}") if len(targets) > 1 else (lambda t: "FA@1")
     return {

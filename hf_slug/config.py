@@ -26,6 +26,7 @@ import torch
 
 from .checks import finite_real, positive_int, positive_number
 from .errors import ConfigError, DeltaFormatError
+from .evaluation.base import FORGET_ACC, UTILITY
 from .io import parse_json_bytes, write_json
 from .options import SearchSettings
 from .phrasings import criterion_templates
@@ -105,8 +106,8 @@ class SLUGConfig:
     max_evaluations: int = SearchSettings.max_evaluations
     batch_size: int = 32
     include_projections: bool = False
-    forget_metric: str = "forget_acc"
-    utility_metric: str = "utility"
+    forget_metric: str = FORGET_ACC
+    utility_metric: str = UTILITY
 
     def __post_init__(self) -> None:
         """Check every field's type and range (ConfigError), before any gradient work."""

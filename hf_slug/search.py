@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .checks import finite_real
 from .errors import ConfigError, NonFiniteGradientError
-from .evaluation import Evaluator, Metrics
+from .evaluation import FORGET_ACC, UTILITY, Evaluator, Metrics
 from .options import SearchSettings
 from .towers import short_name
 from .weights import edited
@@ -34,9 +34,9 @@ from .weights import edited
 class Criterion:
     """When a trial has forgotten enough, and (optionally) how much utility it may cost."""
 
-    forget_metric: str = "forget_acc"
+    forget_metric: str = FORGET_ACC
     forget_target: float = 0.0
-    utility_metric: str = "utility"
+    utility_metric: str = UTILITY
     utility_tolerance: float | None = None  # reject steps losing more than this (absolute)
 
     def __post_init__(self) -> None:

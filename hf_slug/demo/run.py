@@ -175,7 +175,7 @@ def run_demo(
 
 def _stack_report(metrics: dict[str, float], targets: tuple[str, ...]) -> dict[str, float]:
     """Per-target FA@1 from a joint evaluator (its forget task holds all targets' views)."""
-    report = identity_report(metrics)
+    report = identity_report(metrics, targets)
     return {**{f"FA@1 {t.split()[-1]}": report[f"FA@1 {t}"] for t in targets}, **report}
 
 

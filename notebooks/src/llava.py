@@ -339,7 +339,8 @@ clip_side([out.result], CONCEPT)
 # plain CLIP models.)
 
 # %%
-out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
+with slug.disable_adapters():  # the second delta's gradients and search at θ⁰, as the first's
+    out2 = unlearn_person(SECOND, exclude=[CONCEPT, SECOND])
 print(f"{SECOND}: layer {out2.result.chosen.label}, step s = {out2.result.step:.3g}")
 slug.add_adapter(A2, out2.delta)
 slug.set_adapters([A1, A2], adapter_weights=[1.0, 1.0])

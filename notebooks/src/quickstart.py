@@ -110,8 +110,10 @@ with slug.disable_adapters():  # compute at the original weights
 slug.add_adapter("grace", result2)
 both = identity_evaluator(world, processor, [target, second], "test", **SIZE)
 with slug.disable_adapters():
-    print("original:", {k: round(v, 1) for k, v in identity_report(both(model)).items()})
-print("stacked: ", {k: round(v, 1) for k, v in identity_report(both(model)).items()})
+    original = identity_report(both(model), [target, second])
+    print("original:", {k: round(v, 1) for k, v in original.items()})
+stacked = identity_report(both(model), [target, second])
+print("stacked: ", {k: round(v, 1) for k, v in stacked.items()})
 slug
 
 # %% [markdown]
