@@ -6,14 +6,17 @@ encoder is the embedded CLIP's text tower). A judge — the *unedited* embedded 
 tower against its original text tower, zero-shot over all 26 identity names with "{name}." —
 says which identity each generated image shows. For every identity, N fixed seeds × held-out
 phrasings (templates never used in training) are generated before unlearning; then, for each
-target, `unlearn_pipeline` (the library's defaults; forget = 32 training views of the target
-with their captions, retain = the demo's retain pairs without the target; candidate labels =
-the 26 names) gives a delta that `SLUGModel` applies to the pipeline, and the same prompts and
-seeds are generated and judged again. With `--stack`, the first two targets' deltas are applied
-together. Before/after image grids go to `benchmarks/generative_pipeline/`.
+target and criterion (`--criterion`: "clip", SLUG's held-out CLIP criterion, the default —
+and "generation", opt-in, the search judged on the pipeline's own generations of validation
+phrasings and seeds disjoint from the ones measured here), `unlearn_pipeline` (forget = 32
+training views of the target with their captions, retain = the demo's retain pairs without the
+target; candidate labels = the 26 names) gives a delta that `SLUGModel` applies to the pipeline,
+and the same prompts and seeds are generated and judged again. Unless `--no-stack`, the first
+criterion's deltas of the first two targets are applied together. Before/after image grids go
+to `benchmarks/generative_pipeline/`.
 
-    python benchmarks/generative_pipeline.py                 # the full run (~25 min, 2 cores)
-    python benchmarks/generative_pipeline.py --quick --out /tmp/gp   # smoke run (~2 min)
+    python benchmarks/generative_pipeline.py --no-stack      # the full run (2 criteria)
+    python benchmarks/generative_pipeline.py --quick --out /tmp/gp   # smoke run
 
 Targets (issue 17): mean generation accuracy before ≥ 50 % (chance 1/26 ≈ 4 %); after one
 identity is unlearned, its generations recognised ≤ 10 %, the others ≥ 90 % of their before.
@@ -28,6 +31,7 @@ import platform
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from hf_slug import (  # noqa: E402
     ForgetGeneration,
+    PipelineOptions,
     SLUGConfig,
     SLUGModel,
     UnlearnOptions,
@@ -56,12 +61,18 @@ from hf_slug.demo.t2i import (  # noqa: E402
     load_embedded_pipeline,
 )
 from hf_slug.demo.world import World  # noqa: E402
+from hf_slug.hosts.diffusion_criterion import GenerationCheck  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
+from hf_slug.phrasings import criterion_templates  # noqa: E402
 from hf_slug.plots import image_grid  # noqa: E402
 
 # held-out phrasings: the world's eval template and audit templates, none used in training
 PHRASINGS = ("{}.", "a headshot of {}.", "here we see {}.", "a snapshot of {}.")
 TARGETS = ("Eileen Collins", "Clara Alderwick", "Ronan Kestrelle")
+CRITERIA = ("generation", "clip")
+# the generation criterion's validation draws: the library's identity phrasings (none is a test
+# phrasing) at seed 1000 (the library's default; test seeds are 0-3), 10 DDIM steps
+VALIDATION_STEPS = 10
 
 
 def log(message: str) -> None:
@@ -140,6 +151,115 @@ def save_grid(before: dict, after: dict, rows: list[str], phrasing: str, seeds, 
     return image_grid(grid, path, row_labels=rows, col_labels=cols)
 
 
+@dataclass
+class Run:
+    """What every unlearning of this benchmark shares."""
+
+    slug: Any
+    pipe: Any
+    clip: Any
+    processor: Any
+    judge: IdentityJudge
+    world: World
+    measured: list[str]
+    phrasings: list[str]
+    seeds: list[int]
+
+
+def adapter_name(target: str, criterion: str) -> str:
+    return f"{default_adapter_name(target)}_{criterion}"
+
+
+def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids):
+    """Unlearn `target` with `criterion`, apply the delta, measure: (record, after or None)."""
+    slug, pipe, measured, phrasings, seeds = (
+        run.slug,
+        run.pipe,
+        run.measured,
+        run.phrasings,
+        run.seeds,
+    )
+    forget = forget_pairs(run.world, target, 32) if args.forget == "views" else None
+    retain = retain_pairs(run.world, exclude=[target])
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with slug.disable_adapters():  # unlearn the original text encoder
+            out = unlearn_pipeline(
+                pipe,
+                run.clip,
+                run.processor,
+                target,
+                retain,
+                forget=ForgetGeneration(32, generation_kwargs=kwargs) if forget is None else forget,
+                config=SLUGConfig(target, towers=("text",), candidate_labels=run.judge.names),
+                options=PipelineOptions(
+                    criterion=criterion, generation=check, unlearn=UnlearnOptions(progress=False)
+                ),
+            )
+    unlearn_seconds = time.time() - start
+    result = out.result
+    record: dict[str, Any] = {
+        "criterion": criterion,
+        "converged": out.converged,
+        "unlearn_seconds": round(unlearn_seconds, 1),
+        "timings": {k: round(v, 2) for k, v in result.timings.items()},
+        "forget": args.forget,
+        "forget_pairs": len(out.forget),
+        "retain_pairs": len(retain),
+        "layer": result.chosen.label if result.chosen is not None else None,
+        "step": result.chosen.step if result.chosen is not None else None,
+        "searched": [
+            {
+                "layer": s.label,
+                "step": s.step,
+                "status": s.status,
+                "trials": len(s.trials),
+                **(s.metrics or {}),
+            }
+            for s in result.searches
+        ],  # fmt: skip
+        "clip_metrics_before": {k: float(v) for k, v in result.before.items()},
+        "clip_metrics_after": {k: float(v) for k, v in result.after.items()},
+        "report": result.report(),
+    }
+    log(f"{target} [{criterion}]: converged={out.converged} in {unlearn_seconds:.0f}s, "
+        f"{record['layer']} s={record['step']}")  # fmt: skip
+    if out.delta is None:
+        return record, None
+    name = adapter_name(target, criterion)
+    slug.add_adapter(name, out.delta)
+    slug.set_adapters([name])
+    after = measure(slug, run.judge, measured, phrasings, seeds, **kwargs)
+    record.update(summary(before, after, [target], measured))
+    record["delta_tensors"] = sorted(out.delta.config.targets)
+    others = [n for n in measured if n != target]
+    record["conditioning_shift"] = conditioning_shift(
+        slug,
+        pipe,
+        {
+            "target": [t.format(target) for t in phrasings],
+            "others": [t.format(n) for n in others for t in phrasings],
+        },
+    )
+    rows = list(dict.fromkeys([target, *others[:4]]))
+    grid = save_grid(before, after, rows, phrasings[0], seeds, grids / f"{name}.png")
+    record["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
+    record["weighted"] = {}
+    for weight in args.weights:
+        slug.set_adapters([name], [weight])
+        weighted = measure(slug, run.judge, measured, phrasings, seeds, **kwargs)
+        record["weighted"][str(weight)] = summary(before, weighted, [target], measured)
+        log(f"{target} at weight {weight}: "
+            f"{record['weighted'][str(weight)]['target_after'][target]:.3f}, others "
+            f"{record['weighted'][str(weight)]['others_relative']:.1%} of before")  # fmt: skip
+    slug.set_adapters([name], [1.0])
+    log(f"{target} [{criterion}]: target {record['target_before'][target]:.3f} -> "
+        f"{record['target_after'][target]:.3f}; others {record['others_before']:.3f} -> "
+        f"{record['others_after']:.3f} ({record['others_relative']:.1%} of before)")  # fmt: skip
+    return record, after
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks")
@@ -162,6 +282,14 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         default=[],
         help="also measure each delta at these adapter weights (e.g. 2: twice SLUG's step)",
+    )
+    parser.add_argument(
+        "--criterion",
+        nargs="+",
+        choices=CRITERIA,
+        default=list(CRITERIA),
+        help="unlearn_pipeline's search criterion(s), each run per target (the first one's "
+        "deltas are stacked)",
     )
     parser.add_argument("--no-stack", action="store_true", help="skip the 2-delta stack")
     parser.add_argument("--threads", type=int, default=2)
@@ -207,89 +335,42 @@ def main(argv: list[str] | None = None) -> None:
     log(f"before: mean generation accuracy {before['mean']:.3f} "
         f"({before['seconds_per_image']:.2f} s/image)")  # fmt: skip
     slug = SLUGModel(pipe)
-    runs: dict[str, Any] = {}
+    check = GenerationCheck(
+        templates=tuple(criterion_templates("identity")),
+        generation_kwargs={
+            "num_inference_steps": VALIDATION_STEPS,
+            "guidance_scale": args.guidance,
+        },
+    )
+    test_prompts = {t.format(n) for n in measured for t in phrasings}
+    val_jobs = [j for n in measured for j in check.target_jobs(n)]
+    val_jobs += check.other_jobs(measured)
+    assert not test_prompts & {p for _, p, _ in val_jobs} and not set(seeds) & {
+        s for _, _, s in val_jobs
+    }, "the generation criterion's validation prompts/seeds overlap the measured ones"
+    by_criterion: dict[str, dict[str, Any]] = {c: {} for c in args.criterion}
     afters: dict[str, dict] = {}
     for target in args.targets:
-        forget = forget_pairs(world, target, 32) if args.forget == "views" else None
-        retain = retain_pairs(world, exclude=[target])
-        start = time.time()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with slug.disable_adapters():  # unlearn the original text encoder
-                out = unlearn_pipeline(
-                    pipe,
-                    clip,
-                    processor,
-                    target,
-                    retain,
-                    forget=ForgetGeneration(32, generation_kwargs=kwargs)
-                    if forget is None
-                    else forget,
-                    config=SLUGConfig(target, towers=("text",), candidate_labels=names),
-                    options=UnlearnOptions(progress=False),
-                )
-        unlearn_seconds = time.time() - start
-        result = out.result
-        record: dict[str, Any] = {
-            "converged": out.converged,
-            "unlearn_seconds": round(unlearn_seconds, 1),
-            "forget": args.forget,
-            "forget_pairs": len(out.forget),
-            "retain_pairs": len(retain),
-            "layer": result.chosen.label if result.chosen is not None else None,
-            "step": result.chosen.step if result.chosen is not None else None,
-            "clip_metrics_before": {k: float(v) for k, v in result.before.items()},
-            "clip_metrics_after": {k: float(v) for k, v in result.after.items()},
-            "report": result.report(),
-        }
-        log(f"{target}: unlearn_pipeline converged={out.converged} in {unlearn_seconds:.0f}s")
-        if out.delta is None:
-            runs[target] = record
-            continue
-        name = default_adapter_name(target)
-        slug.add_adapter(name, out.delta)
-        slug.set_adapters([name])
-        after = measure(slug, judge, measured, phrasings, seeds, **kwargs)
-        afters[target] = after
-        record.update(summary(before, after, [target], measured))
-        record["delta_tensors"] = sorted(out.delta.config.targets)
-        others = [n for n in measured if n != target]
-        record["conditioning_shift"] = conditioning_shift(
-            slug,
-            pipe,
-            {
-                "target": [t.format(target) for t in phrasings],
-                "others": [t.format(n) for n in others for t in phrasings],
-            },
-        )
-        rows = list(dict.fromkeys([target, *[n for n in measured if n != target][:4]]))
-        grid = save_grid(
-            before,
-            after,
-            rows,
-            phrasings[0],
-            seeds,
-            grids / f"{default_adapter_name(target)}.png",
-        )
-        record["grid"] = str(grid.relative_to(REPO)) if grid.is_relative_to(REPO) else str(grid)
-        record["weighted"] = {}
-        for weight in args.weights:
-            slug.set_adapters([name], [weight])
-            weighted = measure(slug, judge, measured, phrasings, seeds, **kwargs)
-            record["weighted"][str(weight)] = summary(before, weighted, [target], measured)
-            log(f"{target} at weight {weight}: "
-                f"{record['weighted'][str(weight)]['target_after'][target]:.3f}, others "
-                f"{record['weighted'][str(weight)]['others_relative']:.1%} of before")  # fmt: skip
-        slug.set_adapters([name], [1.0])
-        runs[target] = record
-        log(f"{target}: target {record['target_before'][target]:.3f} -> "
-            f"{record['target_after'][target]:.3f}; others {record['others_before']:.3f} -> "
-            f"{record['others_after']:.3f} ({record['others_relative']:.1%} of before)")  # fmt: skip
+        for criterion in args.criterion:
+            record, after = unlearn_one(
+                Run(slug, pipe, clip, processor, judge, world, measured, phrasings, seeds),
+                target,
+                criterion,
+                check,
+                args,
+                kwargs,
+                before,
+                grids,
+            )
+            by_criterion[criterion][target] = record
+            if after is not None and criterion == args.criterion[0]:
+                afters[target] = after
+    runs = by_criterion[args.criterion[0]]
 
     stack = None
     stacked = [t for t in args.targets if t in afters][:2]
     if not args.no_stack and len(stacked) == 2:
-        slug.set_adapters([default_adapter_name(t) for t in stacked])
+        slug.set_adapters([adapter_name(t, args.criterion[0]) for t in stacked])
         after = measure(slug, judge, measured, phrasings, seeds, **kwargs)
         stack = {"targets": stacked, **summary(before, after, stacked, measured)}
         rows = list(dict.fromkeys([*stacked, *[n for n in measured if n not in stacked][:3]]))
@@ -321,7 +402,17 @@ def main(argv: list[str] | None = None) -> None:
             "per_identity": before["per_identity"],
             "seconds_per_image": before["seconds_per_image"],
         },
+        "criteria": args.criterion,
+        "validation": {
+            "templates": list(check.templates),
+            "target_images": check.target_images,
+            "seed": check.seed,
+            "others_per_person": check.others_per_person,
+            "margin": check.margin,
+            "generation": dict(check.generation_kwargs),
+        },
         "unlearned": runs,
+        "by_criterion": by_criterion,
         "stack": stack,
         "minutes": round((time.time() - began) / 60, 1),
         "versions": {
@@ -331,8 +422,11 @@ def main(argv: list[str] | None = None) -> None:
             "transformers": __import__("transformers").__version__,
         },
     }
-    (args.out / "generative_pipeline.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "generative_pipeline.md").write_text(markdown(results))
+    old = args.out / "generative_pipeline.json"
+    if old.is_file() and "variants" in json.loads(old.read_text()):  # earlier runs' variants
+        results["variants"] = json.loads(old.read_text())["variants"]
+    old.write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(args.out / "generative_pipeline.md", results)
     log(f"done in {results['minutes']} min")
 
 
@@ -350,7 +444,18 @@ def merge(out: Path, items: list[str]) -> None:
             "stack": other.get("stack"),
         }
     main_path.write_text(json.dumps(record, indent=2) + "\n")
-    (out / "generative_pipeline.md").write_text(markdown(record))
+    write_markdown(out / "generative_pipeline.md", record)
+
+
+FINDINGS = "## Findings"
+
+
+def write_markdown(path: Path, record: dict) -> None:
+    """The markdown of `record`; a hand-written section from FINDINGS on is kept."""
+    kept = ""
+    if path.is_file() and FINDINGS in path.read_text():
+        kept = "\n" + path.read_text()[path.read_text().index(FINDINGS) :]
+    path.write_text(markdown(record) + kept)
 
 
 def pct(x: float) -> str:
@@ -384,11 +489,14 @@ def unlearned_lines(unlearned: dict) -> list[str]:
         "",
         "What the delta changes in the text encoder's output (mean relative L2 change, delta on "
         "vs off): `sequence` = the 77 hidden states the UNet cross-attends to, `pooled` = the EOS "
-        "state CLIP's zero-shot criterion reads; SLUG's own CLIP metrics after the edit "
-        "(its validation split, before → after):",
+        "state CLIP's zero-shot criterion reads; the search's own metrics on its validation data, "
+        "before → after (criterion 'clip': CLIP zero-shot on its held-out split, retain = caption "
+        "retrieval; 'generation': the judged validation generations, others = the other "
+        "people's generations named right, utility = the judge's mean probability of their "
+        "names):",
         "",
         "| unlearned | layer | step | target seq. | target pooled | others seq. | "
-        "others pooled | CLIP forget acc. | CLIP retain acc. | CLIP utility |",
+        "others pooled | search forget acc. | search retain / others acc. | search utility |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, run in unlearned.items():
@@ -400,7 +508,8 @@ def unlearned_lines(unlearned: dict) -> list[str]:
             f"| {target} | {run['layer']} | {step} | {pct(c['target']['sequence'])} | "
             f"{pct(c['target']['pooled'])} | {pct(c['others']['sequence'])} | "
             f"{pct(c['others']['pooled'])} | {arrow(b, m, 'forget_acc')} | "
-            f"{arrow(b, m, 'retain_acc')} | {arrow(b, m, 'utility')} |"
+            f"{arrow(b, m, 'retain_acc' if 'retain_acc' in m else 'others_acc')} | "
+            f"{arrow(b, m, 'utility')} |"
         )
     weighted = [
         f"| {t} | {w} | {pct(v['target_after'][t])} | {pct(v['others_relative'])} |"
@@ -428,6 +537,54 @@ def unlearned_lines(unlearned: dict) -> list[str]:
     return lines
 
 
+def validation_lines(v: dict | None) -> list[str]:
+    if not v:
+        return []
+    return [
+        "",
+        "The generation criterion's validation draws (disjoint from the prompts and seeds above):"
+        f" the forget criterion's identity phrasings ({', '.join(repr(t) for t in v['templates'])})"
+        f", {v['target_images']} images of the target (one per phrasing, seed {v['seed']}), "
+        f"{v['others_per_person']} per other person (phrasings in turn), "
+        f"{v['generation']['num_inference_steps']} DDIM steps; a target image counts as "
+        f"recognised when the judge ranks the target's name within {v.get('margin', 0)} logits "
+        "(100·cos) of its first choice; judged by the unedited CLIPModel's image tower against its text features of "
+        "the 26 names, computed once before the search.",
+    ]
+
+
+CRITERION_TEXT = {
+    "generation": "every trial judged on the pipeline's own generations (validation phrasings "
+    "and seeds, see above), opt-in",
+    "clip": "CLIP zero-shot on SLUG's held-out split, the default",
+}
+
+
+def cost_lines(by_criterion: dict[str, dict]) -> list[str]:
+    """Each target's `unlearn_pipeline` seconds per criterion and the ratio to 'clip'."""
+    names = list(by_criterion)
+    lines = [
+        "Cost: `unlearn_pipeline` seconds per criterion (gradients + search + evaluation), and "
+        "the ratio to the CLIP-only call (issue 19's target: within 3×):",
+        "",
+        "| unlearned | " + " | ".join(f"{c} s" for c in names) + " | "
+        + " | ".join(f"{c} / clip" for c in names if c != "clip") + " |",
+        "|---|" + "---|" * (len(names) + len([c for c in names if c != "clip"])),
+    ]  # fmt: skip
+    for target in by_criterion[names[0]]:
+        secs = {c: by_criterion[c].get(target, {}).get("unlearn_seconds") for c in names}
+        ratios = [
+            f"{secs[c] / secs['clip']:.1f}×" if secs.get("clip") and secs[c] else "–"
+            for c in names
+            if c != "clip"
+        ]
+        lines.append(
+            f"| {target} | " + " | ".join(str(secs[c]) for c in names) + " | "
+            + " | ".join(ratios) + " |"
+        )  # fmt: skip
+    return lines
+
+
 def markdown(r: dict) -> str:
     n_images = len(r["identities"]) * len(r["phrasings"]) * len(r["seeds"])
     lines = [
@@ -442,12 +599,18 @@ def markdown(r: dict) -> str:
         f"{r['generation']['guidance_scale']}. Judge: {r['judge']} (it names "
         f"{pct(r['judge_on_real_test_views'])} of real test views right). Chance: "
         f"{pct(r['chance'])}.",
+        *validation_lines(r.get("validation")),
         "",
         f"**Before:** mean generation accuracy over identities {pct(r['before']['mean'])} "
         "(target ≥ 50 %).",
         "",
     ]
-    lines += unlearned_lines(r["unlearned"])
+    by_criterion = r.get("by_criterion") or {"clip": r["unlearned"]}
+    for criterion, unlearned in by_criterion.items():
+        lines += ["", f"### criterion={criterion!r}: {CRITERION_TEXT[criterion]}", ""]
+        lines += unlearned_lines(unlearned)
+    if len(by_criterion) > 1:
+        lines += ["", *cost_lines(by_criterion)]
     if r.get("stack"):
         s = r["stack"]
         lines += [

@@ -28,6 +28,7 @@ from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroSho
 from .export import export_peft_lora
 from .hosts.base import ComponentRun, Host, HostUnlearning, check_tower, unlearn_on_host
 from .hosts.diffusion import PipelineOptions, StableDiffusionHost, TextEncoder, unlearn_pipeline
+from .hosts.diffusion_criterion import GenerationCheck, GenerationEvaluator
 from .hosts.diffusion_export import export_diffusers_lora
 from .hosts.generation import (
     DiffusionEvaluator,
@@ -62,6 +63,8 @@ __all__ = [
     "check_tower",
     "unlearn_on_host",
     "ConceptRequest",
+    "GenerationCheck",
+    "GenerationEvaluator",
     "GradientOptions",
     "SearchSettings",
     "StackRequest",

@@ -291,13 +291,14 @@ class UnlearningConfig:
         return list(self.targets)
 
     @property
-    def component_steps(self) -> dict[str, float]:
-        """Each edited component's step: two for a delta on both SDXL encoders, else one."""
+    def component_steps(self) -> dict[str, float | None]:
+        """Each edited component's step (SDXL: two); None where the file holds no finite one."""
         parts = self.metrics.get("components") if isinstance(self.metrics, dict) else None
         if not isinstance(parts, dict) or not parts:
             return {self.component or "": self.step}
-        steps = {n: finite_real(p.get("step")) for n, p in parts.items() if isinstance(p, dict)}
-        return {n: self.step if step is None else step for n, step in steps.items()}
+        return {
+            n: finite_real(p.get("step")) if isinstance(p, dict) else None for n, p in parts.items()
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -205,7 +205,7 @@ def _steps(config: UnlearningConfig) -> str:
     """The step, or one per component for a delta that edits several (SDXL's two encoders)."""
     steps = config.component_steps
     if len(steps) > 1:
-        return ", ".join(f"{name}: {step:.4g}" for name, step in steps.items())
+        return ", ".join(f"{name}: {_number(step, '.4g')}" for name, step in steps.items())
     return f"{config.step:.4g}"
 
 

@@ -493,7 +493,7 @@ def test_a_model_card_renders_whatever_metrics_a_config_holds(deltas, tmp_path):
     }
     delta.save_pretrained(tmp_path / "a")
     card = model_card(tmp_path / "a")
-    assert "| acc | high | nan |" in card and "x: —, y: s" in card
+    assert "| acc | high | nan |" in card and "x: —, y: —" in card
 
 
 def test_an_fp16_base_is_refused_naming_the_dtype(base, deltas):

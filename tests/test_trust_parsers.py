@@ -288,10 +288,10 @@ def test_slug_config_fields_are_checked_before_any_work(case, kwargs):
         (
             "text_encoder+text_encoder_2",
             {"components": {"text_encoder": {"step": "x"}, "text_encoder_2": {}}},
-            {"text_encoder": 0.3, "text_encoder_2": 0.3},
+            {"text_encoder": None, "text_encoder_2": None},
         ),
     ],
-    ids=["one-component", "damaged-table", "sdxl-two-steps", "bad-step-falls-back"],
+    ids=["one-component", "damaged-table", "sdxl-two-steps", "bad-step-is-unknown"],
 )
 def test_component_steps_are_typed(component, metrics, expected):
     from hf_slug.config import UnlearningConfig

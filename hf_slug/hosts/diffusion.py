@@ -53,6 +53,7 @@ from .base import (
     reject_moved_keywords,
     unlearn_on_host,
 )
+from .diffusion_criterion import CRITERIA, GenerationCheck, generation_evaluator
 from .diffusion_export import combine_deltas
 from .generation import SUPPORTED, ForgetGeneration, pipeline_components
 
@@ -259,6 +260,13 @@ class PipelineOptions:
     Args:
         component: with one CLIP model, the encoder it belongs to (default `text_encoder`).
         evaluator: scores the trials of every encoder without an evaluator of its own.
+        criterion: without an evaluator, "clip" (the default: SLUG's held-out CLIP criterion
+            on the pooled text embedding) or "generation" (each trial's edit drawn by the
+            pipeline at fixed validation prompts and seeds and named by an unedited judge,
+            `hf_slug.hosts.diffusion_criterion`; 16–33× slower, and on the embedded pipeline
+            not better: benchmarks/generative_pipeline.md).
+        generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
+            pipeline keywords); keep it apart from the prompts and seeds you test on.
         clip_skip: the pipeline's `clip_skip` (fewer blocks reach the UNet).
         concept_kind: written into the delta ("identity", "object", "style", ...).
         unlearn: `UnlearnOptions` for every encoder (`cache_dir` gets a subfolder per encoder;
@@ -274,6 +282,15 @@ class PipelineOptions:
     clip_skip: int | None = None
     concept_kind: str = "concept"
     unlearn: UnlearnOptions = field(default_factory=UnlearnOptions)
+    criterion: str | None = None
+    generation: GenerationCheck | None = None
+
+    def __post_init__(self) -> None:
+        if self.criterion is not None and self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"PipelineOptions(criterion={self.criterion!r}) is no criterion: pass one of "
+                f"{CRITERIA} ('generation' judges generations, 'clip' CLIP zero-shot), or None."
+            )
 
 
 def unlearn_pipeline(
@@ -299,7 +316,10 @@ def unlearn_pipeline(
     pairs. `config` defaults to `SLUGConfig(concept, towers=("text",))`; only the text tower's
     blocks that reach the UNet are candidates (`usable_text_blocks`). Returns a
     `HostUnlearning` with one `ComponentRun` per encoder; apply its delta with
-    `SLUGModel(pipe).add_adapter(name, out.delta)`.
+    `SLUGModel(pipe).add_adapter(name, out.delta)`. Without an evaluator the search holds out
+    validation pairs and scores CLIP's criterion on them (`PipelineOptions(criterion="clip")`,
+    the default); `criterion="generation"` judges every trial on the pipeline's own
+    generations instead (then the forget and retain pairs all go to the gradients).
 
     Example:
         >>> out = unlearn_pipeline(pipe, clip, clip_processor, "Snoopy", retain,  # doctest: +SKIP
@@ -323,14 +343,17 @@ def unlearn_pipeline(
     if forget is None or isinstance(forget, ForgetGeneration):
         forget = (forget or ForgetGeneration()).generate(pipe, concept, run_options.progress)
     forget_pairs = load_pairs(forget, name="forget set")
+    retain = load_pairs(retain, name="retain set")
 
     runs = []
     for host, encoder, (clip, clip_processor) in zip(hosts, encoders, clips):
         cache = run_options.cache_dir
-        own = encoder.evaluator
-        request = ConceptRequest(
-            forget_pairs, retain, config, own if own is not None else options.evaluator
-        )
+        evaluator = encoder.evaluator if encoder.evaluator is not None else options.evaluator
+        if evaluator is None:
+            evaluator = _criterion(pipe, host, clip, clip_processor, config, options)
+            if evaluator is not None:
+                evaluator.with_gradient_counts(len(forget_pairs), len(retain))
+        request = ConceptRequest(forget_pairs, retain, config, evaluator)
         component_options = replace(
             run_options,
             cache_dir=Path(cache) / host.component if cache is not None else None,
@@ -343,6 +366,28 @@ def unlearn_pipeline(
         )
     delta = combine_deltas([run.delta for run in runs if run.delta is not None])
     return HostUnlearning(runs, delta, forget_pairs)
+
+
+def _criterion(pipe, host, clip, clip_processor, config, options):
+    """The search's evaluator when none is given: None for CLIP's held-out default ("clip",
+    the default), or generations judged by an unedited CLIP ("generation")."""
+    criterion = options.criterion or "clip"
+    if criterion == "clip":
+        return None
+    if not (callable(pipe) and pipeline_components(pipe).get("unet") is not None):
+        raise ConfigError(
+            "PipelineOptions(criterion='generation') draws with the pipeline, but this one has "
+            "no UNet to draw with: pass criterion='clip' (the default)."
+        )
+    return generation_evaluator(
+        pipe,
+        clip,
+        clip_processor,
+        config,
+        host.component,
+        options.generation,
+        options.unlearn.progress,
+    )
 
 
 def _encoders(

@@ -96,7 +96,8 @@ def select_components(delta: ConceptDelta, components: str | Sequence[str]) -> C
     parts = metrics.get("components", {}) if isinstance(metrics, dict) else {}
     if len(wanted) == 1 and wanted[0] in parts:
         metrics = {k: v for k, v in parts[wanted[0]].items() if k != "step"}
-        step = delta.config.component_steps.get(wanted[0], delta.config.step)
+        step = delta.config.component_steps.get(wanted[0])
+        step = delta.config.step if step is None else step
     else:
         step = delta.config.step
     config = replace(
