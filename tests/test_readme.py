@@ -1,10 +1,11 @@
-"""The README's Python examples match the API they show.
+"""The README's Python examples, and the notebooks' sources, match the API they show.
 
-The examples load Hub models this machine cannot download, so they are not run here (the
-notebooks run the same calls on the embedded models: tests/test_notebooks.py). What can drift
-silently is checked instead: every block compiles, every name it imports from hf_slug exists,
-and every call of an hf_slug function or class binds to its signature (argument count and
-keyword names), so a renamed or moved keyword fails here.
+The examples load Hub models this machine cannot download, so they are not run here; the
+notebooks run on the embedded models (tests/test_notebooks.py), but their real-model branches
+(a GPU, the Hub) never run in CI. What can drift silently is checked instead: every block and
+source compiles, every name it imports from hf_slug exists, and every call of an hf_slug
+function or class binds to its signature (argument count and keyword names), so a renamed or
+moved keyword fails here whichever branch it sits in.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), re.M | re.S)
+NOTEBOOK_SOURCES = sorted((README.parent / "notebooks" / "src").glob("*.py"))
 
 
 def _hf_slug_names(tree: ast.Module) -> dict[str, object]:
@@ -45,13 +47,23 @@ def _callee(node: ast.Call, names: dict[str, object]) -> object | None:
     return None
 
 
-def test_the_readme_has_python_examples() -> None:
+def test_the_readme_and_notebooks_have_python_examples() -> None:
     assert len(BLOCKS) >= 5, "the README's examples were not found (```python blocks)"
+    assert len(NOTEBOOK_SOURCES) >= 3, "the notebooks' sources were not found"
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=lambda i: f"block{i + 1}")
 def test_readme_example_binds_to_the_api(index: int) -> None:
-    source = BLOCKS[index]
+    check_binds(BLOCKS[index], f"README block {index + 1}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_SOURCES, ids=lambda p: p.name)
+def test_notebook_source_binds_to_the_api(path: Path) -> None:
+    check_binds(path.read_text(encoding="utf-8"), f"notebooks/src/{path.name}")
+
+
+def check_binds(source: str, where: str) -> None:
+    """Fail unless every hf_slug call in `source` binds to its signature."""
     tree = ast.parse(source)  # a syntax error fails here
     names = _hf_slug_names(tree)
     checked = 0
@@ -74,7 +86,7 @@ def test_readme_example_binds_to_the_api(index: int) -> None:
             signature.bind(*args, **keywords)
         except TypeError as error:
             line = source.splitlines()[node.lineno - 1].strip()
-            pytest.fail(f"README block {index + 1}, `{line}`: {error}")
+            pytest.fail(f"{where}, line {node.lineno} `{line}`: {error}")
         checked += 1
     if names:
-        assert checked, f"block {index + 1} imports from hf_slug but calls none of it"
+        assert checked, f"{where} imports from hf_slug but calls none of it"
