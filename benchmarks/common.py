@@ -1,8 +1,14 @@
-"""Helpers the benchmark scripts share: the command line, JSON output, markdown tables."""
+"""Helpers the benchmark scripts share: the command line, JSON output, markdown tables.
+
+Importing this module turns off hf_slug's per-user gradient cache for this process and the
+processes it spawns (`HF_SLUG_DISABLE_GRADIENT_CACHE=1`): every timed call is a first call, so
+no run reuses an earlier run's retain gradients. `search_cost.py` measures the cache itself.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -10,7 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hf_slug.cache import DISABLE_VARIABLE
 from hf_slug.demo.run import EMBEDDED
+
+os.environ.setdefault(DISABLE_VARIABLE, "1")
 
 DEFAULT_MODEL = str(EMBEDDED)
 

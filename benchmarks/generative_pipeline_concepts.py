@@ -53,6 +53,7 @@ from hf_slug import (  # noqa: E402
     UnlearnOptions,
     unlearn_pipeline,
 )
+from hf_slug.cache import DISABLE_VARIABLE  # noqa: E402
 from hf_slug.demo.run import load_embedded  # noqa: E402
 from hf_slug.demo.t2i import (  # noqa: E402
     EMBEDDED_T2I,
@@ -65,6 +66,7 @@ from hf_slug.demo.world import World, fill_template  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
 from hf_slug.plots import image_grid  # noqa: E402
 
+os.environ.setdefault(DISABLE_VARIABLE, "1")  # every timed call is a first call
 EXTRA_PHRASING = "{style} {object}."
 VALIDATION_SEEDS = (1000, 1001)  # target choice only; the test seeds are 0, 1, ...
 KINDS = ("object", "style")

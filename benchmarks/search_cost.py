@@ -9,7 +9,10 @@ candidate_labels=..., concept_kind="identity"))` runs in one process under two c
   tower's features (`keep_features = False`): the search as it was before issue 16;
 * `early exit` — the defaults: trials stop as soon as the criterion is sure to fail and compute
   only the prompts that decide (`evaluate_forget`), and the unedited tower's features are kept
-  across layers while its weights are unchanged.
+  across layers while its weights are unchanged;
+* `further concept` — the defaults on a model and retain set an earlier call already saw: the
+  retain gradients come from the per-user cache (`UnlearnOptions.cache_retain`, on by default),
+  so only the forget pass and the search run. (`full` and `early exit` turn the cache off.)
 
 Reported: the whole call's seconds over the floor (one forward+backward over the whole forget +
 retain sets, measured in the same process, as in `generalisation.py`), the search's seconds,
@@ -28,7 +31,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -47,6 +52,7 @@ from hf_slug import (  # noqa: E402
     ZeroShotEvaluator,
     unlearn,
 )
+from hf_slug.cache import DISABLE_VARIABLE  # noqa: E402
 
 # the module, to time its `search_layers` (the package's `unlearn` is the function)
 unlearn_module = importlib.import_module("hf_slug.unlearn")
@@ -54,10 +60,13 @@ TARGETS = ("Clara Alderwick", "Hugo Iverson", "Yara Underhill")
 CONFIGS = {
     "full": {"early_exit": False, "keep_features": False},
     "early exit": {"early_exit": True, "keep_features": True},
+    "further concept": {"early_exit": True, "keep_features": True},
 }
+CACHED = {"further concept"}  # the defaults, with the retain gradients in the per-user cache
 
 
-def run_once(model, processor, forget, retain, config, settings: dict[str, bool]) -> dict:
+def run_once(model, processor, data, config, settings: dict[str, bool], cached: bool) -> dict:
+    forget, retain = data
     cpu = {"search_layers": 0.0}
     search_layers = unlearn_module.search_layers
 
@@ -76,7 +85,12 @@ def run_once(model, processor, forget, retain, config, settings: dict[str, bool]
             warnings.simplefilter("ignore")
             start = time.process_time()
             result = unlearn(
-                model, processor, forget, retain, config, options=UnlearnOptions(progress=False)
+                model,
+                processor,
+                forget,
+                retain,
+                config,
+                options=UnlearnOptions(progress=False, cache_retain=cached),
             )
             cpu["total"] = time.process_time() - start
     finally:
@@ -106,9 +120,14 @@ def run_target(model, processor, world, target: str, n_forget: int, repeats: int
         cpu_floors.append(time.process_time() - start)
     floor, cpu_floor = min(floors), min(cpu_floors)
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    # a first concept on this model and retain set fills the per-user cache (not timed)
+    run_once(model, processor, (forget, retain), config, CONFIGS["early exit"], cached=True)
     for _ in range(repeats):
         for name, settings in CONFIGS.items():
-            runs[name].append(run_once(model, processor, forget, retain, config, settings))
+            cached = name in CACHED
+            runs[name].append(
+                run_once(model, processor, (forget, retain), config, settings, cached)
+            )
     best = {name: min(r, key=lambda x: x["cpu_s"]["total"]) for name, r in runs.items()}
     full, fast = best["full"], best["early exit"]
     same = all(
@@ -193,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--out is required (or --markdown to print the table)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # a fresh per-user cache: only the "further concept" runs read the retain gradients from it
+    os.environ["HF_SLUG_CACHE"] = tempfile.mkdtemp(prefix="search-cost-cache-")
+    os.environ.pop(DISABLE_VARIABLE, None)
     world = load_world("embedded")
     model = CLIPModel.from_pretrained(WORLDS["embedded"]).float().eval()
     processor = CLIPProcessor.from_pretrained(WORLDS["embedded"])
@@ -201,9 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         rows.append(run_target(model, processor, world, target, args.n_forget, args.repeats))
         c = rows[-1]["configs"]
+        ratios = "  ".join(f"{k} {v['cpu_ratio_to_floor']:.2f}x" for k, v in c.items())
         print(
-            f"{target:18s} CPU: full {c['full']['cpu_ratio_to_floor']:.2f}x  early exit "
-            f"{c['early exit']['cpu_ratio_to_floor']:.2f}x  same={rows[-1]['identical_decisions']} "
+            f"{target:18s} CPU: {ratios}  same={rows[-1]['identical_decisions']} "
             f"({time.perf_counter() - start:.0f}s)",
             flush=True,
         )

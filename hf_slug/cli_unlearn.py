@@ -111,6 +111,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--out", required=True, help="the delta folder to write (new or empty)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-retain-cache",
+        action="store_true",
+        help="do not keep the retain gradients in the per-user cache ($HF_SLUG_CACHE/gradients)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         retain_pairs,
         config,
         validation=validation,
-        options=UnlearnOptions(progress=not args.quiet),
+        options=UnlearnOptions(progress=not args.quiet, cache_retain=not args.no_retain_cache),
     )
     print(result.report())
     if not result.converged:

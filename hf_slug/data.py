@@ -13,10 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,8 @@ class ImageTextPairs:
         raise ConfigError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
 
     def signature(self) -> str:
-        """A sha256 over the captions and image identities (paths, or pixels of PIL images)."""
+        """A sha256 over the captions and the images (pixels of PIL images; a path's name and
+        its file's bytes, so an image edited in place changes it)."""
         digest = hashlib.sha256()
         for image, text in zip(self.images, self.texts):
             digest.update(text.encode())
@@ -104,6 +107,9 @@ class ImageTextPairs:
                 digest.update(image.tobytes())
             else:
                 digest.update(str(image).encode())
+                if isinstance(image, (str, os.PathLike)):
+                    with contextlib.suppress(OSError):  # a missing file is reported when read
+                        digest.update(hashlib.sha256(Path(image).read_bytes()).digest())
         return digest.hexdigest()
 
     def subset(self, indices: Sequence[int]) -> ImageTextPairs:

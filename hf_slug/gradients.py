@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import cache_home
 from .data import ImageTextPairs, batches, check_batch_size, load_pairs
 from .errors import (
     ConfigError,
@@ -314,6 +315,26 @@ def check_gradient_source(kind: str, source: Any) -> None:
         )
 
 
+def gradient_signature(pairs: ImageTextPairs, pass_options: Mapping[str, Any]) -> str:
+    """What a gradient depends on besides the weights: the pairs (captions and image bytes),
+    the batch size (the contrastive loss contrasts within a batch) and the precision."""
+    options = pass_options.get("options") or GradientOptions()
+    return (
+        f"{pairs.signature()}|batch_size={pass_options.get('batch_size')}"
+        f"|autocast={options.autocast_dtype}|storage={options.storage_dtype}"
+    )
+
+
+def default_cache_file(model: nn.Module, names: Sequence[str], signature: str) -> Path:
+    """The per-user cache file (`hf_slug.cache.cache_home()/gradients`) of the gradients of
+    `names` at `model`'s weights over the data of `signature`: one file per combination, so
+    concepts on the same model and retain set share it and nothing overwrites another's."""
+    digest = hashlib.sha256(weights_fingerprint(model).encode())
+    digest.update("\n".join(sorted(names)).encode())
+    digest.update(signature.encode())
+    return cache_home() / "gradients" / f"{digest.hexdigest()[:40]}.safetensors"
+
+
 def gradients_for(
     model: nn.Module,
     processor: Any,
@@ -332,7 +353,7 @@ def gradients_for(
         if missing:
             raise KeyError(f"the given {kind} gradients lack {missing[:3]}: compute them again.")
         return {n: source[n].float() for n in names}
-    signature = pairs.signature()
+    signature = gradient_signature(pairs, pass_options)
     if source is not None:
         return load_gradients(source, model, names, signature)
     if cache is not None and cache.exists():

@@ -105,6 +105,10 @@ class UnlearnOptions:
             safetensors file); the pass is skipped for that side.
         cache_dir: write the gradients there (`forget_gradients-<concept>.safetensors`,
             `retain_gradients.safetensors`) and reuse them on the next call.
+        cache_retain: without `cache_dir`, keep the retain gradients in the per-user cache
+            (`hf_slug.cache.cache_home()/gradients`, one file per model weights, candidate
+            tensors and retain set; as large as the candidate weights in fp32), so the next
+            concept on the same model and retain set skips the retain pass.
         gradients: how the gradient pass runs (`GradientOptions`).
         candidates: narrow the candidate tensors (hosts pass the blocks their model reads).
         on_top_of: ConceptDeltas (or name -> tensor dicts) the search runs on top of (a stack).
@@ -120,6 +124,7 @@ class UnlearnOptions:
     forget_gradients: GradientSource | None = None
     retain_gradients: GradientSource | None = None
     cache_dir: str | os.PathLike | None = None
+    cache_retain: bool = True
     gradients: GradientOptions = field(default_factory=GradientOptions)
     candidates: Sequence[str] | None = None
     on_top_of: Sequence[Any] = ()
@@ -133,6 +138,8 @@ class UnlearnOptions:
                 f"gradients must be a GradientOptions, got a {type(self.gradients).__name__}: "
                 "pass gradients=GradientOptions(autocast_dtype=..., checkpointing=...)."
             )
+        if not isinstance(self.cache_retain, bool):
+            raise ConfigError(f"cache_retain must be True or False, got {self.cache_retain!r}.")
         if self.cache_dir is not None:
             if not isinstance(self.cache_dir, (str, os.PathLike)):
                 raise ConfigError(

@@ -24,12 +24,19 @@ import torch
 from torch import nn
 
 from .adapter_weights import require_no_active_adapters
+from .cache import gradient_cache_enabled
 from .config import SLUGConfig, TargetInfo, UnlearningConfig
-from .data import PairSource, check_batch_size, load_pairs
+from .data import ImageTextPairs, PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
 from .errors import ConfigError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
-from .gradients import check_gradient_source, gradients_for, require_clip_model
+from .gradients import (
+    check_gradient_source,
+    default_cache_file,
+    gradient_signature,
+    gradients_for,
+    require_clip_model,
+)
 from .io import fingerprint
 from .options import UnlearnOptions, reject_unknown_keywords
 from .search import (
@@ -195,7 +202,9 @@ def unlearn(
     `options` (`hf_slug.UnlearnOptions`) says how the run goes, never what is forgotten:
     gradients may be given (`forget_gradients` / `retain_gradients`: tensors or a cached
     safetensors file); with `cache_dir` they are written there as `forget_gradients-<concept>`
-    and `retain_gradients.safetensors` for the next concept. `candidates` narrows the candidate
+    and `retain_gradients.safetensors` for the next concept; without it the retain gradients
+    are kept in the per-user cache (`hf_slug.cache`; `cache_retain=False` turns it off), so a
+    further concept on the same model and retain set pays only its forget pass and search. `candidates` narrows the candidate
     tensors (hosts use it, e.g. the vision blocks whose output reaches a VLM's language model).
     `gradients` (`GradientOptions`: mixed precision, checkpointing, data-parallel processes)
     goes to `compute_gradients`. `on_top_of` (ConceptDeltas or name -> tensor dicts) stacks:
@@ -295,10 +304,7 @@ def unlearn(
         ("retain", options.retain_gradients, retain_pairs),
     ):
         start = time.perf_counter()
-        cache = None
-        if options.cache_dir is not None and source is None:
-            suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", config.concept)
-            cache = Path(options.cache_dir) / f"{kind}_gradients{suffix}.safetensors"
+        cache = _cache_file(model, kind, pairs, names, config, options) if source is None else None
         grads[kind] = gradients_for(
             model, processor, pairs, kind, names, source, cache, pass_options
         )
@@ -441,6 +447,25 @@ def _validation_pairs(validation: Any) -> tuple[Any, Any]:
         load_pairs(validation[0], name="validation forget set"),
         load_pairs(validation[1], name="validation retain set"),
     )
+
+
+def _cache_file(
+    model: nn.Module,
+    kind: str,
+    pairs: ImageTextPairs,
+    names: Sequence[str],
+    config: SLUGConfig,
+    options: UnlearnOptions,
+) -> Path | None:
+    """Where the `kind` gradients are cached: `options.cache_dir`, else (retain only) the
+    per-user cache unless it is turned off, else nowhere."""
+    if options.cache_dir is not None:
+        suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", config.concept)
+        return Path(options.cache_dir) / f"{kind}_gradients{suffix}.safetensors"
+    if kind != "retain" or not options.cache_retain or not gradient_cache_enabled():
+        return None
+    pass_options = {"batch_size": config.batch_size, "options": options.gradients}
+    return default_cache_file(model, names, gradient_signature(pairs, pass_options))
 
 
 def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:

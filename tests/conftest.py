@@ -3,7 +3,11 @@ re-exported so test modules can keep `from conftest import tiny_clip, ...`."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -20,6 +24,11 @@ from hf_slug.testing import (
     tiny_clip_config,
     tiny_clip_processor,
 )
+
+# unlearn keeps retain gradients in the per-user cache by default: never the user's own one here
+# (session fixtures use this folder; every test gets a fresh one, see `fresh_gradient_cache`)
+os.environ["HF_SLUG_CACHE"] = tempfile.mkdtemp(prefix="hf_slug-test-cache-")
+atexit.register(shutil.rmtree, os.environ["HF_SLUG_CACHE"], True)
 
 clip_config = tiny_clip_config  # the tests' historical names
 tiny_processor = tiny_clip_processor
@@ -50,6 +59,16 @@ NUMERICS = (
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", NUMERICS)
+
+
+@pytest.fixture(autouse=True)
+def fresh_gradient_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An empty per-user cache for each test, so no test reuses another's retain gradients."""
+    folder = tmp_path_factory.mktemp("hf_slug_cache")
+    monkeypatch.setenv("HF_SLUG_CACHE", str(folder))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ LAYER = {
     "hf_slug.version": "base",
     "hf_slug.io": "base",
     "hf_slug.phrasings": "base",
+    "hf_slug.cache": "base",  # the per-user cache folder
     # core: the method and the delta file format; knows no search driver, host or app
     "hf_slug.options": "core",
     "hf_slug.config": "core",
