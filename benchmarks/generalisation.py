@@ -65,6 +65,9 @@ WORLDS = {
     "b": REPO / "benchmarks" / "world_b" / "clip",
 }
 RULES = ("validation utility", "importance", "alignment", "shallowest", "smallest step")
+# cheaper searches (issue 16): the default rule, searching only the k most important front
+# layers per tower (SLUGConfig(top_k=k)); read off the same searches, no new run
+TOP_K_RULES = {"validation utility, top_k=2": 2, "validation utility, top_k=3": 3}
 
 
 def load_world(name: str) -> Any:
@@ -205,16 +208,32 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
     """The layer each rule picks among those that met the criterion on validation data."""
     met = [x for x in layers if x["status"] == "met"]
     if not met:
-        return dict.fromkeys(RULES)
+        return dict.fromkeys([*RULES, *TOP_K_RULES])
+    top_k = {}
+    for rule, k in TOP_K_RULES.items():
+        kept = [x for x in most_important(layers, k) if x["status"] == "met"]
+        top_k[rule] = max(kept, key=_by_utility)["layer"] if kept else None
     return {
-        "validation utility": max(met, key=lambda x: (x["validation"]["utility"], -x["step"]))[
-            "layer"
-        ],
+        "validation utility": max(met, key=_by_utility)["layer"],
         "importance": max(met, key=lambda x: x["importance"])["layer"],
         "alignment": min(met, key=lambda x: x["alignment"])["layer"],
         "shallowest": min(met, key=lambda x: (x["block"], x["step"]))["layer"],
         "smallest step": min(met, key=lambda x: x["step"])["layer"],
+        **top_k,
     }
+
+
+def _by_utility(layer: dict) -> tuple[float, float]:
+    return layer["validation"]["utility"], -layer["step"]
+
+
+def most_important(layers: list[dict], k: int) -> list[dict]:
+    """The `k` searched layers of highest importance in each tower (what `top_k=k` searches)."""
+    kept = []
+    for tower in ("vision", "text"):
+        own = [x for x in layers if x["layer"].startswith(tower + ".")]
+        kept += sorted(own, key=lambda x: -x["importance"])[:k]
+    return kept
 
 
 def deltas(row: dict, test: dict | None) -> dict[str, float | None]:
@@ -302,10 +321,10 @@ def summary(rows: list[dict]) -> str:
 def rules_table(rows: list[dict]) -> str:
     """For each rule: how many targets its pick forgets on test, and its mean / worst costs."""
     lines = []
-    for rule in RULES:
+    for rule in [*RULES, *TOP_K_RULES]:
         forgotten, costs = 0, []
         for r in rows:
-            pick = r["picks"].get(rule)
+            pick = picks(r["layers"]).get(rule)
             test = next((x["test"] for x in r["layers"] if x["layer"] == pick), None)
             if test is None:
                 continue
