@@ -14,12 +14,12 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["add_in_place", "added", "edited"]
+__all__ = ["add_in_place", "added", "edited", "mirrored"]
 
 
 def added(
@@ -71,3 +71,35 @@ def edited(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[Non
         with torch.no_grad():
             for name, original in originals.items():
                 params[name].copy_(original)
+
+
+@contextlib.contextmanager
+def mirrored(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Inside the block each `(source, copy)` pair's `copy` holds `source`'s current value (in
+    the copy's dtype and device); after it, every changed `copy` is back bit for bit.
+
+    A host's own tower (a pipeline's text encoder, a VLM's vision tower) follows the CLIPModel a
+    search edits, so a trial judged through the host sees the trial's weights.
+
+    Example:
+        >>> import torch
+        >>> source, copy = torch.ones(2), torch.zeros(2, dtype=torch.float16)
+        >>> with mirrored([(source, copy)]):
+        ...     copy.tolist()
+        [1.0, 1.0]
+        >>> copy.tolist()
+        [0.0, 0.0]
+    """
+    with torch.no_grad():
+        changed = []
+        for source, copy in pairs:
+            value = source.detach().to(device=copy.device, dtype=copy.dtype)
+            if not torch.equal(value, copy):
+                changed.append((copy, copy.detach().clone()))
+                copy.copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for copy, original in changed:
+                copy.copy_(original)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,6 +44,7 @@ from ..evaluation import Evaluator, Metrics
 from ..phrasings import criterion_templates
 from ..towers import encode_images, encode_texts, tower_of
 from ..validation import EvaluationData
+from ..weights import mirrored
 from .generation import pipeline_components
 
 CRITERIA = ("generation", "clip")
@@ -275,24 +276,10 @@ class GenerationEvaluator(Evaluator):
         named = logits[rows, own] >= logits.max(-1).values - margin
         return named.tolist(), logits.softmax(-1)[rows, own]
 
-    @contextlib.contextmanager
-    def _synced(self) -> Iterator[None]:
+    def _synced(self) -> contextlib.AbstractContextManager[None]:
         """The pipeline's encoder holds the CLIPModel's current text tensors (the trial's
         edit) inside the block; its own tensors come back bit for bit after."""
-        with torch.no_grad():
-            changed = [
-                (mine, mine.detach().clone(), clip.detach().to(mine))
-                for clip, mine in self._pairs
-                if not torch.equal(clip.detach().to(mine), mine)
-            ]
-            for mine, _, trial in changed:
-                mine.copy_(trial)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for mine, original, _ in changed:
-                    mine.copy_(original)
+        return mirrored(self._pairs)
 
 
 def _shared_tensors(

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from ..evaluation import Evaluator, Metrics
 from ..towers import tower_of
 from ..validation import EvaluationData, named_label
+from ..weights import mirrored
 from .vlm import vision_tower_of
 from .vlm_evaluation import AskSettings, VLMIdentityEvaluator
 
@@ -92,22 +93,9 @@ class VLMAnswerEvaluator(Evaluator):
                 return self._target_only(self.vlm)
         return self(model)
 
-    @contextlib.contextmanager
-    def _synced(self) -> Iterator[None]:
+    def _synced(self) -> contextlib.AbstractContextManager[None]:
         """The VLM's tower holds the CLIPModel's current vision tensors (the trial's edit)."""
-        saved = []
-        with torch.no_grad():
-            for clip_p, vlm_p in self._pairs:
-                value = clip_p.detach().to(device=vlm_p.device, dtype=vlm_p.dtype)
-                if not torch.equal(value, vlm_p):
-                    saved.append((vlm_p, vlm_p.detach().clone()))
-                    vlm_p.copy_(value)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for vlm_p, original in saved:
-                    vlm_p.copy_(original)
+        return mirrored(self._pairs)
 
 
 def answer_judges(
