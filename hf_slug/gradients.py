@@ -37,7 +37,7 @@ from .errors import (
 from .io import fingerprint, read_safetensors, read_safetensors_metadata, write_safetensors
 from .losses import forget_loss, retain_loss
 from .options import GradientOptions
-from .towers import encode_images, encode_texts, require_clip, tower_kind_of
+from .towers import encode_images, encode_texts, require_clip, tower_kinds
 
 LossKind = Literal["forget", "retain"]
 
@@ -71,7 +71,7 @@ def compute_gradients(
     pairs = load_pairs(pairs, name=f"{loss} set")
     params = dict(model.named_parameters())
     targets = [params[n] for n in check_names(params, names)]
-    kinds = {tower_kind_of(model, n) for n in names}
+    kinds = set(tower_kinds(model, names).values())
     device = next(model.parameters()).device
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     shard = _shard(len(pairs), batch_size, rank, world)

@@ -130,10 +130,9 @@ def step_scales(
     model: nn.Module, names: Sequence[str], forget_grads: Mapping[str, torch.Tensor], step: float
 ) -> dict[str, float]:
     """The raw scale `s · ‖θ⁰‖ / ‖G_f‖` multiplying each named tensor's forget gradient."""
-    params = dict(model.named_parameters())
     return {
         n: step
-        * float(params[n].detach().float().norm())
+        * float(model.get_parameter(n).detach().float().norm())
         / max(float(forget_grads[n].float().norm()), 1e-30)
         for n in names
     }

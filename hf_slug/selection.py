@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .towers import short_name, tower_kind_of
+from .towers import short_name, tower_kinds
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ def score_layers(
 ) -> list[LayerScore]:
     """Importance and alignment of every unit, with the Pareto front marked per tower."""
     params = dict(model.named_parameters())
+    kinds = tower_kinds(model, [unit[0] for unit in units])
     scores = []
     for unit in units:
         theta = torch.cat([params[n].detach().float().flatten().cpu() for n in unit])
@@ -50,7 +51,7 @@ def score_layers(
         importance = float(g_f.norm() / theta.norm().clamp_min(1e-12))
         denominator = (g_f.norm() * g_r.norm()).clamp_min(1e-30)
         alignment = float((g_f @ g_r).abs() / denominator)
-        scores.append(LayerScore(unit, tower_kind_of(model, unit[0]), importance, alignment))
+        scores.append(LayerScore(unit, kinds[unit[0]], importance, alignment))
     marked = list(scores)
     for tower in sorted({s.tower for s in scores}):
         members = [i for i, s in enumerate(scores) if s.tower == tower]

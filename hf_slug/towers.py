@@ -151,13 +151,20 @@ def block_index(name: str) -> tuple[int, str] | None:
 
 def tower_kind_of(root: nn.Module, name: str) -> TowerKind:
     """Which tower kind the root-level parameter `name` belongs to."""
-    for kind, projection in PROJECTIONS.items():
-        if name == projection:
-            return kind  # type: ignore[return-value]
-    for tower in find_towers(root):
-        if not tower.path or name.startswith(tower.path + "."):
-            return tower.kind
-    raise UnknownLayerError(f"{name} is in no CLIP tower of {type(root).__name__}.")
+    return tower_kinds(root, [name])[name]
+
+
+def tower_kinds(root: nn.Module, names: Sequence[str]) -> dict[str, TowerKind]:
+    """`tower_kind_of` for many names, finding the towers once."""
+    towers = find_towers(root)
+    kinds: dict[str, TowerKind] = {}
+    for name in names:
+        projection = [k for k, p in PROJECTIONS.items() if name == p]
+        owner = next((t for t in towers if not t.path or name.startswith(t.path + ".")), None)
+        if not projection and owner is None:
+            raise UnknownLayerError(f"{name} is in no CLIP tower of {type(root).__name__}.")
+        kinds[name] = projection[0] if projection else owner.kind  # type: ignore[assignment]
+    return kinds
 
 
 def group_layers(names: Sequence[str], group: str | None) -> list[tuple[str, ...]]:

@@ -61,7 +61,7 @@ def add_in_place(param: torch.Tensor, delta: torch.Tensor, weight: float = 1.0) 
 @contextlib.contextmanager
 def edited(model: nn.Module, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
     """Add `deltas` to the model's tensors for the duration; restore the exact originals after."""
-    params = dict(model.named_parameters())
+    params = {name: model.get_parameter(name) for name in deltas}
     originals = {name: params[name].detach().clone() for name in deltas}
     try:
         for name, delta in deltas.items():

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..towers import Tower
 from .prefix_cache import _rows, from_block
@@ -178,6 +179,5 @@ def lazy_recognised(
 
 def _stack(tensors: list[torch.Tensor], key: str, pad_id: int) -> torch.Tensor:
     """Stack rows, padding the shorter ones (text) at the end."""
-    length, value = max(len(t) for t in tensors), pad_id if key == "input_ids" else 0
-    pads = [t.new_full((length - len(t), *t.shape[1:]), value) for t in tensors]
-    return torch.stack([torch.cat([t, pad]) if len(pad) else t for t, pad in zip(tensors, pads)])
+    value = pad_id if key == "input_ids" else 0
+    return pad_sequence(tensors, batch_first=True, padding_value=value)
