@@ -142,8 +142,17 @@ def image_grid(
             ax.axis("off")
             if j < len(row):
                 ax.imshow(row[j])
-            if j == 0 and i < len(row_labels):
-                ax.set_title(row_labels[i], fontsize=7, loc="left")
+            if j == 0 and i < len(row_labels):  # left of the row, clear of the column titles
+                ax.text(
+                    -0.06,
+                    0.5,
+                    row_labels[i],
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    ha="right",
+                    va="center",
+                    wrap=True,
+                )
             if i == 0 and j < len(col_labels):
                 ax.set_title(col_labels[j], fontsize=7)
     fig.tight_layout()
