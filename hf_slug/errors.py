@@ -34,6 +34,11 @@ class NonFiniteGradientError(SLUGError, FloatingPointError):
     """A gradient or delta holds NaN or inf values."""
 
 
+class NonFiniteOutputError(NonFiniteGradientError):
+    """The model's features hold NaN or inf values (e.g. an edit overflowed its dtype); a step
+    search counts such a trial as not forgetting."""
+
+
 class DeltaFormatError(SLUGError, ValueError):
     """A delta folder or config is missing, truncated, corrupt or inconsistent."""
 

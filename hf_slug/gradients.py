@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
@@ -232,17 +233,19 @@ def model_fingerprint(model: nn.Module, names: Sequence[str]) -> str:
 _WEIGHTS: dict[int, tuple[Any, tuple, str]] = {}  # id(model) -> (model ref, versions, digest)
 
 
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: nn.Module, *, reuse: bool = True) -> str:
     """One sha256 over every parameter and buffer of `model`: a gradient depends on all of them,
     not only on the tensors it is taken for. Kept while no tensor was replaced or written to in
-    place since (their version counters), so a call that loads and saves hashes the model once."""
+    place since (their version counters), so a call that loads and saves hashes the model once;
+    `reuse=False` hashes again (a write through `.data` leaves the version counters alone)."""
     tensors = [*model.named_parameters(), *model.named_buffers()]
     try:
         versions = tuple((n, id(t), t.data_ptr(), t._version) for n, t in tensors)
     except RuntimeError:  # inference tensors keep no version
         versions = None
     kept = _WEIGHTS.get(id(model))
-    if versions is not None and kept is not None and kept[0]() is model and kept[1] == versions:
+    fresh = kept is not None and kept[0]() is model and kept[1] == versions
+    if reuse and versions is not None and fresh:
         return kept[2]
     digest = hashlib.sha256()
     for name, tensor in tensors:
@@ -286,7 +289,7 @@ def load_gradients(
     actual = model_fingerprint(model, list(grads))
     weights = metadata.get("weights_fingerprint")  # (files written before it lack it)
     if expected == actual and weights is not None:  # the other tensors change a gradient too
-        expected, actual = weights, weights_fingerprint(model)
+        expected, actual = weights, weights_fingerprint(model, reuse=False)
     if expected != actual:
         raise DeltaFormatError(
             f"{path} was computed on different weights (fingerprint {expected!s:.12} vs this "
@@ -315,14 +318,33 @@ def check_gradient_source(kind: str, source: Any) -> None:
         )
 
 
-def gradient_signature(pairs: ImageTextPairs, pass_options: Mapping[str, Any]) -> str:
+def gradient_signature(
+    pairs: ImageTextPairs, processor: Any, pass_options: Mapping[str, Any]
+) -> str:
     """What a gradient depends on besides the weights: the pairs (captions and image bytes),
-    the batch size (the contrastive loss contrasts within a batch) and the precision."""
+    the processor (resizing, normalisation, vocabulary), the batch size (the contrastive loss
+    contrasts within a batch) and the precision."""
     options = pass_options.get("options") or GradientOptions()
     return (
-        f"{pairs.signature()}|batch_size={pass_options.get('batch_size')}"
+        f"{pairs.signature()}|processor={processor_signature(processor)}"
+        f"|batch_size={pass_options.get('batch_size')}"
         f"|autocast={options.autocast_dtype}|storage={options.storage_dtype}"
     )
+
+
+def processor_signature(processor: Any) -> str:
+    """A sha256 over a processor's image settings and its tokenizer's vocabulary and limits."""
+    digest = hashlib.sha256(type(processor).__name__.encode())
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None and hasattr(image_processor, "to_dict"):
+        digest.update(json.dumps(image_processor.to_dict(), sort_keys=True, default=str).encode())
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is not None:
+        for attribute in ("model_max_length", "padding_side", "pad_token", "eos_token"):
+            digest.update(f"{attribute}={getattr(tokenizer, attribute, None)};".encode())
+        if hasattr(tokenizer, "get_vocab"):
+            digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    return digest.hexdigest()
 
 
 def default_cache_file(model: nn.Module, names: Sequence[str], signature: str) -> Path:
@@ -351,18 +373,60 @@ def gradients_for(
     if isinstance(source, Mapping):
         missing = [n for n in names if n not in source]
         if missing:
-            raise KeyError(f"the given {kind} gradients lack {missing[:3]}: compute them again.")
-        return {n: source[n].float() for n in names}
-    signature = gradient_signature(pairs, pass_options)
+            raise ConfigError(
+                f"the given {kind} gradients lack {missing[:3]}: compute them again for these "
+                "candidate tensors (or narrow the candidates)."
+            )
+        return checked_gradients(model, {n: source[n] for n in names}, f"the given {kind}")
+    signature = gradient_signature(pairs, processor, pass_options)
     if source is not None:
-        return load_gradients(source, model, names, signature)
+        return checked_gradients(
+            model, load_gradients(source, model, names, signature), f"{source}'s {kind}"
+        )
     if cache is not None and cache.exists():
         try:
-            return load_gradients(cache, model, names, signature)
-        except (DeltaFormatError, KeyError) as error:  # stale cache: recompute it
+            cached = load_gradients(cache, model, names, signature)
+            return checked_gradients(model, cached, f"the cached {kind}")
+        except (DeltaFormatError, ConfigError, NonFiniteGradientError, KeyError, OSError) as error:
             warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
     grads = compute_gradients(model, processor, pairs, kind, names, **pass_options)
     accelerator = getattr(pass_options.get("options"), "accelerator", None)
     if cache is not None and (accelerator is None or accelerator.is_main_process):
-        save_gradients(cache, grads, model, signature)
+        try:
+            save_gradients(cache, grads, model, signature)
+        except OSError as error:  # a cache is an optimisation: the gradients are computed
+            warnings.warn(
+                f"could not cache the {kind} gradients in {cache.parent} "
+                f"({error.strerror or error}): set HF_SLUG_CACHE (or cache_dir) to a writable "
+                "folder, or turn the "
+                "cache off with UnlearnOptions(cache_retain=False) / "
+                "HF_SLUG_DISABLE_GRADIENT_CACHE=1.",
+                stacklevel=3,
+            )
     return grads
+
+
+def checked_gradients(
+    model: nn.Module, grads: Mapping[str, Any], origin: str
+) -> dict[str, torch.Tensor]:
+    """`grads` in float32 after checking each is a finite floating-point tensor shaped like its
+    parameter: a `ConfigError` or `NonFiniteGradientError` naming the tensor otherwise."""
+    checked = {}
+    for name, grad in grads.items():
+        shape = tuple(model.get_parameter(name).shape)
+        if not isinstance(grad, torch.Tensor) or not grad.is_floating_point():
+            raise ConfigError(
+                f"{origin} gradient of {name} is a {type(grad).__name__} "
+                f"({getattr(grad, 'dtype', '')}), not a floating-point tensor: compute it again."
+            )
+        if tuple(grad.shape) != shape:
+            raise ConfigError(
+                f"{origin} gradient of {name} has shape {tuple(grad.shape)}, the parameter "
+                f"{shape}: it was computed for another model; compute it again."
+            )
+        if not torch.isfinite(grad).all():
+            raise NonFiniteGradientError(
+                f"{origin} gradient of {name} holds NaN or inf values: compute it again."
+            )
+        checked[name] = grad.float()
+    return checked

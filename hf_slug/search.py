@@ -23,11 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import finite_real
-from .errors import ConfigError, NonFiniteGradientError
+from .errors import ConfigError, NonFiniteGradientError, NonFiniteOutputError
 from .evaluation import FORGET_ACC, UTILITY, Evaluator, Metrics
 from .options import SearchSettings
 from .towers import short_name
 from .weights import edited
+
+NON_FINITE = "non_finite"  # a trial's only metric when the edited model gave NaN/inf features
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,14 @@ def update(
 ) -> dict[str, torch.Tensor]:
     """The fp32 deltas `s · ‖θ⁰‖/‖G_f‖ · G_f` of each named tensor at relative step `step`."""
     scales = step_scales(model, names, forget_grads, step)
-    return {n: forget_grads[n].float() * scales[n] for n in names}
+    deltas = {n: forget_grads[n].float() * scales[n] for n in names}
+    for name, delta in deltas.items():
+        if not torch.isfinite(delta).all():
+            raise NonFiniteOutputError(
+                f"at step s={step:g} the delta of {name} overflows float32: use a smaller "
+                "initial_step, and check the forget gradients are finite."
+            )
+    return deltas
 
 
 def _is_number(value: object) -> bool:
@@ -169,11 +178,14 @@ def search_step(
     evaluator.begin(model, names)
     try:
         for _ in range(settings.max_evaluations):
-            with edited(model, update(model, names, forget_grads, step)):
-                metrics, exact = evaluator.evaluate_forget(
-                    model, criterion.forget_metric, criterion.ceiling
-                )
-            forgets = criterion.forgets(metrics)
+            try:
+                with edited(model, update(model, names, forget_grads, step)):
+                    metrics, exact = evaluator.evaluate_forget(
+                        model, criterion.forget_metric, criterion.ceiling
+                    )
+                forgets = criterion.forgets(metrics)
+            except NonFiniteOutputError:  # the edit overflowed: a broken model forgets nothing
+                metrics, exact, forgets = {NON_FINITE: 1.0}, False, False
             result.trials.append(Trial(short_name(names), step, metrics, forgets, not exact))
             if forgets:
                 high, result.step, result.metrics = step, step, metrics

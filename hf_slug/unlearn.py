@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import warnings
@@ -304,7 +305,11 @@ def unlearn(
         ("retain", options.retain_gradients, retain_pairs),
     ):
         start = time.perf_counter()
-        cache = _cache_file(model, kind, pairs, names, config, options) if source is None else None
+        cache = (
+            _cache_file(model, processor, kind, pairs, names, config, options)
+            if source is None
+            else None
+        )
         grads[kind] = gradients_for(
             model, processor, pairs, kind, names, source, cache, pass_options
         )
@@ -451,6 +456,7 @@ def _validation_pairs(validation: Any) -> tuple[Any, Any]:
 
 def _cache_file(
     model: nn.Module,
+    processor: Any,
     kind: str,
     pairs: ImageTextPairs,
     names: Sequence[str],
@@ -460,12 +466,21 @@ def _cache_file(
     """Where the `kind` gradients are cached: `options.cache_dir`, else (retain only) the
     per-user cache unless it is turned off, else nowhere."""
     if options.cache_dir is not None:
-        suffix = "" if kind == "retain" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", config.concept)
+        suffix = "" if kind == "retain" else "-" + _file_stem(config.concept)
         return Path(options.cache_dir) / f"{kind}_gradients{suffix}.safetensors"
     if kind != "retain" or not options.cache_retain or not gradient_cache_enabled():
         return None
     pass_options = {"batch_size": config.batch_size, "options": options.gradients}
-    return default_cache_file(model, names, gradient_signature(pairs, pass_options))
+    return default_cache_file(model, names, gradient_signature(pairs, processor, pass_options))
+
+
+def _file_stem(concept: str) -> str:
+    """A short, safe file-name part for `concept`: its letters and digits (at most 48, spaces
+    as `_`), plus a hash of the full name when anything else was dropped ("C++" and "C#")."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", concept)
+    if stem == re.sub(r" +", "_", concept) and len(stem) <= 48:
+        return stem
+    return f"{stem[:48]}_{hashlib.sha256(concept.encode()).hexdigest()[:12]}"
 
 
 def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:

@@ -173,6 +173,8 @@ def lazy_recognised(
         # the likeliest views first, as many as are complete already (1, 1, 2, 4, ...)
         views = lead.argsort(descending=True, stable=True)[: max(1, int(complete.sum()))]
         views = [int(v) for v in views if lead[v] > float("-inf")]
+        if not views:  # undecidable (non-finite similarities): they count as recognised
+            return int((recognised | open_.any(1)).sum()), True
         fetch([(v, label) for v in views for label in range(n_labels)])
         complete[views] = True
 

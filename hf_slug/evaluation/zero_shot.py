@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import PROCESSOR_KWARGS
+from ..errors import NonFiniteOutputError
 from ..towers import Tower, block_index, encode_images, encode_texts, find_towers
 from .base import UTILITY, Evaluator, Metrics, accuracy_key, top5_key
 from .prefix_cache import _Inputs, _weights_key, from_block, recording
@@ -228,6 +229,11 @@ class ZeroShotEvaluator(Evaluator):
             features = encode_images(model, batch["pixel_values"])
         else:
             features = encode_texts(model, batch["input_ids"], batch.get("attention_mask"))
+        if not torch.isfinite(features).all():
+            raise NonFiniteOutputError(
+                f"the {kind} tower gives NaN or inf features: the weights (or an edit of them) "
+                "overflow the model's dtype; check the model is finite, or load it in float32."
+            )
         return F.normalize(features.float(), dim=-1).cpu()
 
 
