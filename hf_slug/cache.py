@@ -11,7 +11,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
 
 DISABLE_VARIABLE = "HF_SLUG_DISABLE_GRADIENT_CACHE"
@@ -31,4 +33,31 @@ def gradient_cache_enabled() -> bool:
     return os.environ.get(DISABLE_VARIABLE, "").strip().lower() not in {"1", "true", "yes", "on"}
 
 
-__all__ = ["DISABLE_VARIABLE", "cache_home", "gradient_cache_enabled"]
+def prune(folder: Path, keep: int = 8, stale_s: float = 86400.0) -> list[Path]:
+    """Delete all but the `keep` most recently used `*.safetensors` files of `folder`, and
+    leftovers of interrupted writes (`.*.tmp`) older than `stale_s`; the deleted paths.
+
+    A file in use elsewhere stays readable by whoever has it open (POSIX unlink).
+    """
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    now = time.time()
+    leftovers = [p for p in folder.glob(".*.tmp") if now - p.stat().st_mtime > stale_s]
+    removed = []
+    for path in [*files[keep:], *leftovers]:
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:  # another process removed it first, or it is not ours to remove
+            pass
+    return removed
+
+
+def touch(path: Path) -> None:
+    """Mark a cache file as just used (what `prune` keeps)."""
+    with contextlib.suppress(OSError):  # not there yet, or not ours
+        os.utime(path)
+
+
+__all__ = ["DISABLE_VARIABLE", "cache_home", "gradient_cache_enabled", "prune", "touch"]

@@ -102,11 +102,11 @@ class ImageTextPairs:
         its file's bytes, so an image edited in place changes it)."""
         digest = hashlib.sha256()
         for image, text in zip(self.images, self.texts):
-            digest.update(text.encode())
+            digest.update(f"{len(text.encode())}:".encode() + text.encode())  # length-prefixed
             if isinstance(image, Image.Image):
-                digest.update(image.tobytes())
+                digest.update(f"{image.mode}:{image.size}:".encode() + image.tobytes())
             else:
-                digest.update(str(image).encode())
+                digest.update(f"path:{image}:".encode())
                 if isinstance(image, (str, os.PathLike)):
                     with contextlib.suppress(OSError):  # a missing file is reported when read
                         digest.update(hashlib.sha256(Path(image).read_bytes()).digest())

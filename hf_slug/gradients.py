@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +24,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import cache_home
 from .data import ImageTextPairs, batches, check_batch_size, load_pairs
 from .errors import (
     ConfigError,
@@ -316,117 +313,3 @@ def check_gradient_source(kind: str, source: Any) -> None:
             f"{kind}_gradients={str(source)!r} is not a file: pass the path written by "
             "save_gradients (or scripts/distributed_gradients.py), or None to compute them."
         )
-
-
-def gradient_signature(
-    pairs: ImageTextPairs, processor: Any, pass_options: Mapping[str, Any]
-) -> str:
-    """What a gradient depends on besides the weights: the pairs (captions and image bytes),
-    the processor (resizing, normalisation, vocabulary), the batch size (the contrastive loss
-    contrasts within a batch) and the precision."""
-    options = pass_options.get("options") or GradientOptions()
-    return (
-        f"{pairs.signature()}|processor={processor_signature(processor)}"
-        f"|batch_size={pass_options.get('batch_size')}"
-        f"|autocast={options.autocast_dtype}|storage={options.storage_dtype}"
-    )
-
-
-def processor_signature(processor: Any) -> str:
-    """A sha256 over a processor's image settings and its tokenizer's vocabulary and limits."""
-    digest = hashlib.sha256(type(processor).__name__.encode())
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is not None and hasattr(image_processor, "to_dict"):
-        digest.update(json.dumps(image_processor.to_dict(), sort_keys=True, default=str).encode())
-    tokenizer = getattr(processor, "tokenizer", None)
-    if tokenizer is not None:
-        for attribute in ("model_max_length", "padding_side", "pad_token", "eos_token"):
-            digest.update(f"{attribute}={getattr(tokenizer, attribute, None)};".encode())
-        if hasattr(tokenizer, "get_vocab"):
-            digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
-    return digest.hexdigest()
-
-
-def default_cache_file(model: nn.Module, names: Sequence[str], signature: str) -> Path:
-    """The per-user cache file (`hf_slug.cache.cache_home()/gradients`) of the gradients of
-    `names` at `model`'s weights over the data of `signature`: one file per combination, so
-    concepts on the same model and retain set share it and nothing overwrites another's."""
-    digest = hashlib.sha256(weights_fingerprint(model).encode())
-    digest.update("\n".join(sorted(names)).encode())
-    digest.update(signature.encode())
-    return cache_home() / "gradients" / f"{digest.hexdigest()[:40]}.safetensors"
-
-
-def gradients_for(
-    model: nn.Module,
-    processor: Any,
-    pairs: ImageTextPairs,
-    kind: LossKind,
-    names: Sequence[str],
-    source: str | Path | Mapping[str, torch.Tensor] | None,
-    cache: Path | None,
-    pass_options: Mapping[str, Any],
-) -> dict[str, torch.Tensor]:
-    """The `kind` gradients of `names`: given (`source`), read from `cache` when it matches the
-    model and the pairs, else computed (`compute_gradients(**pass_options)`: `batch_size`,
-    `options`, `progress`) and written to `cache`."""
-    if isinstance(source, Mapping):
-        missing = [n for n in names if n not in source]
-        if missing:
-            raise ConfigError(
-                f"the given {kind} gradients lack {missing[:3]}: compute them again for these "
-                "candidate tensors (or narrow the candidates)."
-            )
-        return checked_gradients(model, {n: source[n] for n in names}, f"the given {kind}")
-    signature = gradient_signature(pairs, processor, pass_options)
-    if source is not None:
-        return checked_gradients(
-            model, load_gradients(source, model, names, signature), f"{source}'s {kind}"
-        )
-    if cache is not None and cache.exists():
-        try:
-            cached = load_gradients(cache, model, names, signature)
-            return checked_gradients(model, cached, f"the cached {kind}")
-        except (DeltaFormatError, ConfigError, NonFiniteGradientError, KeyError, OSError) as error:
-            warnings.warn(f"recomputing {kind} gradients: {error}", stacklevel=3)
-    grads = compute_gradients(model, processor, pairs, kind, names, **pass_options)
-    accelerator = getattr(pass_options.get("options"), "accelerator", None)
-    if cache is not None and (accelerator is None or accelerator.is_main_process):
-        try:
-            save_gradients(cache, grads, model, signature)
-        except OSError as error:  # a cache is an optimisation: the gradients are computed
-            warnings.warn(
-                f"could not cache the {kind} gradients in {cache.parent} "
-                f"({error.strerror or error}): set HF_SLUG_CACHE (or cache_dir) to a writable "
-                "folder, or turn the "
-                "cache off with UnlearnOptions(cache_retain=False) / "
-                "HF_SLUG_DISABLE_GRADIENT_CACHE=1.",
-                stacklevel=3,
-            )
-    return grads
-
-
-def checked_gradients(
-    model: nn.Module, grads: Mapping[str, Any], origin: str
-) -> dict[str, torch.Tensor]:
-    """`grads` in float32 after checking each is a finite floating-point tensor shaped like its
-    parameter: a `ConfigError` or `NonFiniteGradientError` naming the tensor otherwise."""
-    checked = {}
-    for name, grad in grads.items():
-        shape = tuple(model.get_parameter(name).shape)
-        if not isinstance(grad, torch.Tensor) or not grad.is_floating_point():
-            raise ConfigError(
-                f"{origin} gradient of {name} is a {type(grad).__name__} "
-                f"({getattr(grad, 'dtype', '')}), not a floating-point tensor: compute it again."
-            )
-        if tuple(grad.shape) != shape:
-            raise ConfigError(
-                f"{origin} gradient of {name} has shape {tuple(grad.shape)}, the parameter "
-                f"{shape}: it was computed for another model; compute it again."
-            )
-        if not torch.isfinite(grad).all():
-            raise NonFiniteGradientError(
-                f"{origin} gradient of {name} holds NaN or inf values: compute it again."
-            )
-        checked[name] = grad.float()
-    return checked

@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -25,19 +23,13 @@ import torch
 from torch import nn
 
 from .adapter_weights import require_no_active_adapters
-from .cache import gradient_cache_enabled
 from .config import SLUGConfig, TargetInfo, UnlearningConfig
-from .data import ImageTextPairs, PairSource, check_batch_size, load_pairs
+from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
 from .errors import ConfigError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
-from .gradients import (
-    check_gradient_source,
-    default_cache_file,
-    gradient_signature,
-    gradients_for,
-    require_clip_model,
-)
+from .gradient_cache import cache_file_for, gradients_for
+from .gradients import check_gradient_source, require_clip_model
 from .io import fingerprint
 from .options import UnlearnOptions, reject_unknown_keywords
 from .search import (
@@ -306,7 +298,7 @@ def unlearn(
     ):
         start = time.perf_counter()
         cache = (
-            _cache_file(model, processor, kind, pairs, names, config, options)
+            cache_file_for(model, processor, kind, pairs, names, config, options)
             if source is None
             else None
         )
@@ -452,35 +444,6 @@ def _validation_pairs(validation: Any) -> tuple[Any, Any]:
         load_pairs(validation[0], name="validation forget set"),
         load_pairs(validation[1], name="validation retain set"),
     )
-
-
-def _cache_file(
-    model: nn.Module,
-    processor: Any,
-    kind: str,
-    pairs: ImageTextPairs,
-    names: Sequence[str],
-    config: SLUGConfig,
-    options: UnlearnOptions,
-) -> Path | None:
-    """Where the `kind` gradients are cached: `options.cache_dir`, else (retain only) the
-    per-user cache unless it is turned off, else nowhere."""
-    if options.cache_dir is not None:
-        suffix = "" if kind == "retain" else "-" + _file_stem(config.concept)
-        return Path(options.cache_dir) / f"{kind}_gradients{suffix}.safetensors"
-    if kind != "retain" or not options.cache_retain or not gradient_cache_enabled():
-        return None
-    pass_options = {"batch_size": config.batch_size, "options": options.gradients}
-    return default_cache_file(model, names, gradient_signature(pairs, processor, pass_options))
-
-
-def _file_stem(concept: str) -> str:
-    """A short, safe file-name part for `concept`: its letters and digits (at most 48, spaces
-    as `_`), plus a hash of the full name when anything else was dropped ("C++" and "C#")."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "_", concept)
-    if stem == re.sub(r" +", "_", concept) and len(stem) <= 48:
-        return stem
-    return f"{stem[:48]}_{hashlib.sha256(concept.encode()).hexdigest()[:12]}"
 
 
 def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:

@@ -41,6 +41,7 @@ LAYER = {
     "hf_slug.clip_sizes": "core",  # the one CLIPConfig builder (tests, benchmarks, embedded)
     "hf_slug.selection": "core",
     "hf_slug.gradients": "core",
+    "hf_slug.gradient_cache": "core",  # given, cached or computed gradients; the cache file
     "hf_slug.evaluation": "core",  # the package: evaluators, metric keys, prefix cache
     "hf_slug.evaluation.base": "core",
     "hf_slug.evaluation.tasks": "core",

@@ -3,16 +3,18 @@ the retain pass; any change to the weights, the retain data or the pass settings
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import PLUMBING, random_images
 
-import hf_slug.gradients as gradients_module
+import hf_slug.gradient_cache as gradients_module
 from hf_slug import SLUGConfig, UnlearnOptions, load_pairs, unlearn
 from hf_slug.cache import DISABLE_VARIABLE, cache_home, gradient_cache_enabled
 from hf_slug.errors import ConfigError
+from hf_slug.gradient_cache import KEEP_FILES
 
 NAMES = ["Ada Byron", "Alan Turing"]
 pytestmark = pytest.mark.filterwarnings("ignore:the model already meets the forget criterion")
@@ -166,3 +168,23 @@ def test_cache_home_follows_the_environment(monkeypatch) -> None:
 def test_cache_retain_must_be_a_bool() -> None:
     with pytest.raises(ConfigError, match="cache_retain must be True or False"):
         UnlearnOptions(cache_retain="yes")
+
+
+def test_the_per_user_cache_keeps_only_the_most_recently_used_files(model, processor, passes):
+    from hf_slug.cache import prune
+
+    folder = cache_home() / "gradients"
+    folder.mkdir(parents=True)
+    old = []
+    for i in range(KEEP_FILES + 3):
+        old.append(folder / f"old{i}.safetensors")
+        old[-1].write_bytes(b"x")
+        os.utime(old[-1], (1000 + i, 1000 + i))
+    leftover = folder / ".old0.safetensors.abc.tmp"
+    leftover.write_bytes(b"x")
+    os.utime(leftover, (1000, 1000))
+    run(model, processor, "Ada Byron", retain_set())
+    kept = sorted(p.name for p in folder.iterdir())
+    assert len(kept) == KEEP_FILES + 1  # the newest old ones and this call's file
+    assert "old0.safetensors" not in kept and leftover.name not in kept
+    assert prune(folder / "missing") == []
