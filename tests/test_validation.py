@@ -31,7 +31,7 @@ from hf_slug.validation import (
     split_pairs,
 )
 
-gradients_module = importlib.import_module("hf_slug.gradients")
+gradients_module = importlib.import_module("hf_slug.gradient_cache")  # where unlearn calls the pass
 NAMES = ["Ada Byron", "Alan Turing", "Grace Hopper"]
 
 
