@@ -266,15 +266,21 @@ def run_isolated(
     queue = context.Queue()
     process = context.Process(target=_child, args=(queue, fn, args, kwargs))
     process.start()
-    try:
-        status, value = queue.get(timeout=timeout_s)
-    except Exception as error:  # queue.Empty, or the child died
-        process.kill()
-        process.join()
-        raise RuntimeError(
-            f"{getattr(fn, '__name__', fn)} gave no answer (exit code {process.exitcode}): "
-            f"{type(error).__name__}"
-        ) from error
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:  # poll, so a child that dies without answering is seen, not waited on forever
+        try:
+            status, value = queue.get(timeout=1.0)
+            break
+        except Exception as error:  # queue.Empty: still running, dead, or out of time
+            dead = not process.is_alive() and queue.empty()
+            late = deadline is not None and time.monotonic() > deadline
+            if dead or late:
+                process.kill()
+                process.join()
+                raise RuntimeError(
+                    f"{getattr(fn, '__name__', fn)} gave no answer (exit code "
+                    f"{process.exitcode}): {'it died' if dead else 'timed out'}"
+                ) from error
     process.join()
     if status != "ok":
         raise RuntimeError(f"{getattr(fn, '__name__', fn)} failed in its child process:\n{value}")

@@ -109,3 +109,6 @@ def test_run_isolated_runs_in_another_process() -> None:
     assert run_isolated(os.getpid) != os.getpid()
     with pytest.raises(RuntimeError, match="ZeroDivisionError"):
         run_isolated(divmod, 1, 0)
+    # a child that dies without answering (killed, or os._exit) is reported, not waited on
+    with pytest.raises(RuntimeError, match="gave no answer .*died"):
+        run_isolated(os._exit, 3)
