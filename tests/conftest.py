@@ -68,6 +68,8 @@ def fresh_gradient_cache(
     """An empty per-user cache for each test, so no test reuses another's retain gradients."""
     folder = tmp_path_factory.mktemp("hf_slug_cache")
     monkeypatch.setenv("HF_SLUG_CACHE", str(folder))
+    # importing benchmarks/common.py (benchmark tests do) turns the cache off process-wide
+    monkeypatch.delenv("HF_SLUG_DISABLE_GRADIENT_CACHE", raising=False)
     return folder
 
 
