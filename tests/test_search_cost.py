@@ -155,7 +155,7 @@ def test_default_criterion_with_early_exit_picks_the_same_layer_and_step(
 def test_cached_retain_gradients_are_reused_and_invalidated(processor, tmp_path, monkeypatch):
     """`unlearn(..., cache_dir=)` reuses the retain gradients for the next concept, and computes
     them again when the model (any tensor, not only the candidates) or the retain set changes."""
-    gradients = importlib.import_module("hf_slug.gradients")
+    gradients = importlib.import_module("hf_slug.gradient_cache")  # where unlearn calls the pass
     computed = []
     compute = gradients.compute_gradients
 
