@@ -37,6 +37,7 @@ from .cli_checks import (
     model_args,
     output_folder,
     rank,
+    repo_id,
     require_finite,
 )
 from .cli_unlearn import add_parser as add_unlearn_parser
@@ -299,9 +300,10 @@ def _export(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
+    folder = existing_folder(args.delta, "delta")
     info = push_to_hub(
-        existing_folder(args.delta, "delta"),
-        args.repo_id,
+        folder,
+        repo_id(args.repo_id, "--repo-id"),
         private=args.private or None,
         token=args.token,
         commit_message=args.message,

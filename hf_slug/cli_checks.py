@@ -71,6 +71,22 @@ def existing_source(value: str, flag: str) -> str:
     return value
 
 
+def repo_id(value: str, flag: str) -> str:
+    """A valid Hub repo id (org/name), checked before anything is built or uploaded."""
+    from .errors import HubError
+    from .hub import check_repo_id
+
+    if not REPO_ID.fullmatch(value):
+        raise UsageError(
+            f"{flag} {value!r} is not a Hub repo id: pass org/name, e.g. me/clip-forget-ada "
+            "(letters, digits, '-', '_', '.'; no spaces)."
+        )
+    try:
+        return check_repo_id(value)
+    except HubError as error:
+        raise UsageError(f"{flag}: {error}") from None
+
+
 def existing_folder(path: str, flag: str) -> str:
     if not Path(path).is_dir():
         raise UsageError(f"{flag} {path}: no such folder; pass an existing folder.")

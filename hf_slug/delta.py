@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .adapter_weights import add_checked
 from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, TargetInfo, UnlearningConfig
 from .errors import (
     AdapterError,
@@ -42,10 +43,14 @@ from .io import (
     read_consistently,
     write_json,
 )
-from .names import StackEntry, folder_layout, owned_entries, read_stack_index
+from .names import (
+    StackEntry,
+    folder_layout,
+    owned_entries,
+    path_argument,
+    read_stack_index,
+)
 from .resolve import not_a_delta_error, resolve_folder
-from .towers import block_index, find_towers
-from .weights import add_in_place
 
 UP, DOWN = ".up", ".down"
 
@@ -258,11 +263,17 @@ class ConceptDelta:
     def apply_to(
         self, model: nn.Module, weight: float = 1.0, *, check_fingerprint: bool = True
     ) -> nn.Module:
-        """Add `weight` × this delta into `model` in place (after `check_base`); return it."""
+        """Add `weight` × this delta into `model` in place (after `check_base`); return it.
+
+        All or nothing: `weight` must be a finite number (AdapterError for a str or bool,
+        NonFiniteGradientError for NaN/inf), the delta finite, and every `base + weight·Δ`
+        finite in the model's dtype (`hf_slug.adapter_weights.checked_update`) before any
+        weight is written.
+        """
         self.check_base(model, check_fingerprint=check_fingerprint)
-        params = dict(model.named_parameters())
-        for name, delta in self.dense().items():
-            add_in_place(params[name], delta, weight)
+        self.check_finite()
+        who = f"refusing to apply the delta for {self.config.concept!r} at weight {weight}"
+        add_checked(model, self.dense(), weight, who)
         return model
 
     # -- files ----------------------------------------------------------------------------
@@ -274,12 +285,15 @@ class ConceptDelta:
         sub-folders) is replaced by this one delta, and files hf_slug did not write (README.md,
         notes) are kept.
         """
+        directory = path_argument(directory, "directory")
+        storage_dtype(dtype)
         with atomic_folder(directory, owned_entries) as tmp:
             self.write_files(tmp, dtype=dtype)
-        return Path(directory)
+        return directory
 
     def write_files(self, directory: Path, *, dtype: torch.dtype | None = None) -> None:
         """Write config and tensors into `directory` (created; no atomicity: see save_pretrained)."""
+        dtype = storage_dtype(dtype)
         tensors = {k: (v.to(dtype) if dtype else v).contiguous() for k, v in self.tensors.items()}
         if any(not torch.isfinite(t).all() for t in tensors.values()):
             raise NonFiniteGradientError(
@@ -305,6 +319,8 @@ class ConceptDelta:
         NaN/inf is refused (NonFiniteGradientError). A save replacing the folder meanwhile is
         waited out: the config and tensors read always come from the same save.
         """
+
+        path_argument(path, "path")
 
         def read() -> ConceptDelta:
             folder = resolve_folder(path, **hub_kwargs)
@@ -369,6 +385,47 @@ def low_rank_factors(
     return up, down, error
 
 
+def combined(
+    deltas: Sequence[ConceptDelta], weights: Sequence[float], labels: Sequence[str]
+) -> ConceptDelta:
+    """One dense delta equal to `Σ wₐ·Δₐ`, its config the first's (`labels` name the parts)."""
+    tensors: dict[str, torch.Tensor] = {}
+    targets: dict[str, TargetInfo] = {}
+    for delta, w in zip(deltas, weights):
+        for key, value in delta.dense().items():
+            tensors[key] = tensors.get(key, 0) + w * value
+            targets[key] = delta.config.targets[key]
+    config = replace(
+        deltas[0].config,
+        concept=" + ".join(d.config.concept for d in deltas),
+        targets=targets,
+        scales={},
+        delta_format="dense",
+        rank=None,
+        metrics={"combined": dict(zip(labels, weights))},
+    )
+    return ConceptDelta(config, tensors)
+
+
+STORAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def storage_dtype(dtype: Any) -> torch.dtype | None:
+    """`dtype` if a delta can be stored in it (None keeps the tensors' own), else ConfigError.
+
+    Example:
+        >>> storage_dtype(torch.float16)
+        torch.float16
+    """
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES):
+        return dtype
+    allowed = ", ".join(f"torch.{str(d).removeprefix('torch.')}" for d in STORAGE_DTYPES)
+    raise ConfigError(
+        f"a delta can be saved in {allowed} or None (its own dtype), got {dtype!r}: pass e.g. "
+        "dtype=torch.float16 (a torch.dtype, not a string) to halve the file."
+    )
+
+
 def _dtype(name: str) -> torch.dtype:
     value = getattr(torch, name, None)
     if not isinstance(value, torch.dtype):
@@ -397,6 +454,7 @@ def read_delta_or_stack(
     Every entry of the stack index is validated (`hf_slug.names.read_stack_index`) and each
     adapter folder must be a plain sub-folder, so nothing outside the folder is read.
     """
+    path_argument(path, "path")
     folder = resolve_folder(path, **hub_kwargs)
     with PinnedFolder(folder) as pinned:
         kind = folder_layout(pinned.is_file(CONFIG_NAME), pinned.is_file(STACK_NAME), path)
@@ -418,37 +476,3 @@ def read_delta_or_stack(
                     raise not_a_delta_error(source, source, stack=inner == "stack")
                 loaded.append((entry, ConceptDelta.read_pinned(sub, source)))
         return loaded
-
-
-def host_parameter(
-    root: nn.Module, params: dict, key: str, info: TargetInfo, config: UnlearningConfig
-) -> str:
-    """Where a delta's tensor lives in this host: the same name, or the same block by structure.
-
-    A delta computed on a `CLIPModel` (`text_model.encoder.layers.3…`) finds its tensor in a
-    pipeline's `text_encoder.encoder.layers.3…` or a VLM's vision tower; the fingerprint check
-    then proves it is the same tensor.
-    """
-    if key in params:
-        return key
-    found = block_index(key)
-    towers = [t for t in find_towers(root) if info.tower in (None, t.kind)]
-    if config.component:
-        towers = [t for t in towers if config.component in t.path.split(".")] or towers
-    if found is not None:
-        block, weight = found
-        hits = [t.name(f"encoder.layers.{block}.{weight}") for t in towers]
-        hits = [h for h in hits if h in params]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise DeltaFormatError(
-                f"the delta's {key} matches several towers here ({hits}): the delta must name its "
-                "component (e.g. text_encoder or text_encoder_2)."
-            )
-    raise DeltaFormatError(
-        f"the delta for {config.concept!r} targets {key}, which this "
-        f"{type(root).__name__} does not have (no {info.tower or 'CLIP'} tower with that block). "
-        f"Load it onto the model family it was made for ({config.model_family}, base "
-        f"{config.base_model_name_or_path})."
-    )

@@ -12,8 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
+import stat
 import string
 import tempfile
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 from .config import CONFIG_NAME, STACK_NAME, UnlearningConfig
 from .errors import DeltaFormatError, HubError
 from .io import PinnedFolder, read_consistently
-from .names import folder_layout, read_stack_index
+from .names import folder_layout, path_argument, read_stack_index
 from .resolve import (  # re-exported: `hf_slug.hub.resolve_folder` etc. keep working
     PEFT_CONFIG,
     not_a_delta_error,
@@ -32,6 +35,7 @@ from .resolve import (  # re-exported: `hf_slug.hub.resolve_folder` etc. keep wo
 
 __all__ = [
     "PEFT_CONFIG",
+    "check_repo_id",
     "delta_configs",
     "model_card",
     "not_a_delta_error",
@@ -127,44 +131,58 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
     before = before if isinstance(before, dict) else {}
     after = after if isinstance(after, dict) else {}
     rows = ["| metric | before | after |", "|---|---|---|"]
-    rows += [f"| {k} | {_number(before[k])} | {_number(after.get(k))} |" for k in before]
+    rows += [
+        f"| {_text(k)} | {_text(_number(before[k]))} | {_text(_number(after.get(k)))} |"
+        for k in before
+    ]
     pareto = next((p for p in ("pareto.png", "pareto_front.png") if (folder / p).exists()), None)
     size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
-    source = repo_id or "path/to/this/folder"
+    source = json.dumps(repo_id or "path/to/this/folder")
     if len(configs) == 1:
         usage = (
             f"from hf_slug import SLUGModel\n\nslug = SLUGModel.from_pretrained(base_model, "
-            f'"{source}")  # base_model: the model named above\n'
+            f"{source})  # base_model: the model named above\n"
             "merged = slug.merge_and_unload()  # or keep it unmerged and stack more concepts"
         )
     else:
         usage = (
-            f'from hf_slug import SLUGModel\n\nslug = SLUGModel.from_pretrained(base_model, "{source}")\n'
+            f"from hf_slug import SLUGModel\n\nslug = SLUGModel.from_pretrained(base_model, {source})\n"
             f"slug.set_adapters({list(configs)!r}, adapter_weights=[1.0] * {len(configs)})"
         )
     values = {
-        "title": f"SLUG unlearning delta: {', '.join(concepts)}",
-        "concept": ", ".join(concepts),
-        "concept_kind": ", ".join(sorted({c.concept_kind for c in configs.values()})),
-        "base_model": f"`{first.base_model_name_or_path}`"
+        "title": f"SLUG unlearning delta: {_text(', '.join(concepts))}",
+        "concept": _text(", ".join(concepts)),
+        "concept_kind": _text(", ".join(sorted({c.concept_kind for c in configs.values()}))),
+        "base_model": f"`{_text(first.base_model_name_or_path)}`"
         if first.base_model_name_or_path
         else "its base model (not recorded)",
-        "model_family": first.model_family,
-        "component": first.component or "—",
-        "targets": "<br>".join(f"`{t}`" for c in configs.values() for t in c.targets),
+        "model_family": _text(first.model_family),
+        "component": _text(first.component or "—"),
+        "targets": "<br>".join(f"`{_text(t)}`" for c in configs.values() for t in c.targets),
         "step": ", ".join(_steps(c) for c in configs.values()),
         "delta_format": first.delta_format,
         "delta_dtype": first.delta_dtype,
         "size": f"{size / 1e6:.2f} MB",
-        "rule": str(metrics.get("rule", "named by the user")),
+        "rule": _text(metrics.get("rule", "named by the user")),
         "metrics_table": "\n".join(rows) if before else "(no metrics recorded)",
         "pareto": f"![Pareto front: importance vs alignment]({pareto})" if pareto else "",
         "usage": usage,
         "audit": _audit_section(folder, configs),
-        "evaluated": "Evaluated: " + ", ".join(sorted(map(str, before))) + "." if before else "",
-        "data_source": _data_source(metrics),
+        "evaluated": "Evaluated: " + _text(", ".join(sorted(map(str, before)))) + "."
+        if before
+        else "",
+        "data_source": _text(_data_source(metrics)),
     }
-    return string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+    section = string.Template(TEMPLATE.read_text(encoding="utf-8")).substitute(values).strip()
+    head, body = section.split("\n", 1)  # BEGIN's line, then the body ending in END
+    inner = body[: -len(END)].replace("<!--", "&lt;!--")  # no text can end the section early
+    return f"{head}\n{inner}{END}"
+
+
+def _text(value: Any) -> str:
+    """`value` as one line of card text that cannot break a table cell or the section markers."""
+    text = " ".join(str(value).splitlines())
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _data_source(metrics: dict) -> str:
@@ -231,18 +249,19 @@ def push_to_hub(
     """Upload a delta (or stack) folder with a fresh model card; return the commit info."""
     from huggingface_hub import HfApi
 
-    folder = Path(folder)
+    folder = path_argument(folder, "folder")
+    check_repo_id(repo_id)
     configs = delta_configs(folder)
     card = model_card(folder, repo_id)
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    if revision is not None:
-        api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="hf_slug_push_") as staging:
         staged = Path(staging) / "upload"
-        shutil.copytree(folder, staged)
+        _stage(folder, staged, folder)
         (staged / CARD_NAME).write_text(card, encoding="utf-8")
         concepts = ", ".join(c.concept for c in configs.values())
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision is not None:
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=staged,
@@ -250,3 +269,61 @@ def push_to_hub(
             revision=revision,
             repo_type="model",
         )
+
+
+def check_repo_id(repo_id: Any) -> str:
+    """`repo_id` if it is a valid Hub repo id (`org/name`), else HubError saying why.
+
+    Example:
+        >>> check_repo_id("my-org/clip-forget-ada")
+        'my-org/clip-forget-ada'
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str) or "/" not in repo_id:
+            raise HFValidationError("it must be a str of the form org/name")
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubError(
+            f"{repo_id!r} is not a valid Hub repo id ({error}): pass org/name, e.g. "
+            "'my-org/clip-forget-ada' (letters, digits, '-', '_', '.'; no spaces)."
+        ) from None
+    return repo_id
+
+
+def _stage(source: Path, staged: Path, root: Path) -> None:
+    """Copy the regular files and folders of `source` into `staged`; refuse anything else.
+
+    A symlink could point outside the folder (a key, a home directory) and would be uploaded as
+    the file it points to, so it is refused (HubError naming it), as are FIFOs and devices.
+    Files are opened without following links, so one swapped in meanwhile is refused too.
+    """
+    staged.mkdir()
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        path = Path(entry.path)
+        if entry.is_symlink():
+            raise HubError(
+                f"refusing to push {root}: {path} is a symbolic link (to {os.readlink(path)}), "
+                "which would upload a file from outside the folder. Replace it with a copy of "
+                "the file, or delete it."
+            )
+        if entry.is_dir(follow_symlinks=False):
+            _stage(path, staged / entry.name, root)
+            continue
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as error:
+            raise HubError(
+                f"refusing to push {root}: cannot open {path} as a plain file ({error}): "
+                "delete it or replace it with a regular file."
+            ) from None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise HubError(
+                    f"refusing to push {root}: {path} is not a regular file (a FIFO, socket or "
+                    "device): delete it."
+                )
+            with open(staged / entry.name, "wb") as out:
+                shutil.copyfileobj(handle, out)

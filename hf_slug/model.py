@@ -8,9 +8,8 @@ hooks and writes are `hf_slug.adapter_weights`'s; this module keeps the adapters
 Every added adapter is active at its weight until `set_adapters`, `delete_adapter` or
 `disable_adapters` says otherwise: nothing is deactivated silently.
 
-Adapter names are folder names of a saved stack and are validated everywhere
-(`hf_slug.names.validate_adapter_name`); weights must be finite numbers and deltas finite
-(NonFiniteGradientError otherwise); merges check the merged weights first (`safe_merge=True`).
+Adapter names are validated folder names (`hf_slug.names`); weights and deltas must be finite,
+and nothing non-finite in the model's dtype is ever hooked or written (all or nothing).
 
 Example:
     >>> slug = SLUGModel(model)  # doctest: +SKIP
@@ -26,17 +25,24 @@ import contextlib
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .adapter_weights import DeltaHooks, module_tree, owner, write_weights
-from .config import STACK_NAME, TargetInfo
-from .delta import ConceptDelta, host_parameter, read_delta_or_stack
-from .errors import AdapterError, DeltaFormatError, NonFiniteGradientError
+from .adapter_weights import (
+    DeltaHooks,
+    checked_update,
+    host_parameter,
+    module_tree,
+    owner,
+    restoring,
+    write_weights,
+)
+from .config import STACK_NAME
+from .delta import ConceptDelta, combined, read_delta_or_stack, storage_dtype
+from .errors import AdapterError, DeltaFormatError
 from .export import ExportReport, export_peft_lora
 from .hub import push_to_hub
 from .io import atomic_folder, read_consistently, write_json
@@ -48,9 +54,10 @@ from .names import (
     default_adapter_name,
     owned_entries,
     parse_stack_index,
+    path_argument,
+    saves_bare,
     validate_adapter_name,
 )
-from .weights import added
 
 
 class SLUGModel:
@@ -163,14 +170,15 @@ class SLUGModel:
         renamed = delta.rekeyed(mapping)
         base = {host: self._base.get(host, params[host]) for host in mapping.values()}
         renamed.check_base(root, check_fingerprint=check_fingerprint, base_tensors=base)
-        for host in mapping.values():
-            self._base.setdefault(host, params[host].detach().clone())
-        self.adapters[adapter_name] = renamed
-        self.targets[adapter_name] = {h: h for h in mapping.values()}
-        self.weights[adapter_name] = weight
-        if active:
-            self._active.append(adapter_name)
-        self._refresh()
+        with self._rollback():
+            for host in mapping.values():
+                self._base.setdefault(host, params[host].detach().clone())
+            self.adapters[adapter_name] = renamed
+            self.targets[adapter_name] = {h: h for h in mapping.values()}
+            self.weights[adapter_name] = weight
+            if active:
+                self._active.append(adapter_name)
+            self._refresh()
         self._warn_interference([adapter_name])
 
     # -- which adapters act ----------------------------------------------------------------
@@ -202,10 +210,10 @@ class SLUGModel:
             values = adapter_weights_list(weights, names)
         for name, w in zip(names, values):
             self.adapters[name].check_weighted(w, name)
-        for name, w in zip(names, values):
-            self.weights[name] = w
-        self._active = names
-        self._refresh()
+        with self._rollback():
+            self.weights.update(zip(names, values))
+            self._active[:] = names
+            self._refresh()
         self._warn_interference(names)
 
     def set_adapter(self, adapter_name: str) -> None:
@@ -217,20 +225,21 @@ class SLUGModel:
         """Within the block the model behaves as the base model."""
         previous = self._disabled
         self._disabled = True
-        self._refresh()
+        self._refresh(check=False)  # the base weights: nothing to check
         try:
             yield
         finally:
             self._disabled = previous
-            self._refresh()
+            self._refresh(check=False)  # the state from before the block, checked when set
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter and every trace of it (its hooks and base copies if unused)."""
         self._require([adapter_name])
-        del self.adapters[adapter_name], self.weights[adapter_name]
-        hosts = set(self.targets.pop(adapter_name).values())
-        self._active = [n for n in self._active if n != adapter_name]
-        self._refresh()
+        with self._rollback():
+            del self.adapters[adapter_name], self.weights[adapter_name]
+            hosts = set(self.targets.pop(adapter_name).values())
+            self._active[:] = [n for n in self._active if n != adapter_name]
+            self._refresh()
         still = {h for a in self.targets.values() for h in a.values()}
         for host in hosts - still:
             del self._base[host]
@@ -243,18 +252,15 @@ class SLUGModel:
     def merge_adapter(self, *, safe_merge: bool = True) -> None:
         """Write `base + Σ wₐ·Δₐ` of the active adapters into the weights (fp32 sum).
 
-        `safe_merge=True` (the default) first checks that every merged weight is finite in the
-        model's dtype and raises NonFiniteGradientError, changing nothing, if one is not.
+        Every merged weight is first checked to be finite in the model's dtype; if one is not,
+        NonFiniteGradientError is raised and nothing changes. The check always runs (every
+        write does it); `safe_merge` is kept for PEFT compatibility.
         """
-        if safe_merge:
-            self._check_finite()
-        self._merged = True
-        self._refresh()
+        self._refresh(merged=True)
 
     def unmerge_adapter(self) -> None:
         """Restore the base weights exactly; the active adapters act through hooks again."""
-        self._merged = False
-        self._refresh()
+        self._refresh(merged=False)
 
     def fuse(self, *, safe_merge: bool = True) -> None:
         """`merge_adapter`, in diffusers' vocabulary (`fuse_lora`)."""
@@ -265,17 +271,19 @@ class SLUGModel:
         self.unmerge_adapter()
 
     def merge_and_unload(self, *, safe_merge: bool = True) -> Any:
-        """Merge the active adapters for good, drop all adapter state, return the model."""
-        if safe_merge:
-            self._check_finite()
-        self._remove_hooks()
+        """Merge the active adapters for good, drop all adapter state, return the model.
+
+        Like `merge_adapter`, it refuses (changing nothing) a merged weight that is not finite.
+        """
+        self._check_finite(self._sum(), "merge")
+        self._hooks.remove()
         self._write_weights(self._sum())
         self._forget_all()
         return self.model
 
     def unload(self) -> Any:
         """Drop every adapter and return the base model, unchanged."""
-        self._remove_hooks()
+        self._hooks.remove()
         self._write_weights({})
         self._forget_all()
         return self.model
@@ -295,24 +303,8 @@ class SLUGModel:
         if not adapter_names:
             raise AdapterError("add_weighted_adapter needs at least one adapter to combine.")
         weights = adapter_weights_list(weights, adapter_names)
-        tensors: dict[str, torch.Tensor] = {}
-        targets: dict[str, TargetInfo] = {}
-        for name, w in zip(adapter_names, weights):
-            delta = self.adapters[name]
-            for key, value in delta.dense().items():
-                tensors[key] = tensors.get(key, 0) + w * value
-                targets[key] = delta.config.targets[key]
-        first = self.adapters[adapter_names[0]].config
-        config = replace(
-            first,
-            concept=" + ".join(self.adapters[n].config.concept for n in adapter_names),
-            targets=targets,
-            scales={},
-            delta_format="dense",
-            rank=None,
-            metrics={"combined": {n: w for n, w in zip(adapter_names, weights)}},
-        )
-        self.add_adapter(adapter_name, ConceptDelta(config, tensors), active=active)
+        parts = [self.adapters[n] for n in adapter_names]
+        self.add_adapter(adapter_name, combined(parts, weights, adapter_names), active=active)
 
     # -- saving and reporting ------------------------------------------------------------
     def save_pretrained(
@@ -337,13 +329,15 @@ class SLUGModel:
         self._require(names)
         if not names:
             raise AdapterError("no adapter to save: add or load one first.")
+        directory = path_argument(directory, "directory")
+        storage_dtype(dtype)
         entries = [StackEntry(n, self.weights[n], n in self._active).to_dict() for n in names]
         parse_stack_index({"adapters": entries}, "the stack to save")
         with atomic_folder(directory, owned_entries) as tmp:
             for name in names:
                 self.adapters[name].write_files(tmp / name, dtype=dtype)
             write_json(tmp / STACK_NAME, {"adapters": entries})
-        return Path(directory)
+        return directory
 
     def to_peft_lora(
         self,
@@ -372,17 +366,24 @@ class SLUGModel:
         commit_message: str | None = None,
         revision: str | None = None,
     ) -> Any:
-        """Upload the adapters with a model card (one adapter at the repo root, else a stack)."""
+        """Upload the adapters with a model card (one adapter at the repo root, else a stack).
+
+        A single adapter is uploaded as a bare delta only if loading it back gives the same
+        adapter (active, weight 1, its default name); otherwise as a one-entry stack.
+        """
         names = (
             adapter_names_list(selected_adapters)
             if selected_adapters is not None
             else list(self.adapters)
         )
         self._require(names)
+        one = names[0] if len(names) == 1 else None
         with tempfile.TemporaryDirectory(prefix="hf_slug_") as tmp:
             folder = Path(tmp) / "delta"
-            if len(names) == 1:
-                self.adapters[names[0]].save_pretrained(folder)
+            if one and saves_bare(
+                one, self.weights[one], one in self._active, self.adapters[one].config.concept
+            ):
+                self.adapters[one].save_pretrained(folder)
             else:
                 self.save_pretrained(folder, names)
             return push_to_hub(
@@ -453,30 +454,33 @@ class SLUGModel:
                 total[host] = total.get(host, 0) + w * value
         return total
 
-    def _check_finite(self) -> None:
-        """Raise unless every merged weight (base + Σ wₐ·Δₐ, in the model's dtype) is finite."""
+    def _check_finite(self, total: dict[str, torch.Tensor], action: str) -> None:
+        """Raise unless every weighted delta and `base + Σ wₐ·Δₐ` is usable in the model's dtype."""
         params = dict(module_tree(self.model).named_parameters())
-        for host, delta in self._sum().items():
-            carriers = [a for a in self.active_adapters if host in self.targets[a].values()]
-            if not torch.isfinite(delta).all():
-                raise NonFiniteGradientError(
-                    f"refusing to merge: the summed delta of {host} (adapters {carriers}) holds "
-                    "NaN/inf. Delete the adapter that carries it (see status()) or reload it "
-                    "from a good copy."
-                )
-            base = self._base[host]
-            merged = added(base, delta, dtype=params[host].dtype)
-            if not torch.isfinite(merged).all():
-                raise NonFiniteGradientError(
-                    f"refusing to merge: base + delta of {host} (adapters {carriers}) overflows "
-                    f"{params[host].dtype}. Lower the adapters' weights, or load the model in "
-                    "float32 before merging."
-                )
+        for host, delta in total.items():
+            carriers = [
+                f"{a} (weight {self.weights[a]:g})"
+                for a in self._active
+                if host in self.targets[a].values()
+            ]
+            who = f"refusing to {action} adapters {carriers}"
+            checked_update(host, self._base[host], delta, params[host].dtype, who)
 
-    def _refresh(self) -> None:
-        """Bring weights and hooks in line with the merged flag, active set and weights."""
-        self._remove_hooks()
-        total = self._sum()
+    def _rollback(self) -> contextlib.AbstractContextManager:
+        """Puts the bookkeeping back if the block raises (`_refresh` then changed nothing)."""
+        return restoring(self.adapters, self.weights, self.targets, self._base, self._active)
+
+    def _refresh(self, merged: bool | None = None, *, check: bool = True) -> None:
+        """Bring weights and hooks in line with the merged flag (`merged` sets it), active set
+        and weights. What the active adapters would do is checked first (even while disabled):
+        on failure nothing is written or hooked."""
+        merged = self._merged if merged is None else merged
+        would = self._sum(self._active)
+        if check:
+            self._check_finite(would, "merge" if merged else "activate")
+        total = {} if self._disabled else would
+        self._merged = merged
+        self._hooks.remove()
         if self._merged:
             self._write_weights(total)
             return
@@ -486,9 +490,6 @@ class SLUGModel:
     def _write_weights(self, total: dict[str, torch.Tensor]) -> None:
         """Set every targeted tensor to its base value plus `total`'s entry (if any)."""
         write_weights(module_tree(self.model), self._base, total)
-
-    def _remove_hooks(self) -> None:
-        self._hooks.remove()
 
     def _forget_all(self) -> None:
         self.adapters.clear()

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import numbers
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -93,7 +94,33 @@ def adapter_names_list(adapter_names: Any) -> list[str]:
             f"adapter names must be a str or a list of str, got {type(adapter_names).__name__}: "
             "pass e.g. ['ada', 'bob']."
         )
-    return list(adapter_names)
+    names = list(adapter_names)
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.lower() if isinstance(name, str) else repr(name)
+        if key in seen:
+            raise AdapterError(
+                f"the adapter names {names} list {seen[key]!r} twice (names are compared "
+                "ignoring case): each adapter counts once; to weight one more, pass its weight "
+                "instead, e.g. set_adapters(['ada'], [2.0])."
+            )
+        seen[key] = name
+    return names
+
+
+def path_argument(value: Any, what: str) -> Path:
+    """`value` as a Path if it is a str or os.PathLike (a folder path or repo id), else ConfigError.
+
+    Example:
+        >>> path_argument("deltas/ada", "directory")
+        PosixPath('deltas/ada')
+    """
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and value):
+        return Path(value)
+    raise ConfigError(
+        f"{what} must be a folder path (a str or pathlib.Path), got {type(value).__name__} "
+        f"{value!r}: pass e.g. {what}='deltas/ada'."
+    )
 
 
 def adapter_weight(value: Any, what: str) -> float:
@@ -118,6 +145,17 @@ def default_adapter_name(concept: str) -> str:
         return validate_adapter_name(name or "default")
     except AdapterNameError:
         return "default"
+
+
+def saves_bare(name: str, weight: float, active: bool, concept: str) -> bool:
+    """Whether an adapter saved as a bare delta loads back as itself: active, at weight 1,
+    under its concept's default name (else it is saved as a one-entry stack).
+
+    Example:
+        >>> saves_bare("ada_byron", 1.0, True, "Ada Byron"), saves_bare("ada", 0.5, True, "Ada")
+        (True, False)
+    """
+    return active and weight == 1.0 and name == default_adapter_name(concept)
 
 
 def adapter_weights_list(weights: Any, names: list[str]) -> list[float]:

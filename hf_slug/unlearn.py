@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter_weights import require_no_active_adapters
+from .adapter_weights import add_checked, require_no_active_adapters
 from .config import SLUGConfig, TargetInfo, UnlearningConfig
 from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
@@ -44,7 +44,6 @@ from .search import (
 from .selection import LayerScore, score_layers
 from .towers import candidate_names, group_layers, resolve_names
 from .validation import EvaluationData, default_evaluator, held_out_evaluator
-from .weights import add_in_place
 
 
 @dataclass
@@ -87,10 +86,8 @@ class UnlearningResult:
 
     def apply(self, model: nn.Module, weight: float = 1.0) -> nn.Module:
         """Add `weight` × the delta to `model`'s tensors in place; return the model."""
-        params = dict(model.named_parameters())
-        for name, delta in self.deltas.items():
-            add_in_place(params[name], delta, weight)
-        return model
+        who = f"refusing to apply the result for {self.config.concept!r} at weight {weight}"
+        return add_checked(model, self.deltas, weight, who)  # all or nothing, finite
 
     def to_delta(
         self,
