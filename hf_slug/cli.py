@@ -26,6 +26,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .audit.command import add_parser as add_audit_parser
 from .cli_checks import (
@@ -42,6 +43,7 @@ from .cli_checks import (
 )
 from .cli_unlearn import add_parser as add_unlearn_parser
 from .errors import UsageError
+from .io import atomic_folder
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -273,10 +275,18 @@ def _merge(args: argparse.Namespace) -> int:
         slug.load_adapter(path, weight=weight)
     merged = slug.merge_and_unload(safe_merge=True)
     require_finite(dict(merged.named_parameters()), "the merged model")
-    merged.save_pretrained(out)
-    processor.save_pretrained(out)
+    with atomic_folder(out, _model_files) as folder:  # all or nothing: a failure leaves `out`
+        merged.save_pretrained(folder)
+        processor.save_pretrained(folder)
     print(f"wrote the merged model to {out} (load it with CLIPModel.from_pretrained)")
     return EXIT_OK
+
+
+def _model_files(folder: Path) -> set[str]:
+    """What a transformers save writes (weights, shards, configs, tokenizer files): replaced as
+    a whole, so a stale shard of an earlier save never sits beside the new weights."""
+    suffixes = {".safetensors", ".bin", ".json", ".txt", ".model"}
+    return {p.name for p in folder.iterdir() if p.suffix in suffixes}
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -119,6 +119,17 @@ def test_unlearn_inspect_export_merge_eval(workspace):
     base = dict(CLIPModel.from_pretrained(workspace / "model").named_parameters())
     changed = [n for n in base if not (merged[n] == base[n]).all()]
     assert changed == list(info["targets"])
+    # merging again into that folder replaces the model files as a whole (a stale shard of an
+    # earlier save goes) and keeps the user's own files
+    (workspace / "merged" / "README.md").write_text("my notes")
+    (workspace / "merged" / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    again = hf_slug(
+        "merge", "--model", str(workspace / "model"), "--delta", str(out),
+        "--out", str(workspace / "merged"),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (workspace / "merged" / "README.md").read_text() == "my notes"
+    assert not (workspace / "merged" / "model-00002-of-00002.safetensors").exists()
 
     result = hf_slug(
         "eval",
