@@ -4,9 +4,17 @@
   one SLUG takes, applied iteratively to every parameter).
 * **GAFT** — each iteration: one ascent step on a forget batch, then one fine-tuning step on a
   retain batch (SLUG's CLIP contrastive loss).
-* **SalUn** — GAFT on the salient weights only: the top `saliency` fraction of |∇L_f| entries
-  at θ⁰ (one global threshold over every parameter's entries with a non-zero forget gradient —
-  the embeddings of words the forget captions never use have none); the others never move.
+* **MaskGAFT** — the SLUG paper's "SalUn" variant: GAFT on the salient weights only, the top
+  `saliency` fraction of |∇L_f| entries at θ⁰ (one global threshold over every parameter's
+  entries with a non-zero forget gradient — the embeddings of words the forget captions never
+  use have none); the others never move. (Named "SalUn" in results written before the real
+  SalUn was added.)
+* **SalUn** — SalUn's random-label forgetting (Fan et al., 2024) on the same saliency mask: each
+  forget pair's caption has the target's name replaced by a random *other* candidate label of
+  its kind (drawn once per pair, as SalUn relabels its forget set once), and each iteration takes
+  one *descent* step of the CLIP contrastive loss on a relabelled forget batch, then one on a
+  retain batch; only the masked entries move. Captions that do not name the target (an object's
+  scene captioned by its style) keep their caption: their template has no slot to relabel.
 * **FT** — fine-tuning on the retain set only (forgetting by catastrophic interference).
 * **SSD** — selective synaptic dampening (Foster et al., 2023): diagonal Fisher importances
   `F_f` (forget set, forget loss) and `F_r` (retain set, retain loss) from squared batch
@@ -22,6 +30,8 @@ the val forget accuracy after every iteration, stopping as soon as it reaches th
 from __future__ import annotations
 
 import math
+import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +46,8 @@ from hf_slug.data import batches, load_pairs
 from hf_slug.losses import forget_loss, retain_loss
 from hf_slug.towers import encode_images, encode_texts
 
-ITERATIVE = ("GA", "GAFT", "SalUn", "FT")
+ITERATIVE = ("GA", "GAFT", "SalUn", "FT", "MaskGAFT")
+MASKED = ("SalUn", "MaskGAFT")  # the methods that move only the saliency mask's entries
 Batch = dict[str, torch.Tensor]
 StopCheck = Callable[[nn.Module], float]  # the model's val forget accuracy (0..1)
 
@@ -47,15 +58,24 @@ class IterativeConfig:
 
     method: str
     lr: float = 1e-4
-    max_steps: int = 200  # iterations; GAFT/SalUn take an ascent and a descent step in each
+    max_steps: int = 200  # iterations; GAFT/MaskGAFT/SalUn take two steps in each
     batch_size: int = 32
-    saliency: float = 0.5  # SalUn: fraction of entries that may move
+    saliency: float = 0.5  # SalUn/MaskGAFT: fraction of entries that may move
     target: float = 0.0  # stop when the val forget accuracy is at or below this
     seed: int = 0
+    concept: str | None = None  # SalUn: the target's name in the forget captions
+    candidates: tuple[str, ...] = ()  # SalUn: the labels of its kind (random labels come from)
 
     def __post_init__(self) -> None:
         if self.method not in ITERATIVE:
             raise ValueError(f"method must be one of {ITERATIVE}, got {self.method!r}.")
+        if self.method == "SalUn" and (
+            not self.concept or not [c for c in self.candidates if c != self.concept]
+        ):
+            raise ValueError(
+                "SalUn relabels forget captions: give IterativeConfig(concept=the target's name, "
+                "candidates=the labels of its kind, at least one other than the target)."
+            )
 
 
 @dataclass
@@ -136,6 +156,35 @@ def saliency_mask(
     return {p: ((g.abs() >= threshold) & (g != 0)).to(p.dtype) for p, g in zip(params, grads)}
 
 
+def relabel_captions(
+    pairs: Sequence[tuple], concept: str, candidates: Sequence[str], seed: int = 0
+) -> list[tuple[Any, str]]:
+    """SalUn's random labels: each caption with `concept` replaced by a random other candidate.
+
+    Example:
+        >>> relabel_captions([(None, "a photo of Ada")], "Ada", ["Ada", "Bo"])
+        [(None, 'a photo of Bo')]
+    """
+    others = [c for c in candidates if c != concept]
+    if not others:
+        raise ValueError(f"no candidate label other than {concept!r} to relabel with.")
+    pattern = re.compile(rf"\b{re.escape(concept)}\b", re.IGNORECASE)
+    rng = random.Random(seed)
+    out, named = [], 0
+    for image, caption, *_ in pairs:
+        if pattern.search(caption):
+            named += 1
+            label = rng.choice(others)
+            caption = pattern.sub(lambda _m, label=label: label, caption)
+        out.append((image, caption))
+    if not named:
+        raise ValueError(
+            f"no forget caption names {concept!r}: SalUn needs the target's name in the captions "
+            "it relabels (check IterativeConfig.concept)."
+        )
+    return out
+
+
 # -- iterative methods -------------------------------------------------------------------------
 def run_iterative(
     model: nn.Module,
@@ -147,20 +196,30 @@ def run_iterative(
     *,
     progress: bool = True,
 ) -> Outcome:
-    """Train `model` in place with GA/GAFT/SalUn/FT until the val forget accuracy reaches the
-    target or `config.max_steps` iterations are spent."""
+    """Train `model` in place with GA/GAFT/MaskGAFT/SalUn/FT until the val forget accuracy
+    reaches the target or `config.max_steps` iterations are spent."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     torch.manual_seed(config.seed)
     model.eval()  # CLIP has no batch norm; eval mode only turns dropout off (it is 0 here)
-    ascend = config.method in ("GA", "GAFT", "SalUn")
-    descend = config.method in ("GAFT", "SalUn", "FT")
-    forget_batches = preprocess(forget, processor, config.batch_size) if ascend else []
+    ascend = config.method in ("GA", "GAFT", "MaskGAFT")
+    relabel = config.method == "SalUn"
+    descend = config.method in ("GAFT", "MaskGAFT", "SalUn", "FT")
+    masked_method = config.method in MASKED
+    forget_batches = (
+        preprocess(forget, processor, config.batch_size) if ascend or masked_method else []
+    )
     retain_batches = preprocess(retain, processor, config.batch_size) if descend else []
+    relabelled = (
+        relabel_captions(forget, config.concept or "", config.candidates, config.seed)
+        if relabel
+        else []
+    )
+    relabel_batches = preprocess(relabelled, processor, config.batch_size) if relabel else []
     timings["preprocess"] = time.perf_counter() - clock
 
     start = time.perf_counter()
-    mask = saliency_mask(model, forget_batches, config.saliency) if config.method == "SalUn" else {}
+    mask = saliency_mask(model, forget_batches, config.saliency) if masked_method else {}
     timings["saliency"] = time.perf_counter() - start
     masked = sum(int(m.sum()) for m in mask.values()) / max(
         1, sum(m.numel() for m in mask.values())
@@ -179,6 +238,7 @@ def run_iterative(
         return float(loss.detach())
 
     forget_iter: Iterator[Batch] = cycle(forget_batches)
+    relabel_iter: Iterator[Batch] = cycle(relabel_batches)
     retain_iter: Iterator[Batch] = cycle(retain_batches)
     history: list[dict[str, float]] = []
     reached, steps = False, 0
@@ -189,6 +249,8 @@ def run_iterative(
         record: dict[str, float] = {"step": steps}
         if ascend:
             record["forget_loss"] = step(next(forget_iter), "forget", -1.0)
+        if relabel:  # descent on the contrastive loss of the relabelled forget pairs
+            record["relabelled_loss"] = step(next(relabel_iter), "retain", 1.0)
         if descend:
             record["retain_loss"] = step(next(retain_iter), "retain", 1.0)
         train_time += time.perf_counter() - start
@@ -207,9 +269,10 @@ def run_iterative(
         "max_steps": config.max_steps,
         "batch_size": config.batch_size,
         "optimizer": "AdamW(weight_decay=0)",
+        **({"saliency": config.saliency, "trainable_fraction": masked} if masked_method else {}),
         **(
-            {"saliency": config.saliency, "trainable_fraction": masked}
-            if config.method == "SalUn"
+            {"relabelled": [caption for _, caption in relabelled], "seed": config.seed}
+            if relabel
             else {}
         ),
     }

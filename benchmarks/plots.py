@@ -18,6 +18,7 @@ COLOURS = {
     "SalUn": "#9467bd",
     "SSD": "#ff7f0e",
     "FT": "#7f7f7f",
+    "MaskGAFT": "#17becf",
 }
 
 
@@ -66,6 +67,75 @@ def plot_comparison(report: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("wall time (s, log)")
         ax.set_ylabel(f"test {key}: after − original (points)")
         ax.set_title(f"{key} change (o identity, □ style, △ object)")
+    for ax in axes:
+        _plain_log_ticks(ax)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison_seeds(report: dict[str, Any], path: Path) -> Path:
+    """compare_methods' summary: mean CPU s per method and target (bars: min–max over seeds),
+    and the mean test retain/utility change against the mean CPU s (bars: min–max)."""
+    summary = report["summary"]
+    targets = list(summary)
+    methods = list(
+        dict.fromkeys(m for part in summary.values() for m in part["methods"] if m != "original")
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    width = 0.8 / max(1, len(methods))
+    for j, method in enumerate(methods):
+        for i, target in enumerate(targets):
+            row = summary[target]["methods"].get(method)
+            if row is None:
+                continue
+            cpu = row["cpu_s"]
+            x = i + (j - (len(methods) - 1) / 2) * width
+            bar = axes[0].bar(
+                x,
+                cpu["mean"],
+                width,
+                color=COLOURS.get(method),
+                label=method if i == 0 else None,
+                yerr=[[cpu["mean"] - cpu["min"]], [cpu["max"] - cpu["mean"]]],
+                error_kw={"lw": 0.8},
+            )
+            if row["reached"] < len(row["seeds"]):
+                bar[0].set_hatch("//")
+    axes[0].set_yscale("log")
+    axes[0].set_xticks(range(len(targets)), targets, rotation=15)
+    axes[0].set_ylabel("process CPU s (log)")
+    axes[0].set_title("CPU time to the target (hatched: missed in some seed)")
+    axes[0].legend(fontsize=8)
+    markers = {"identity": "o", "style": "s", "object": "^"}
+    for ax, key in ((axes[1], "retain"), (axes[2], "utility")):
+        for method in methods:
+            for target in targets:
+                part = summary[target]
+                row, original = part["methods"].get(method), part["methods"].get("original")
+                if row is None or original is None:
+                    continue
+                base = original[key]["mean"]
+                ax.errorbar(
+                    row["cpu_s"]["mean"],
+                    row[key]["mean"] - base,
+                    yerr=[
+                        [row[key]["mean"] - row[key]["min"]],
+                        [row[key]["max"] - row[key]["mean"]],
+                    ],
+                    fmt=markers.get(part["kind"], "o"),
+                    color=COLOURS.get(method),
+                    label=method if target == targets[0] else None,
+                    ms=6,
+                    lw=0.8,
+                )
+        ax.axhline(0, color="k", lw=0.5, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("process CPU s (log)")
+        ax.set_ylabel(f"test {key}: after − original (points)")
+        ax.set_title(f"{key} change, mean [min–max] (o identity, □ style, △ object)")
     for ax in axes:
         _plain_log_ticks(ax)
     axes[1].legend(fontsize=8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,13 +54,17 @@ class SLUGSettings:
     batch_size: int = 32
     towers: tuple[str, ...] = ("vision", "text")
     layer: str = "auto"
+    # "evaluator": the search scores on the task's val views (the benchmarks' first runs);
+    # "default": no evaluator — `unlearn` holds out its `validation_share` of the forget and
+    # retain pairs and scores on them with the library's default criterion (its shipped default)
+    criterion: str = "evaluator"
 
 
 @dataclass
 class MethodSpec:
     """One child run: which method, on which task file and model, with which settings."""
 
-    method: str  # "SLUG", "SLUG-top1", "GA", "GAFT", "SalUn", "FT" or "SSD"
+    method: str  # "SLUG", "SLUG-top1", "SSD" or one of baselines.ITERATIVE
     task_path: str
     model: str
     target: float = 0.0
@@ -72,6 +77,11 @@ class MethodSpec:
     lora_ranks: tuple[int, ...] = (1, 4)
     floor_repeats: int = 2
     evaluate_test: bool = True  # False: cost only (no test metrics, LoRA or stored sizes)
+    evaluate_before: bool = True  # False: no test metrics of the unedited model ("before")
+    seed: int = 0  # the iterative baselines' seed (batch order; SalUn's random labels)
+    # False: SLUG computes its retain gradients itself (a first concept's cost), even where
+    # hf_slug keeps them in the per-user cache by default; True: that cache may be read
+    gradient_cache: bool = False
 
     @property
     def is_slug(self) -> bool:
@@ -84,18 +94,21 @@ def run_method(spec: MethodSpec) -> dict[str, Any]:
     task = load_task(spec.task_path)
     model, processor = load_model(spec.model)
     test = task.evaluator(processor, "test") if spec.evaluate_test else None
-    val = task.evaluator(processor, "val") if spec.is_slug else None
+    default = spec.is_slug and spec.slug.criterion == "default"
+    val = task.evaluator(processor, "val") if spec.is_slug and not default else None
     stop = task.stop_evaluator(processor) if not spec.is_slug else None
     originals = (
         {n: p.detach().clone() for n, p in model.named_parameters()} if not spec.is_slug else {}
     )
     warm_up(model, processor, task.retain)
-    before = task.report(test(model)) if test is not None else {}
+    before_raw = test(model) if test is not None and spec.evaluate_before else {}
+    before = task.report(before_raw) if before_raw else {}
     gc.collect()
 
     with counting(model) as counter:
         peak = PeakMemory().start()
         clock = time.perf_counter()
+        cpu = time.process_time()
         if spec.is_slug:
             result = _slug(model, processor, task, val, spec)
         elif spec.method == "SSD":
@@ -111,7 +124,13 @@ def run_method(spec: MethodSpec) -> dict[str, Any]:
             )
         elif spec.method in ITERATIVE:
             config = IterativeConfig(
-                spec.method, lr=spec.lr, max_steps=spec.max_steps, target=spec.target
+                spec.method,
+                lr=spec.lr,
+                max_steps=spec.max_steps,
+                target=spec.target,
+                seed=spec.seed,
+                concept=task.spec.target,
+                candidates=tuple(task.candidates),
             )
             result = run_iterative(
                 model,
@@ -125,6 +144,7 @@ def run_method(spec: MethodSpec) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown method {spec.method!r}")
         wall = time.perf_counter() - clock
+        cpu = time.process_time() - cpu
         peak.stop()
     record: dict[str, Any] = {
         "method": spec.method,
@@ -133,21 +153,26 @@ def run_method(spec: MethodSpec) -> dict[str, Any]:
         "n_forget": len(task.forget),
         "n_retain": len(task.retain),
         "wall_s": wall,
+        "cpu_s": cpu,  # this process's CPU time (all its threads): fairer than wall on a shared box
         "passes": counter.to_dict(),
         "memory": peak.to_dict(),
         "model_parameters": parameter_count(model),
         "model_mb": model_bytes(model) / MB,
         "before": before,
+        "before_raw": before_raw,
     }
     if spec.is_slug:
         record["slug_settings"] = asdict(spec.slug)
+        record["gradient_cache"] = spec.gradient_cache
         record.update(_slug_after(model, processor, task, test, result, spec))
     elif test is None:
         record.update(reached=result.reached, outcome=result.to_dict())
     else:
         record["reached"] = result.reached
         record["outcome"] = result.to_dict()
-        record["after"] = task.report(test(model))
+        record["test_counts"] = {t.name: len(t.images) for t in task.test_tasks}
+        record["after_raw"] = raw = test(model)
+        record["after"] = task.report(raw)
         record["val_after"] = task.report(task.evaluator(processor, "val")(model))
         stored = changed_parameters(model, originals)
         stored["full_checkpoint_bytes"] = model_bytes(model)
@@ -160,8 +185,33 @@ def _check(evaluator: Any) -> Any:
 
 
 def _slug(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: MethodSpec) -> Any:
+    with _gradient_cache(spec.gradient_cache):
+        return _unlearn(model, processor, task, evaluator, spec)
+
+
+@contextlib.contextmanager
+def _gradient_cache(enabled: bool) -> Any:
+    """hf_slug's per-user gradient cache on or off (its environment switch), restored after."""
+    name = "HF_SLUG_DISABLE_GRADIENT_CACHE"
+    saved = os.environ.get(name)
+    os.environ[name] = "0" if enabled else "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved
+
+
+def _unlearn(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: MethodSpec) -> Any:
     from hf_slug import SLUGConfig, UnlearnOptions, unlearn
 
+    default = spec.slug.criterion == "default"
+    if spec.slug.criterion not in ("default", "evaluator"):
+        raise ValueError(
+            f"SLUGSettings.criterion must be 'default' or 'evaluator', not {spec.slug.criterion!r}."
+        )
     config = SLUGConfig(
         concept=task.spec.target,
         towers=spec.slug.towers,
@@ -170,6 +220,9 @@ def _slug(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: Met
         max_evaluations=spec.slug.max_evaluations,
         batch_size=spec.slug.batch_size,
         forget_target=spec.target,
+        **(
+            {"candidate_labels": task.candidates, "concept_kind": task.spec.kind} if default else {}
+        ),
     )
     return unlearn(
         model,
@@ -177,7 +230,7 @@ def _slug(model: nn.Module, processor: Any, task: Any, evaluator: Any, spec: Met
         task.forget,
         task.retain,
         config,
-        evaluator=evaluator,
+        evaluator=None if default else evaluator,
         options=UnlearnOptions(progress=False),
     )
 
@@ -199,6 +252,7 @@ def _slug_after(
         "trials": len(result.trials),
         "front_size": sum(s.on_front for s in result.layers),
         "candidates": len(result.layers),
+        "data": asdict(result.data) if _is_dataclass(result.data) else str(result.data),
     }
     names = candidate_names(model, spec.slug.towers)
     params = dict(model.named_parameters())
@@ -212,8 +266,10 @@ def _slug_after(
     }
     if test is None:
         return record
+    record["test_counts"] = {t.name: len(t.images) for t in task.test_tasks}
     if not result.converged:
-        record["after"] = task.report(test(model))
+        record["after_raw"] = raw = test(model)
+        record["after"] = task.report(raw)
         return record
     delta = ConceptDelta.from_result(result, concept_kind=task.spec.kind)
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,17 +296,29 @@ def _slug_after(
                 entry["test"] = _evaluate_with(model, low, task, test)
             lora["exact" if rank is None else f"rank{rank}"] = entry
         record["lora"] = lora
-    record["after"] = _evaluate_with(model, delta, task, test)
+    record["after_raw"] = {}
+    record["after"] = _evaluate_with(model, delta, task, test, record["after_raw"])
     return record
 
 
-def _evaluate_with(model: nn.Module, delta: Any, task: Any, test: Any) -> dict[str, float]:
+def _is_dataclass(value: Any) -> bool:
+    from dataclasses import is_dataclass
+
+    return is_dataclass(value) and not isinstance(value, type)
+
+
+def _evaluate_with(
+    model: nn.Module, delta: Any, task: Any, test: Any, raw: dict[str, float] | None = None
+) -> dict[str, float]:
     """Test metrics with `delta` applied; the model's tensors are restored afterwards."""
     params = dict(model.named_parameters())
     saved = {n: params[n].detach().clone() for n in delta.names}
     delta.apply_to(model, check_fingerprint=False)
     try:
-        return task.report(test(model))
+        metrics = test(model)
+        if raw is not None:
+            raw.update(metrics)
+        return task.report(metrics)
     finally:
         with torch.no_grad():
             for n, value in saved.items():

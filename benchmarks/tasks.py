@@ -61,13 +61,17 @@ class TaskSpec:
     n_retain: int | None = None  # None: the protocol's retain set (per_concept=4), shuffled
     per_identity: int = 8  # evaluation views per identity (identity tasks)
     per_concept: int = 3  # evaluation views per object/style/digit
-    seed: int = 0
+    seed: int = 0  # the world's view draw: which views are forget, retain, val and test
+    test_views: int | None = None  # test views per identity (None: per_identity); see test_scale
 
     def key(self) -> str:
         """A hash of the spec and of the world's and protocol's code (a changed world re-renders)."""
         from hf_slug.demo import protocol, world
 
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        fields = asdict(self)
+        if fields["test_views"] is None:  # specs written before the field keep their cache key
+            del fields["test_views"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
         for module in (world, protocol):
             digest.update(Path(module.__file__).read_bytes())
         return digest.hexdigest()[:16]
@@ -75,6 +79,15 @@ class TaskSpec:
     @property
     def slug(self) -> str:
         return self.target.lower().replace(" ", "_")
+
+    @property
+    def test_scale(self) -> float:
+        """How many times the val split's views the test split holds (1 unless `test_views`).
+
+        Every test view count grows by it: the target's and the other identities' views, the
+        utility tasks' views, and a style/object target's scenes (2 per combination at scale 1).
+        """
+        return 1.0 if self.test_views is None else self.test_views / self.per_identity
 
 
 @dataclass
@@ -99,6 +112,11 @@ class Task:
     def report(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """FA@1, FA@5, retain and utility in percent (see the module docstring)."""
         return report(self.spec.kind, metrics)
+
+    @property
+    def candidates(self) -> list[str]:
+        """The names the target is classified among (the val forget task's labels)."""
+        return next(list(t.label_names) for t in self.val_tasks if t.name == "forget")
 
 
 def report(kind: str, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -132,11 +150,25 @@ def build_task(spec: TaskSpec, processor: Any) -> Task:
         retain = retain_pairs(world, exclude=[spec.target], per_concept=_per_concept(spec))
         size = dict(per_identity=spec.per_identity, per_concept=spec.per_concept)
         val = identity_evaluator(world, processor, spec.target, "val", **size)
-        test = identity_evaluator(world, processor, spec.target, "test", **size)
+        test = identity_evaluator(
+            world,
+            processor,
+            spec.target,
+            "test",
+            per_identity=spec.test_views or spec.per_identity,
+            per_concept=_scaled(spec.per_concept, spec.test_scale),
+        )
     elif spec.kind in ("style", "object"):
         forget, retain = _concept_pairs(world, spec)
         val = concept_evaluator(world, processor, spec.kind, spec.target, "val", per_concept=2)
-        test = concept_evaluator(world, processor, spec.kind, spec.target, "test", per_concept=2)
+        test = concept_evaluator(
+            world,
+            processor,
+            spec.kind,
+            spec.target,
+            "test",
+            per_concept=_scaled(2, spec.test_scale),
+        )
     else:
         raise ValueError(f"kind must be identity, style or object, got {spec.kind!r}.")
     random.Random(spec.seed).shuffle(retain)  # contrastive batches should mix concepts
@@ -145,6 +177,32 @@ def build_task(spec: TaskSpec, processor: Any) -> Task:
             raise ValueError(f"only {len(retain)} retain pairs for n_retain={spec.n_retain}.")
         retain = retain[: spec.n_retain]
     return Task(spec, forget, retain, val.tasks, test.tasks)
+
+
+def _scaled(count: int, scale: float) -> int:
+    return max(1, round(count * scale))
+
+
+def _digest(image: Any) -> str:
+    return hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+
+
+def view_counts(task: Task) -> dict[str, Any]:
+    """Whether the world drew as many distinct held-out views as asked: per test task (distinct
+    images, images), and how many test images also occur in the val split or the training pairs.
+
+    Example:
+        >>> view_counts(load_task(path))["tasks"]["forget"]  # doctest: +SKIP
+        [24, 24]
+    """
+    seen = {_digest(i) for t in task.val_tasks for i in t.images}
+    seen |= {_digest(image) for image, _ in task.forget + task.retain}
+    counts, shared = {}, set()
+    for t in task.test_tasks:
+        digests = [_digest(image) for image in t.images]
+        counts[t.name] = [len(set(digests)), len(digests)]
+        shared |= set(digests) & seen
+    return {"tasks": counts, "test_images_also_in_val_or_training": len(shared)}
 
 
 def _per_concept(spec: TaskSpec) -> int:

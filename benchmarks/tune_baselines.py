@@ -1,18 +1,23 @@
 """Choose each iterative baseline's learning rate on a tuning identity's val split.
 
-Each of GA, GAFT, SalUn and FT runs at every learning rate of a small grid on an identity that
-is *not* one of compare_methods.py's targets, with the same budget and stopping rule. The rule:
+Each of GA, GAFT, MaskGAFT, SalUn and FT runs at every learning rate of a small grid on an
+identity that is *not* one of compare_methods.py's targets, with the same budget and stopping rule. The rule:
 among the rates that reach the val forget target, the one with the highest val
 (retain + utility) / 2 (ties: the higher rate, which is the faster run); if none reaches it, the
 lowest final val FA@1 (ties: the higher score).
-compare_methods.py reads the chosen rates from the JSON this writes.
+compare_methods.py reads the chosen rates from the JSON this writes. `--update` keeps the
+other methods' runs and rates from the existing JSON and replaces those of `--methods` (a JSON
+written before the real SalUn existed holds the mask+GAFT variant's runs as "SalUn": they are
+renamed MaskGAFT).
 
     python benchmarks/tune_baselines.py --out benchmarks/
+    python benchmarks/tune_baselines.py --out benchmarks/ --methods SalUn MaskGAFT --update
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from models import load_model, save_smoke_model
 from tasks import DEFAULT_CACHE, TaskSpec, cached_task, load_task
 
 TUNING_TARGET = "Clara Alderwick"
+SALUN = "random-label"  # what "SalUn" means in the JSON this writes (see baselines.py)
 LEARNING_RATES = (1e-5, 3e-5, 1e-4, 3e-4)
 RULE = (
     "among learning rates whose run reached the val forget target, the highest val "
@@ -44,15 +50,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument(
+        "--update", action="store_true", help="merge into OUT's existing JSON (other methods kept)"
+    )
     return parser.parse_args(argv)
+
+
+def previous(path: Path, methods: list[str]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The runs and rates of methods other than `methods` in an earlier JSON (none if absent)."""
+    if not path.exists():
+        return [], {}
+    old = json.loads(path.read_text())
+    legacy = old.get("salun") != SALUN
+
+    def name(method: str) -> str:
+        return "MaskGAFT" if legacy and method == "SalUn" else method
+
+    runs = [{**r, "method": name(r["method"])} for r in old["runs"]]
+    chosen = {name(m): lr for m, lr in old["chosen_lr"].items()}
+    runs = [r for r in runs if r["method"] not in methods]
+    return runs, {m: lr for m, lr in chosen.items() if m not in methods}
 
 
 def choose(runs: list[dict[str, Any]]) -> float:
     """The learning rate RULE picks from one method's runs."""
     reached = [r for r in runs if r["reached"]]
-    if reached:
-        return max(reached, key=lambda r: (r["score"], r["lr"]))["lr"]
-    return min(runs, key=lambda r: (r["val"]["FA@1"], -r["score"]))["lr"]
+    if reached:  # scores are float32 means: equal counts may differ in the 7th digit (a tie)
+        return max(reached, key=lambda r: (round(r["score"], 4), r["lr"]))["lr"]
+    return min(runs, key=lambda r: (r["val"]["FA@1"], -round(r["score"], 4)))["lr"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -64,13 +89,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.lrs, args.max_steps = args.lrs[:2], min(args.max_steps, 2)
         args.methods = args.methods[:2]
         # the compare smoke run's task, so that the rendered images are shared
-        spec = TaskSpec("Grace Hopper", "identity", 4, 16, per_identity=1, per_concept=1)
+        spec = TaskSpec("Grace Hopper", "identity", 16, 32, per_identity=1, per_concept=1)
     else:
         spec = TaskSpec(args.target, "identity", 32)
     _, processor = load_model(args.model)
     task = load_task(cached_task(spec, processor, args.cache))
+    name = "tune_baselines_smoke" if args.smoke else "tune_baselines"
     runs: list[dict[str, Any]] = []
     chosen: dict[str, float] = {}
+    earlier = args.out / f"{name}.json"
+    earlier_command = json.loads(earlier.read_text())["command"] if earlier.exists() else None
+    if args.update:
+        runs, chosen = previous(earlier, args.methods)
     for method in args.methods:
         mine = []
         for lr in args.lrs:
@@ -85,7 +115,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 task.forget,
                 task.retain,
                 lambda m, stop=stop: stop(m)["forget_acc"],
-                IterativeConfig(method, lr=lr, max_steps=args.max_steps, target=args.forget_target),
+                IterativeConfig(
+                    method,
+                    lr=lr,
+                    max_steps=args.max_steps,
+                    target=args.forget_target,
+                    concept=task.spec.target,
+                    candidates=tuple(task.candidates),
+                ),
             )
             seconds = time.perf_counter() - start
             metrics = task.report(val(model))
@@ -115,11 +152,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": args.target,
         "max_steps": args.max_steps,
         "rule": RULE,
+        "salun": SALUN,
+        "updated_from": earlier_command if args.update else None,
         "chosen_lr": chosen,
         "runs": runs,
         "seconds": clock(),
     }
-    name = "tune_baselines_smoke" if args.smoke else "tune_baselines"
     write_json(args.out / f"{name}.json", report)
     (args.out / f"{name}.md").write_text(markdown(report), encoding="utf-8")
     print(f"chosen: {chosen}; wrote {args.out / name}.json and .md in {clock():.0f} s")
