@@ -1,7 +1,8 @@
 """Audit SLUG and the baselines on the embedded CLIP: how hard is each erased concept to bring back?
 
 Each target is unlearned by SLUG (the benchmarks' settings, a val evaluator) and by GA, GAFT,
-SalUn (mask + GA variant) and SSD (learning rates from tune_baselines.json), each stopping on
+MaskGAFT (the SLUG paper's mask + GAFT variant of SalUn; the JSON of earlier runs calls it
+"SalUn") and SSD (learning rates from tune_baselines.json), each stopping on
 the val forget accuracy; then `hf_slug.audit` probes every edited model on held-out **test**
 views (24 per concept), with the original model as the reference.
 
@@ -37,7 +38,7 @@ TARGETS = (
     "boat:object",
     "watercolor:style",
 )
-METHODS = ("SLUG", "SLUG-ensemble", "SLUG-default", "GA", "GAFT", "SalUn", "SSD")
+METHODS = ("SLUG", "SLUG-ensemble", "SLUG-default", "GA", "GAFT", "MaskGAFT", "SSD")
 MARGIN = 0.02  # SLUG-ensemble: an image counts as recognised within this cosine of the best
 
 
