@@ -131,3 +131,20 @@ def test_world_b_styles_look_different():
     for i, x in enumerate(names):
         for y in names[i + 1 :]:
             assert np.abs(stats[x] - stats[y]).max() > 0.01, (x, y)
+
+
+def test_the_novel_person_is_drawn_from_the_given_world():
+    from hf_slug.demo.novel import NOVEL_NAME, novel_design, novel_views
+    from hf_slug.demo.world import feature_differences, identity_designs
+
+    world = world_b()
+    person = novel_design(1, world.design)
+    assert person.name == NOVEL_NAME and NOVEL_NAME not in world.identities
+    for key, values in WORLD_B_DESIGN.features.items():
+        assert getattr(person, key) in values
+    known = identity_designs(WORLD_B_DESIGN)
+    assert min(feature_differences(person, d) for d in known) >= (
+        WORLD_B_DESIGN.min_feature_differences
+    )
+    assert person != novel_design(1)  # not the embedded world's novel person
+    assert len(novel_views(world, 2)) == 2
