@@ -22,60 +22,6 @@ COLOURS = {
 }
 
 
-def plot_comparison(report: dict[str, Any], path: Path) -> Path:
-    """Wall time per method and target (log), and test retain/utility against time."""
-    runs = [r for r in report["runs"] if "error" not in r]
-    targets = list(dict.fromkeys(r["target"] for r in runs))
-    methods = list(dict.fromkeys(r["method"] for r in runs))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    width = 0.8 / max(1, len(methods))
-    for j, method in enumerate(methods):
-        xs, ys, hatches = [], [], []
-        for i, target in enumerate(targets):
-            run = next((r for r in runs if r["target"] == target and r["method"] == method), None)
-            if run is None:
-                continue
-            xs.append(i + (j - (len(methods) - 1) / 2) * width)
-            ys.append(run["wall_s"])
-            hatches.append("" if run["reached"] else "//")
-        bars = axes[0].bar(xs, ys, width, label=method, color=COLOURS.get(method))
-        for bar, hatch in zip(bars, hatches):
-            bar.set_hatch(hatch)
-    axes[0].set_yscale("log")
-    axes[0].set_xticks(range(len(targets)), targets, rotation=15)
-    axes[0].set_ylabel("wall time (s, log)")
-    axes[0].set_title("time to reach val FA@1 target (hatched: budget ran out)")
-    axes[0].legend(fontsize=8)
-    markers = {"identity": "o", "style": "s", "object": "^"}
-    for ax, key in ((axes[1], "retain"), (axes[2], "utility")):
-        for method in methods:
-            for kind, marker in markers.items():
-                mine = [r for r in runs if r["method"] == method and r["kind"] == kind]
-                if not mine:
-                    continue
-                ax.scatter(
-                    [r["wall_s"] for r in mine],
-                    [r["after"][key] - r["before"][key] for r in mine],
-                    label=method if kind == "identity" else None,
-                    color=COLOURS.get(method),
-                    marker=marker,
-                    s=40,
-                    edgecolors=["k" if r["reached"] else "none" for r in mine],
-                )
-        ax.axhline(0, color="k", lw=0.5, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlabel("wall time (s, log)")
-        ax.set_ylabel(f"test {key}: after − original (points)")
-        ax.set_title(f"{key} change (o identity, □ style, △ object)")
-    for ax in axes:
-        _plain_log_ticks(ax)
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def plot_comparison_seeds(report: dict[str, Any], path: Path) -> Path:
     """compare_methods' summary: mean CPU s per method and target (bars: min–max over seeds),
     and the mean test retain/utility change against the mean CPU s (bars: min–max)."""
