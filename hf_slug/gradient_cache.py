@@ -13,10 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,8 +66,28 @@ def processor_signature(processor: Any) -> str:
     if tokenizer is not None:
         for attribute in ("model_max_length", "padding_side", "pad_token", "eos_token"):
             digest.update(f"{attribute}={getattr(tokenizer, attribute, None)};".encode())
-        if hasattr(tokenizer, "get_vocab"):
-            digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        digest.update(_vocabulary_digest(tokenizer).encode())
+    return digest.hexdigest()
+
+
+_VOCABULARIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vocabulary_digest(tokenizer: Any) -> str:
+    """A sha256 of the tokenizer's vocabulary, kept per tokenizer while its size is unchanged
+    (hashing 49k entries takes ~0.1 s, which every call would otherwise pay twice)."""
+    if not hasattr(tokenizer, "get_vocab"):
+        return ""
+    size = len(tokenizer)
+    try:
+        kept = _VOCABULARIES.get(tokenizer)
+    except TypeError:  # not weak-referenceable: hash every time
+        kept = None
+    if kept is not None and kept[0] == size:
+        return kept[1]
+    digest = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    with contextlib.suppress(TypeError):
+        _VOCABULARIES[tokenizer] = (size, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -100,6 +122,8 @@ def gradients_for(
                 "candidate tensors (or narrow the candidates)."
             )
         return checked_gradients(model, {n: source[n] for n in names}, f"the given {kind}")
+    if source is None and cache is None:  # nothing to match: compute
+        return compute_gradients(model, processor, pairs, kind, names, **pass_options)
     signature = gradient_signature(pairs, processor, pass_options)
     if source is not None:
         return checked_gradients(
