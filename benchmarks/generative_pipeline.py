@@ -461,6 +461,20 @@ def write_markdown(path: Path, record: dict) -> None:
     path.write_text(markdown(record) + kept)
 
 
+def stack_lines(s: dict | None) -> list[str]:
+    """The stack-of-2 sentence (targets after, others kept), or nothing without a stack."""
+    if not s:
+        return []
+    return [
+        "",
+        f"**Stack of 2 deltas** ({' + '.join(s['targets'])}, `set_adapters` at weight 1): "
+        "targets after "
+        + ", ".join(f"{t} {pct(v)}" for t, v in s["target_after"].items())
+        + f"; others {pct(s['others_before'])} → {pct(s['others_after'])} "
+        f"({pct(s['others_relative'])} of before). Grid: `generative_pipeline/stack.png`.",
+    ]
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -614,15 +628,7 @@ def markdown(r: dict) -> str:
         lines += unlearned_lines(unlearned)
     if len(by_criterion) > 1:
         lines += ["", *cost_lines(by_criterion)]
-    if r.get("stack"):
-        s = r["stack"]
-        lines += [
-            "",
-            f"**Stack of 2 deltas** ({' + '.join(s['targets'])}): targets after "
-            + ", ".join(f"{t} {pct(v)}" for t, v in s["target_after"].items())
-            + f"; others {pct(s['others_before'])} → {pct(s['others_after'])} "
-            f"({pct(s['others_relative'])} of before).",
-        ]
+    lines += stack_lines(r.get("stack"))
     for label, variant in r.get("variants", {}).items():
         lines += [
             "",
@@ -633,6 +639,7 @@ def markdown(r: dict) -> str:
             f"{pct(variant['before_mean'])}).",
             "",
             *unlearned_lines(variant["unlearned"]),
+            *stack_lines(variant.get("stack")),
         ]
     lines += [
         "",

@@ -83,24 +83,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", nargs="+", default=list(TARGETS))
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--criteria", nargs="+", default=["clip", "vlm"], choices=["clip", "vlm"])
+    parser.add_argument(
+        "--stack",
+        action="store_true",
+        help="also measure the first two targets' vlm deltas stacked",
+    )
+    parser.add_argument("--vlm", type=Path, default=None, help="another VLM folder (same tower)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     clip, clip_processor = load_embedded()
-    vlm, processor = load_embedded_vlm()
+    vlm, processor = load_embedded_vlm(args.vlm) if args.vlm else load_embedded_vlm()
     world = World(0)
     people = world.samples("identity", "test", 12)
     scenes = world.samples("object_style", "test", 1)
     before = measure(vlm, processor, people, scenes)
     snapshot = {n: p.detach().clone() for n, p in vlm.named_parameters()}
-    rows = []
+    rows, deltas, stacks = [], {}, []
     for target in args.targets:
         forget = forget_pairs(world, target, 64)
         retain = retain_pairs(world, exclude=[target], per_concept=4)
         config = SLUGConfig(
             concept=target, candidate_labels=world.identities, concept_kind="identity"
         )
-        for criterion in ("clip", "vlm"):
+        for criterion in args.criteria:
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -123,6 +130,8 @@ def main() -> None:
                 after = measure(slug, processor, people, scenes)
                 identical = untouched(slug, snapshot)
                 slug.unload()  # the next run starts from the VLM's own weights
+                if criterion == "vlm":
+                    deltas[target] = out.delta
                 others = [p for p in before["per_person"] if p != target]
                 row.update(
                     layer=out.result.chosen.label,
@@ -139,7 +148,58 @@ def main() -> None:
             rows.append(row)
             print({k: v for k, v in row.items() if k != "data"}, flush=True)
             write_json(args.out, {"command": command_line(), "before": before, "rows": rows})
+    if args.stack and len(deltas) >= 2:
+        pair = dict(list(deltas.items())[:2])
+        stacks.append(stacked(vlm, processor, pair, before, snapshot, (people, scenes)))
+        print(stacks[-1], flush=True)
+    write_json(
+        args.out, {"command": command_line(), "before": before, "rows": rows, "stacks": stacks}
+    )
     print(markdown(before, rows))
+    if stacks:
+        print(stack_markdown(stacks))
+
+
+def stacked(vlm, processor, deltas: dict, before: dict, snapshot: dict, views: tuple) -> dict:
+    """Deltas loaded together (`add_adapter` each, `set_adapters`, weight 1) on `views`
+    (test people, test scenes)."""
+    people, scenes = views
+    slug = SLUGModel(vlm)
+    names = []
+    for i, delta in enumerate(deltas.values()):
+        slug.add_adapter(f"t{i}", delta)
+        names.append(f"t{i}")
+    slug.set_adapters(names, [1.0] * len(names))
+    after = measure(slug, processor, people, scenes)
+    identical = untouched(slug, snapshot)
+    slug.unload()
+    others = [p for p in before["per_person"] if p not in deltas]
+    return {
+        "targets": list(deltas),
+        "targets_named": [after["per_person"][t] for t in deltas],
+        "others_relative": 100
+        * sum(after["per_person"][p] for p in others)
+        / sum(before["per_person"][p] for p in others),
+        "object": after["object"],
+        "style": after["style"],
+        "lm_and_projector_identical": identical,
+    }
+
+
+def stack_markdown(stacks: list[dict]) -> str:
+    body = [
+        [
+            " + ".join(s["targets"]),
+            ", ".join(f"{v:.1f}" for v in s["targets_named"]),
+            s["others_relative"],
+            s["object"],
+            s["style"],
+            "yes" if s["lm_and_projector_identical"] else "no",
+        ]
+        for s in stacks
+    ]
+    header = ["stack (vlm criterion)", "named after", "others (% of before)", "objects", "styles"]
+    return table([*header, "LM + projector identical"], body)
 
 
 def markdown(before: dict, rows: list[dict]) -> str:
