@@ -12,9 +12,10 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hf_slug.cache import DISABLE_VARIABLE
 from hf_slug.demo.run import EMBEDDED
@@ -22,6 +23,7 @@ from hf_slug.demo.run import EMBEDDED
 os.environ.setdefault(DISABLE_VARIABLE, "1")
 
 DEFAULT_MODEL = str(EMBEDDED)
+T = TypeVar("T")
 
 
 def command_line() -> str:
@@ -92,6 +94,19 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
+
+
+def quietly(call: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
+    """`call(*args, **kwargs)` with its warnings silenced: (its result, the seconds it took).
+
+    >>> quietly(sum, [1, 2])[0]
+    3
+    """
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = call(*args, **kwargs)
+    return result, time.perf_counter() - start
 
 
 class Stopwatch:

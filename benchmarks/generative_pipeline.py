@@ -82,6 +82,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def versions() -> dict[str, str]:
+    """The versions a run's numbers are from (also `generative_pipeline_concepts.py`'s)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": __import__("diffusers").__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+
+
 def measure(model: Any, judge: IdentityJudge, names, phrasings, seeds, **kwargs) -> dict:
     """Per identity: the share of its generations the judge names as it; and the images."""
     prompts = {t.format(n): n for n in names for t in phrasings}
@@ -173,6 +183,44 @@ def adapter_name(target: str, criterion: str) -> str:
     return f"{default_adapter_name(target)}_{criterion}"
 
 
+def load_models(pipeline: Path = EMBEDDED_T2I) -> tuple[Any, tuple[Any, Any], tuple[Any, Any]]:
+    """The pipeline, the CLIP (model, processor) SLUG computes gradients on, and a separate,
+    never-edited CLIP copy for the judge."""
+    pipe = load_embedded_pipeline(pipeline)
+    return pipe, load_embedded(), load_embedded()
+
+
+def unlearn_text_encoder(
+    pipe: Any,
+    clips: tuple[Any, Any],
+    target: str,
+    retain: list,
+    forget: Any,
+    labels: list[str],
+    kind: str = "concept",
+    **options: Any,
+) -> tuple[Any, float]:
+    """`unlearn_pipeline` on the text tower, `labels` the candidates, warnings and progress bar
+    off: (its output, seconds). `options`: more `PipelineOptions` fields (criterion, ...)."""
+    clip, processor = clips
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = unlearn_pipeline(
+            pipe,
+            clip,
+            processor,
+            target,
+            retain,
+            forget=forget,
+            config=SLUGConfig(target, towers=("text",), candidate_labels=labels, concept_kind=kind),
+            options=PipelineOptions(
+                concept_kind=kind, unlearn=UnlearnOptions(progress=False), **options
+            ),
+        )
+    return out, time.time() - start
+
+
 def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids):
     """Unlearn `target` with `criterion`, apply the delta, measure: (record, after or None)."""
     slug, pipe, measured, phrasings, seeds = (
@@ -184,23 +232,19 @@ def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids)
     )
     forget = forget_pairs(run.world, target, 32) if args.forget == "views" else None
     retain = retain_pairs(run.world, exclude=[target])
-    start = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with slug.disable_adapters():  # unlearn the original text encoder
-            out = unlearn_pipeline(
-                pipe,
-                run.clip,
-                run.processor,
-                target,
-                retain,
-                forget=ForgetGeneration(32, generation_kwargs=kwargs) if forget is None else forget,
-                config=SLUGConfig(target, towers=("text",), candidate_labels=run.judge.names),
-                options=PipelineOptions(
-                    criterion=criterion, generation=check, unlearn=UnlearnOptions(progress=False)
-                ),
-            )
-    unlearn_seconds = time.time() - start
+    if forget is None:
+        forget = ForgetGeneration(32, generation_kwargs=kwargs)
+    with slug.disable_adapters():  # unlearn the original text encoder
+        out, unlearn_seconds = unlearn_text_encoder(
+            pipe,
+            (run.clip, run.processor),
+            target,
+            retain,
+            forget,
+            run.judge.names,
+            criterion=criterion,
+            generation=check,
+        )
     result = out.result
     record: dict[str, Any] = {
         "criterion": criterion,
@@ -324,9 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     grids.mkdir(parents=True, exist_ok=True)
     began = time.time()
 
-    pipe = load_embedded_pipeline(args.pipeline)
-    clip, processor = load_embedded()  # the CLIP SLUG computes gradients on
-    judge_clip, judge_processor = load_embedded()  # a separate, never-edited copy
+    pipe, (clip, processor), (judge_clip, judge_processor) = load_models(args.pipeline)
     judge = IdentityJudge(judge_clip, judge_processor, names)
     views = world.samples("identity", "test", 2)
     judge_real = float(
@@ -418,12 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         "by_criterion": by_criterion,
         "stack": stack,
         "minutes": round((time.time() - began) / 60, 1),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": __import__("diffusers").__version__,
-            "transformers": __import__("transformers").__version__,
-        },
+        "versions": versions(),
     }
     old = args.out / "generative_pipeline.json"
     if old.is_file() and "variants" in json.loads(old.read_text()):  # earlier runs' variants

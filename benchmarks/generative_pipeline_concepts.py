@@ -29,51 +29,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_slug import (  # noqa: E402
-    PipelineOptions,
-    SLUGConfig,
-    SLUGModel,
-    UnlearnOptions,
-    unlearn_pipeline,
+# importing the identity benchmark sets HF_HUB_OFFLINE=1 and turns off the gradient cache
+from benchmarks.generative_pipeline import (  # noqa: E402
+    REPO,
+    load_models,
+    log,
+    pct,
+    unlearn_text_encoder,
+    versions,
 )
-from hf_slug.cache import DISABLE_VARIABLE  # noqa: E402
-from hf_slug.demo.run import load_embedded  # noqa: E402
-from hf_slug.demo.t2i import (  # noqa: E402
-    EMBEDDED_T2I,
-    GENERATION_KWARGS,
-    IdentityJudge,
-    generate,
-    load_embedded_pipeline,
-)
+from hf_slug import SLUGModel  # noqa: E402
+from hf_slug.demo.t2i import EMBEDDED_T2I, GENERATION_KWARGS, IdentityJudge, generate  # noqa: E402
 from hf_slug.demo.world import World, fill_template  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
 from hf_slug.plots import image_grid  # noqa: E402
 
-os.environ.setdefault(DISABLE_VARIABLE, "1")  # every timed call is a first call
 EXTRA_PHRASING = "{style} {object}."
 VALIDATION_SEEDS = (1000, 1001)  # target choice only; the test seeds are 0, 1, ...
 KINDS = ("object", "style")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def held_out_phrasings(world: World) -> list[str]:
@@ -215,27 +199,14 @@ def summary(before: dict, after: dict, kind: str, target: str) -> dict:
 
 def unlearn_concept(pipe, clips, world, kind, target, measured) -> tuple[dict, dict | None]:
     """Unlearn `target` (an object or style) with the default criterion; measure with its delta."""
-    clip, processor = clips
     forget, retain = concept_pairs(world, kind, target)
     labels = world.objects if kind == "object" else world.styles
-    start = time.time()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = unlearn_pipeline(
-            pipe,
-            clip,
-            processor,
-            target,
-            retain,
-            forget=forget,
-            config=SLUGConfig(target, towers=("text",), candidate_labels=labels, concept_kind=kind),
-            options=PipelineOptions(concept_kind=kind, unlearn=UnlearnOptions(progress=False)),
-        )
+    out, seconds = unlearn_text_encoder(pipe, clips, target, retain, forget, labels, kind)
     result = out.result
     record: dict[str, Any] = {
         "target": target,
         "converged": out.converged,
-        "unlearn_seconds": round(time.time() - start, 1),
+        "unlearn_seconds": round(seconds, 1),
         "forget_pairs": len(out.forget),
         "retain_pairs": len(retain),
         "layer": result.chosen.label if result.chosen is not None else None,
@@ -302,9 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     kwargs = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     grids = args.out / "generative_pipeline_concepts"
 
-    pipe = load_embedded_pipeline()
-    clips = load_embedded()  # the CLIP SLUG computes gradients on
-    judge_clip, judge_processor = load_embedded()  # a separate, never-edited copy
+    pipe, clips, (judge_clip, judge_processor) = load_models()
     judges = {k: ConceptJudge(judge_clip, judge_processor, world.prompts(k)) for k in KINDS}
     open_prompts = {**world.prompts("object"), **world.prompts("identity")}
     judges["open"] = ConceptJudge(judge_clip, judge_processor, open_prompts)
@@ -374,12 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         "before": public(before),
         "unlearned": unlearned,
         "minutes": round((time.time() - began) / 60, 1),
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": __import__("diffusers").__version__,
-            "transformers": __import__("transformers").__version__,
-        },
+        "versions": versions(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generative_pipeline_concepts.json").write_text(
@@ -387,10 +351,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     (args.out / "generative_pipeline_concepts.md").write_text(markdown(results))
     log(f"done in {results['minutes']} min")
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
 
 
 def by(x: float, limit: float, higher: bool) -> str:

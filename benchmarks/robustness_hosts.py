@@ -24,7 +24,6 @@ import dataclasses
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import command_line, write_json  # noqa: E402
+from benchmarks.common import command_line, quietly, write_json  # noqa: E402
 from hf_slug import (  # noqa: E402
     PipelineOptions,
     SLUGConfig,
@@ -105,22 +104,20 @@ def vlm_part(world: World, targets: list[str], budget: HostAuditBudget) -> list[
         options = VLMOptions(unlearn=UnlearnOptions(progress=False))
         if criterion == "clip":
             options = dataclasses.replace(options, criterion="clip")
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = unlearn_vlm(
-                vlm,
-                clip,
-                clip_processor,
-                forget_pairs(world, target, 64),
-                retain_pairs(world, exclude=[target], per_concept=4),
-                SLUGConfig(concept=target, candidate_labels=world.identities),
-                vlm_processor=processor,
-                options=options,
-            )
+        out, seconds = quietly(
+            unlearn_vlm,
+            vlm,
+            clip,
+            clip_processor,
+            forget_pairs(world, target, 64),
+            retain_pairs(world, exclude=[target], per_concept=4),
+            SLUGConfig(concept=target, candidate_labels=world.identities),
+            vlm_processor=processor,
+            options=options,
+        )
         record = {"target": target, "search": criterion, "criterion": options.criterion}
         record["call"] = "unlearn_vlm(..., vlm_processor=processor, options=VLMOptions(...))"
-        record.update(run_record(out, time.perf_counter() - start))
+        record.update(run_record(out, seconds))
         print(f"{target} ({criterion}): unlearn_vlm {record}", flush=True)
         if out.delta is not None:
             views = [s.image for s in world.samples("identity", "test", VIEWS, [target])]
@@ -161,21 +158,19 @@ def pipeline_part(
     rows = []
     for target in targets:
         options = pipeline_options(search)
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            out = unlearn_pipeline(
-                pipe,
-                clip,
-                clip_processor,
-                target,
-                retain_pairs(world, exclude=[target]),
-                forget=forget_pairs(world, target, 32),
-                config=SLUGConfig(target, towers=("text",), candidate_labels=world.identities),
-                options=options,
-            )
+        out, seconds = quietly(
+            unlearn_pipeline,
+            pipe,
+            clip,
+            clip_processor,
+            target,
+            retain_pairs(world, exclude=[target]),
+            forget=forget_pairs(world, target, 32),
+            config=SLUGConfig(target, towers=("text",), candidate_labels=world.identities),
+            options=options,
+        )
         record = {"target": target, "search": search, "call": f"unlearn_pipeline: {search}"}
-        record.update(run_record(out, time.perf_counter() - start))
+        record.update(run_record(out, seconds))
         record["criterion"] = pipeline_criterion(record, options)
         print(f"{target}: unlearn_pipeline {record}", flush=True)
         if out.delta is not None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import command_line, table, write_json  # noqa: E402
+from benchmarks.common import command_line, quietly, table, write_json  # noqa: E402
 from hf_slug import (  # noqa: E402
     SLUGConfig,
     SLUGModel,
@@ -108,20 +106,17 @@ def main() -> None:
             concept=target, candidate_labels=world.identities, concept_kind="identity"
         )
         for criterion in args.criteria:
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = unlearn_vlm(
-                    vlm,
-                    clip,
-                    clip_processor,
-                    forget,
-                    retain,
-                    config,
-                    vlm_processor=processor if criterion == "vlm" else None,
-                    options=VLMOptions(criterion=criterion, unlearn=UnlearnOptions(progress=False)),
-                )
-            seconds = time.perf_counter() - start
+            out, seconds = quietly(
+                unlearn_vlm,
+                vlm,
+                clip,
+                clip_processor,
+                forget,
+                retain,
+                config,
+                vlm_processor=processor if criterion == "vlm" else None,
+                options=VLMOptions(criterion=criterion, unlearn=UnlearnOptions(progress=False)),
+            )
             row = {"target": target, "criterion": criterion, "seconds": seconds}
             row["converged"] = out.converged
             if out.converged:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_clip
 from test_adapters import make_delta
 from test_hub import RecordingApi, api  # noqa: F401  (the `api` fixture)
+from trust_fixtures import FC1, V_PROJ, base_fixture, two_deltas  # noqa: F401  (`base`)
 
 from hf_slug import (
     AdapterError,
@@ -28,14 +28,6 @@ from hf_slug.cli import main
 from hf_slug.hub import END, model_card, push_to_hub
 from hf_slug.model import SLUGModel
 
-FC1 = "vision_model.encoder.layers.0.mlp.fc1.weight"
-V_PROJ = "text_model.encoder.layers.0.self_attn.v_proj.weight"
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_clip()
-
 
 @pytest.fixture(scope="module")
 def half(base):
@@ -45,8 +37,7 @@ def half(base):
 @pytest.fixture(scope="module")
 def deltas(base, half):
     return {
-        "a": make_delta(base, "Ada Byron", [FC1], 0),
-        "b": make_delta(base, "Bob Stone", [V_PROJ], 1),
+        **two_deltas(base),
         "a16": make_delta(half, "Ada Byron", [FC1], 0),
         "b16": make_delta(half, "Bob Stone", [FC1], 1),
     }

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_clip
 from safetensors.torch import load_file, save_file
 from test_adapters import make_delta
 from test_hub import COMMIT_A, COMMIT_B, cache_repo, files_of
+from trust_fixtures import FC1, V_PROJ, base_fixture, two_deltas  # noqa: F401  (`base`)
 
 from hf_slug import (
     AdapterError,
@@ -31,20 +31,11 @@ from hf_slug.config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME
 from hf_slug.hub import delta_configs, model_card
 from hf_slug.model import SLUGModel
 
-FC1 = "vision_model.encoder.layers.0.mlp.fc1.weight"
-V_PROJ = "text_model.encoder.layers.0.self_attn.v_proj.weight"
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_clip()
-
 
 @pytest.fixture(scope="module")
 def deltas(base):
     return {
-        "a": make_delta(base, "Ada Byron", [FC1], 0),
-        "b": make_delta(base, "Bob Stone", [V_PROJ], 1),
+        **two_deltas(base),
         "victim": make_delta(base, "Victim", [FC1], 2),
     }
 
