@@ -5,16 +5,13 @@ assertions)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_benchmarks import run_script
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from cost_crossing import crossings, points  # noqa: E402
 
@@ -59,17 +56,7 @@ def test_crossings_say_where_the_order_changes_and_where_it_does_not() -> None:
 
 @pytest.mark.slow
 def test_cost_crossing_smoke(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, str(BENCHMARKS / "cost_crossing.py"), "--smoke"]
-    result = subprocess.run(
-        [*command, "--out", str(tmp_path), "--cache", str(tmp_path / "cache")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_script("cost_crossing.py", tmp_path, tmp_path / "cache")
     report = json.loads((tmp_path / "cost_crossing_smoke.json").read_text())
     points = [tuple(p) for p in report["points"]]
     assert points == [(16, 32), (24, 32), (16, 48)]  # the forget axis, then the retain axis
