@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -56,8 +57,10 @@ from hf_slug.demo.protocol import (  # noqa: E402
     retain_pairs,
 )
 from hf_slug.gradients import compute_gradients  # noqa: E402
+from hf_slug.null_space import null_space_gradients, output_drift  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
 from hf_slug.towers import block_index, candidate_names  # noqa: E402
+from hf_slug.validation import MIN_RETAIN_VALIDATION, split_pairs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORLDS = {
@@ -160,13 +163,16 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
             options=UnlearnOptions(cache_dir=cache, progress=False),
         )
         grads_file = next(Path(cache).glob("forget_gradients-*.safetensors"))
-        grads = load_file(str(grads_file))
+        grads, covariances = searched_directions(
+            model, processor, config, load_file(str(grads_file)), retain
+        )
     scores = {s.label: s for s in result.layers}
     layers = []
     for search in result.searches:
         if search.step is None:
             continue
-        with edited(model, update(model, search.names, grads, search.step)):
+        delta = update(model, search.names, grads, search.step)
+        with edited(model, delta):
             test = report(kind, evaluator(model))
         score = scores[search.label]
         layers.append(
@@ -178,6 +184,7 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
                 "importance": score.importance,
                 "alignment": score.alignment,
                 "block": block_index(search.names[0])[0],
+                "drift": output_drift(model, delta, covariances) if covariances else None,
                 "test": test,
             }
         )
@@ -204,6 +211,24 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
     }
 
 
+def searched_directions(model, processor, config, grads: dict, retain: list) -> tuple:
+    """The directions the search stepped along — the cached (raw) forget gradients, projected
+    off the gradient retain pairs' inputs as `unlearn` does when `config.retain_null_space` —
+    and those inputs' covariances (None without a null space)."""
+    if config.retain_null_space is None:
+        return grads, None
+    gradient_retain = load_pairs(retain)
+    if config.validation_share:  # the held-out default's split, as `unlearn` draws it
+        gradient_retain, _ = split_pairs(
+            gradient_retain,
+            config.validation_share,
+            seed=config.split_seed,
+            name="retain set",
+            minimum=MIN_RETAIN_VALIDATION,
+        )
+    return null_space_gradients(model, processor, gradient_retain, grads, config, progress=False)
+
+
 def picks(layers: list[dict]) -> dict[str, str | None]:
     """The layer each rule picks among those that met the criterion on validation data."""
     met = [x for x in layers if x["status"] == "met"]
@@ -223,8 +248,10 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
     }
 
 
-def _by_utility(layer: dict) -> tuple[float, float]:
-    return layer["validation"]["utility"], -layer["step"]
+def _by_utility(layer: dict) -> tuple[float, float, float]:
+    """`unlearn`'s rule: validation utility; ties to the least drift (null space), then step."""
+    drift = layer.get("drift")
+    return layer["validation"]["utility"], -(math.inf if drift is None else drift), -layer["step"]
 
 
 def most_important(layers: list[dict], k: int) -> list[dict]:

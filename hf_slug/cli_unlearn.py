@@ -79,6 +79,13 @@ def add_parser(sub: Any) -> None:
         help="cosine margin by which every phrasing must fail to name the concept",
     )
     p.add_argument(
+        "--retain-null-space",
+        type=energy_or_none,
+        default=DEFAULTS["retain_null_space"],
+        help="share of the retain inputs' energy the text edit leaves untouched, in (0, 1]; "
+        "'none' for SLUG's plain gradient",
+    )
+    p.add_argument(
         "--labels",
         help="comma-separated names to classify forget images among (the concept and at least "
         "one other; --labels or --labels-file is required)",
@@ -202,9 +209,20 @@ def _config(args: argparse.Namespace) -> SLUGConfig:
             templates=tuple(args.template),
             margin=args.margin,
             validation_share=args.validation_share,
+            retain_null_space=args.retain_null_space,
         )
     except ConfigError as error:
         raise UsageError(f"invalid options: {error}") from None
+
+
+def energy_or_none(text: str) -> float | None:
+    """An argparse type: 'none', or a share of energy in (0, 1]."""
+    if text.strip().lower() == "none":
+        return None
+    value = number(float, 0.0, 1.0, "a share in (0, 1] or 'none'")(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a share in (0, 1] or 'none', got {text!r}")
+    return value
 
 
 def _validation(args: argparse.Namespace) -> tuple[Any, Any] | None:

@@ -15,16 +15,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .checks import finite_real, positive_int, positive_number
+from .config_fields import CAPTION_MODES, FIELD_CHECKS, TOWERS, TargetInfo
 from .errors import ConfigError, DeltaFormatError
 from .evaluation.base import FORGET_ACC, UTILITY
 from .io import parse_json_bytes, write_json
@@ -35,12 +32,6 @@ from .version import __version__
 CONFIG_NAME = "slug_config.json"
 WEIGHTS_NAME = "slug_model.safetensors"
 STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, active flags
-
-
-TOWERS = ("vision", "text")
-CAPTION_MODES = ("original", "concept_name")
-DELTA_FORMATS = ("dense", "lowrank")
-MAX_NESTING = 64  # metrics / settings deeper than this are not a config hf_slug wrote
 
 
 @dataclass
@@ -77,6 +68,15 @@ class SLUGConfig:
         utility_tolerance: reject steps that lower the utility metric by more than this.
         forget_metric, utility_metric: the evaluator's metric names the search reads.
 
+    Update direction (hf_slug's extension of SLUG, `hf_slug.null_space`):
+        retain_null_space: the forget gradient of each candidate of `null_space_towers` is
+            projected off the directions holding this share of the energy of the retain pairs'
+            inputs to that tensor, so the edit leaves retain inputs' outputs (nearly) unchanged
+            (0.999 chosen on the embedded world: benchmarks/generalisation.md). None: SLUG's
+            plain gradient.
+        null_space_towers: the towers whose candidates are projected (default text only: image
+            inputs do not separate a concept from the rest the way a name's tokens do).
+
     Search and data:
         initial_step, max_evaluations: the step search's start and budget per layer.
         caption_mode: forget captions as given ("original") or replaced by `concept`.
@@ -106,6 +106,8 @@ class SLUGConfig:
     max_evaluations: int = SearchSettings.max_evaluations
     batch_size: int = 32
     include_projections: bool = False
+    retain_null_space: float | None = 0.999
+    null_space_towers: tuple[str, ...] = ("text",)
     forget_metric: str = FORGET_ACC
     utility_metric: str = UTILITY
 
@@ -147,6 +149,7 @@ class SLUGConfig:
                 f"utility_tolerance must be None or a finite number >= 0, got {tolerance!r}: "
                 "pass e.g. utility_tolerance=0.01."
             )
+        self._check_null_space()
         if not isinstance(self.include_projections, bool):
             raise ConfigError(
                 f"include_projections must be True or False, got {self.include_projections!r}."
@@ -217,6 +220,23 @@ class SLUGConfig:
         if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int):
             raise ConfigError(f"split_seed must be an int, got {self.split_seed!r}.")
 
+    def _check_null_space(self) -> None:
+        energy = self.retain_null_space
+        if energy is not None and (finite_real(energy) is None or not 0 < energy <= 1):
+            raise ConfigError(
+                f"retain_null_space must be None or a share of energy in (0, 1], got {energy!r}: "
+                "pass e.g. retain_null_space=0.999, or None for SLUG's plain gradient."
+            )
+        self.null_space_towers = _as_tuple(
+            self.null_space_towers, "null_space_towers", "'text', 'vision' or a tuple of them"
+        )
+        if not self.null_space_towers or any(t not in TOWERS for t in self.null_space_towers):
+            raise ConfigError(
+                f"null_space_towers must be a non-empty subset of {TOWERS}, got "
+                f"{self.null_space_towers!r}: pass e.g. ('text',), or retain_null_space=None "
+                "to project nothing."
+            )
+
     @property
     def search_settings(self) -> SearchSettings:
         """The step search's group of this config (`initial_step`, `max_evaluations`)."""
@@ -226,6 +246,7 @@ class SLUGConfig:
         data = asdict(self)
         data["towers"] = list(self.towers)
         data["templates"] = list(self.templates)
+        data["null_space_towers"] = list(self.null_space_towers)
         return data
 
 
@@ -236,16 +257,6 @@ def _as_tuple(value: Any, name: str, expected: str) -> tuple:
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"{name} must be {expected}, got {value!r}.")
     return tuple(value)
-
-
-@dataclass
-class TargetInfo:
-    """A targeted base tensor as it was when the delta was computed."""
-
-    shape: list[int]
-    dtype: str
-    sha256: str
-    tower: str | None = None
 
 
 REQUIRED = ("concept", "step", "targets")
@@ -331,7 +342,7 @@ class UnlearningConfig:
         kwargs = {}
         for key, value in data.items():
             if key in known:
-                kwargs[key] = _FIELD_CHECKS[key](value, f"{source}: {key!r}")
+                kwargs[key] = FIELD_CHECKS[key](value, f"{source}: {key!r}")
         return cls(**kwargs)
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -355,146 +366,3 @@ class UnlearningConfig:
                 f"{CONFIG_NAME} and {WEIGHTS_NAME})."
             )
         return cls.from_bytes(path.read_bytes(), path)
-
-
-# -- field checks of a loaded config --------------------------------------------------------------
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _bad(where: str, want: str, value: Any, fix: str) -> ConfigError:
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    return ConfigError(f"{where} must be {want}, got {type(value).__name__} {shown}: {fix}.")
-
-
-def _text(optional: bool = False, choices: tuple[str, ...] | None = None, empty: bool = True):
-    def check(value: Any, where: str) -> str | None:
-        if value is None and optional:
-            return None
-        ok = isinstance(value, str) and (empty or value.strip())
-        if ok and (choices is None or value in choices):
-            return value
-        want = (
-            f"one of {list(choices)}"
-            if choices
-            else "a non-empty string"
-            if not empty
-            else "a string"
-        )
-        want += " or null" if optional else ""
-        raise _bad(where, want, value, "fix the value or save the delta again")
-
-    return check
-
-
-def _finite_non_negative(value: Any, where: str) -> float:
-    number = finite_real(value)
-    if number is None or number < 0:
-        raise _bad(where, "a finite number >= 0", value, "save the delta again")
-    return number
-
-
-def _rank(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad(where, "null or a positive int", value, "save the delta again")
-    return value
-
-
-def _dtype_name(value: Any, where: str) -> str:
-    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
-        return value
-    raise _bad(where, "a torch dtype name such as 'float32'", value, "save the delta again")
-
-
-def _depth(value: Any) -> int:
-    """How deeply lists and dicts nest in `value` (iterative: no recursion limit)."""
-    deepest, todo = 0, [(value, 1)]
-    while todo:
-        item, level = todo.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            todo.extend((c, level + 1) for c in children)
-    return deepest
-
-
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(where, "an object", value, "save the delta again")
-    if _depth(value) > MAX_NESTING:
-        raise ConfigError(
-            f"{where} nests deeper than {MAX_NESTING} levels: it was not written by hf_slug; "
-            "save the delta again."
-        )
-    return value
-
-
-def _scales(value: Any, where: str) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise _bad(where, "an object of tensor name -> number", value, "save the delta again")
-    scales = {}
-    for name, scale in value.items():
-        number = finite_real(scale)
-        if number is None:
-            raise _bad(f"{where}[{name!r}]", "a finite number", scale, "save the delta again")
-        scales[name] = number
-    return scales
-
-
-def _target(name: Any, info: Any, where: str) -> TargetInfo:
-    where = f"{where}[{name!r}]"
-    if not isinstance(name, str) or not name:
-        raise _bad(where, "keyed by a parameter name", name, "save the delta again")
-    if not isinstance(info, dict):
-        raise _bad(where, "an object with shape, dtype, sha256, tower", info, "save it again")
-    missing = [k for k in ("shape", "dtype", "sha256") if k not in info]
-    if missing:
-        raise DeltaFormatError(f"{where} lacks {missing}: save the delta again.")
-    unknown = sorted(str(k) for k in info if k not in ("shape", "dtype", "sha256", "tower"))
-    if unknown:
-        warnings.warn(f"{where}: ignoring unknown key(s) {unknown}.", stacklevel=4)
-    shape = info["shape"]
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
-    ):
-        raise _bad(f"{where}['shape']", "a list of positive ints", shape, "save the delta again")
-    sha = info["sha256"]
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-        raise _bad(f"{where}['sha256']", "64 lowercase hex digits (a string)", sha, "save it again")
-    tower = _text(optional=True, choices=TOWERS)(info.get("tower"), f"{where}['tower']")
-    return TargetInfo(list(shape), _dtype_name(info["dtype"], f"{where}['dtype']"), sha, tower)
-
-
-def _targets(value: Any, where: str) -> dict[str, TargetInfo]:
-    if not isinstance(value, dict):
-        raise _bad(where, "an object of parameter name -> target", value, "save it again")
-    return {name: _target(name, info, where) for name, info in value.items()}
-
-
-def _concept(value: Any, where: str) -> str:
-    if isinstance(value, str) and value.strip():
-        return value
-    raise _bad(where, "a non-empty string", value, "write the concept's name there")
-
-
-_FIELD_CHECKS: dict[str, Callable[[Any, str], Any]] = {
-    "concept": _concept,
-    "step": _finite_non_negative,
-    "targets": _targets,
-    "scales": _scales,
-    "concept_kind": _text(),
-    "model_family": _text(empty=False),
-    "component": _text(optional=True),
-    "caption_mode": _text(choices=CAPTION_MODES),
-    "base_model_name_or_path": _text(optional=True),
-    "base_model_revision": _text(optional=True),
-    "delta_format": _text(choices=DELTA_FORMATS),
-    "delta_dtype": _dtype_name,
-    "rank": _rank,
-    "metrics": _mapping,
-    "settings": _mapping,
-    "hf_slug_version": _text(),
-}

@@ -164,6 +164,7 @@ def _card_section(folder: Path, configs: dict[str, UnlearningConfig], repo_id: s
         "delta_dtype": first.delta_dtype,
         "size": f"{size / 1e6:.2f} MB",
         "rule": _text(metrics.get("rule", "named by the user")),
+        "direction": _text(metrics.get("direction", "the forget gradient (SLUG)")),
         "metrics_table": "\n".join(rows) if before else "(no metrics recorded)",
         "pareto": f"![Pareto front: importance vs alignment]({pareto})" if pareto else "",
         "usage": usage,

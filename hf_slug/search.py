@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,23 +215,34 @@ def search_step(
 
 CHOICE_RULE = (
     "among searched layers whose smallest passing step met the forget criterion{guard}, the one "
-    "with the highest {utility} on the search's evaluation data; ties go to the smaller step"
+    "with the highest {utility} on the search's evaluation data; ties go to {tie}"
 )
+SMALLER_STEP = "the smaller step"
 
 
-def choose(searches: Sequence[LayerSearch], criterion: Criterion) -> tuple[LayerSearch | None, str]:
-    """The chosen search and the rule, written out, that chose it."""
+def choose(
+    searches: Sequence[LayerSearch],
+    criterion: Criterion,
+    tie_break: Callable[[LayerSearch], float] | None = None,
+    tie: str = SMALLER_STEP,
+) -> tuple[LayerSearch | None, str]:
+    """The chosen search and the rule, written out, that chose it.
+
+    Among equal utilities the smallest `tie_break(search)` wins (default: the step; `tie` says
+    in words what `tie_break` measures)."""
     guard = (
         f" and kept {criterion.utility_metric} within {criterion.utility_tolerance} of the original"
         if criterion.utility_tolerance is not None
         else ""
     )
-    rule = CHOICE_RULE.format(guard=guard, utility=criterion.utility_metric)
+    rule = CHOICE_RULE.format(guard=guard, utility=criterion.utility_metric, tie=tie)
     usable = [s for s in searches if s.usable]
     if not usable:
         return None, rule
-    best = max(usable, key=lambda s: (s.metrics.get(criterion.utility_metric, 0.0), -s.step))
-    return best, rule
+    utility = criterion.utility_metric
+    best = max(s.metrics.get(utility, 0.0) for s in usable)
+    tied = [s for s in usable if s.metrics.get(utility, 0.0) == best]
+    return min(tied, key=lambda s: (tie_break(s) if tie_break else s.step, s.step)), rule
 
 
 def search_layers(

@@ -31,11 +31,11 @@ from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
 from .gradient_cache import cache_file_for, gradients_for
 from .gradients import check_gradient_source, require_clip_model
 from .io import fingerprint
+from .null_space import choose_least_drift, null_space_gradients
 from .options import UnlearnOptions, reject_unknown_keywords
 from .search import (
     Criterion,
     LayerSearch,
-    choose,
     edited,
     search_layers,
     step_scales,
@@ -130,6 +130,17 @@ class UnlearningResult:
 
         return plot_pareto(self.layers, self.chosen_names, path)
 
+    @property
+    def direction(self) -> str:
+        """The update direction in words: SLUG's forget gradient, or its null-space projection."""
+        energy, towers = self.config.retain_null_space, self.config.null_space_towers
+        if energy is None:
+            return "the forget gradient (SLUG)"
+        return (
+            f"the forget gradient off {100 * energy:g} % of the retain inputs' energy at the "
+            f"edited tensor ({', '.join(towers)} tower)"
+        )
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: chosen layer, step, rule, before/after metrics, timings."""
         return {
@@ -138,6 +149,7 @@ class UnlearningResult:
             "layer": list(self.chosen_names),
             "step": self.step,
             "rule": self.rule,
+            "direction": self.direction,
             "before": self.before,
             "after": self.after,
             "front": [s.label for s in self.layers if s.on_front],
@@ -157,6 +169,7 @@ class UnlearningResult:
             lines += [f"  {s.label}: {s.status}" for s in self.searches]
             return "\n".join(lines)
         lines.append(f"layer: {self.chosen.label}   step s = {self.step:.4g}")
+        lines.append(f"direction: {self.direction}")
         if self.data is not None:
             lines.append(f"measured on {self.data.describe()}")
         lines.append(f"{'metric':<18}{'before':>10}{'after':>10}")
@@ -305,6 +318,12 @@ def unlearn(
         timings[f"{kind}_gradients"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    grads["forget"], covariances = null_space_gradients(
+        model, processor, retain_pairs, grads["forget"], config, progress=progress
+    )
+    timings["null_space"] = time.perf_counter() - start
+
+    start = time.perf_counter()
     scores = score_layers(model, units, grads["forget"], grads["retain"])
     timings["metrics"] = time.perf_counter() - start
 
@@ -326,7 +345,7 @@ def unlearn(
         config.search_settings,
         progress=progress,
     )
-    chosen, rule = choose(searches, criterion)
+    chosen, rule = choose_least_drift(searches, criterion, model, grads["forget"], covariances)
     deltas = update(model, chosen.names, grads["forget"], chosen.step) if chosen else {}
     after = chosen.metrics if chosen else {}
     timings["search"] = time.perf_counter() - start

@@ -33,6 +33,7 @@ LAYER = {
     # core: the method and the delta file format; knows no search driver, host or app
     "hf_slug.options": "core",
     "hf_slug.config": "core",
+    "hf_slug.config_fields": "core",  # the field checks of a loaded slug_config.json
     "hf_slug.names": "core",
     "hf_slug.resolve": "core",
     "hf_slug.data": "core",
@@ -41,6 +42,7 @@ LAYER = {
     "hf_slug.clip_sizes": "core",  # the one CLIPConfig builder (tests, benchmarks, embedded)
     "hf_slug.selection": "core",
     "hf_slug.gradients": "core",
+    "hf_slug.null_space": "core",  # forget gradients off the retain inputs (the default)
     "hf_slug.gradient_cache": "core",  # given, cached or computed gradients; the cache file
     "hf_slug.evaluation": "core",  # the package: evaluators, metric keys, prefix cache
     "hf_slug.evaluation.base": "core",

@@ -158,7 +158,13 @@ def test_clip_only_met_while_generations_show_the_target_and_generation_stops_it
     pipe, clip, processor = models
     world = World(seed=0)
     target, names = "Eileen Collins", list(World(seed=0).identities)
-    config = SLUGConfig(target, towers=("text",), candidate_labels=names, layer="text.L0.v_proj")
+    config = SLUGConfig(  # SLUG's plain gradient: the direction that measurement used
+        target,
+        towers=("text",),
+        candidate_labels=names,
+        layer="text.L0.v_proj",
+        retain_null_space=None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clip_only = unlearn_pipeline(

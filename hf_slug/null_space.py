@@ -1,0 +1,209 @@
+"""Forget gradients projected off the retain inputs, so the edit leaves retain outputs alone.
+
+A candidate tensor `W` of a linear layer maps each token's input `x` to `W x`; SLUG's update
+`ΔW` (the forget gradient, scaled) changes that output by `ΔW x`. Here each row of `ΔW` is
+projected off the principal directions of the inputs the *retain* pairs feed that layer (the
+eigenvectors of `Σ x xᵀ` that hold `energy` of its trace), so `ΔW x ≈ 0` for retain inputs
+while the concept's own inputs (e.g. its name's tokens) still move. The update stays one
+gradient of one layer, taken once at θ⁰; the projection needs one forward pass over the retain
+pairs (no backward) to collect the inputs. It is hf_slug's extension of SLUG (the idea of
+editing in the retain inputs' null space is AlphaEdit's, Fang et al. 2025), measured in
+`benchmarks/generalisation.md`; `SLUGConfig(retain_null_space=None)` gives SLUG's plain
+gradient.
+
+Text tokens are discrete, so a name's inputs are nearly orthogonal to the other captions' and
+the projection keeps most of the forget gradient; image patches are not (on the embedded VLM a
+projected vision gradient forgot far worse), hence the default towers `("text",)`.
+
+Example:
+    >>> import torch
+    >>> cov = {"w": torch.diag(torch.tensor([4.0, 1.0, 0.0]))}
+    >>> project_gradients({"w": torch.ones(2, 3)}, cov, energy=0.75)["w"][0].tolist()
+    [0.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import SLUGConfig
+from .data import ImageTextPairs, batches
+from .search import Criterion, LayerSearch, choose, update
+from .towers import tower_kinds
+
+LEAST_DRIFT = "the edit that moves the gradient retain pairs' outputs at its layer least"
+"""How `unlearn` breaks utility ties with a null space (steps of projected and plain
+gradients are not comparable)."""
+
+
+def input_covariances(
+    model: nn.Module,
+    processor: Any,
+    pairs: ImageTextPairs,
+    names: Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """`Σ x xᵀ` (float64, on the CPU) of the inputs each named linear weight sees on `pairs`.
+
+    Text tokens count where the attention mask is set (padding is no input a caption makes);
+    every image token counts. Only the towers holding a named tensor run, without autograd.
+    """
+    kinds = tower_kinds(model, names)
+    modules = {name: model.get_submodule(name.rsplit(".", 1)[0]) for name in names}
+    sums: dict[str, torch.Tensor] = {}
+    mask: dict[str, torch.Tensor] = {}
+
+    same_input: dict[str, str] = {}  # q/k/v read one tensor: its covariance is kept once
+    last: list[tuple[str, torch.Tensor, str]] = []  # (parent, input, reader) of the last hook
+
+    def collect(name: str):
+        parent = name.rsplit(".", 2)[0]
+
+        def hook(_module: nn.Module, args: tuple, _output: Any) -> None:
+            if last and last[0][0] == parent and last[0][1] is args[0]:
+                same_input[name] = last[0][2]  # a sibling just read this very tensor
+                return
+            last[:] = [(parent, args[0], name)]
+            x = args[0].detach().double()
+            if kinds[name] == "text" and x.dim() == 3:
+                x = x * mask["text"].to(x)[..., None]
+            x = x.reshape(-1, x.shape[-1]).cpu()
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+
+        return hook
+
+    hooks = [modules[name].register_forward_hook(collect(name)) for name in names]
+    wanted = set(kinds.values())
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for _, inputs in tqdm(
+                batches(pairs, processor, batch_size),
+                total=-(-len(pairs) // batch_size),
+                desc="retain inputs",
+                unit="batch",
+                disable=not progress,
+            ):
+                last.clear()
+                if "text" in wanted:
+                    mask["text"] = inputs["attention_mask"].to(device)
+                    model.text_model(
+                        input_ids=inputs["input_ids"].to(device), attention_mask=mask["text"]
+                    )
+                if "vision" in wanted:
+                    last.clear()
+                    model.vision_model(pixel_values=inputs["pixel_values"].to(device))
+    finally:
+        last.clear()
+        for hook in hooks:
+            hook.remove()
+    return {**sums, **{name: sums[reader] for name, reader in same_input.items()}}
+
+
+def project_gradients(
+    gradients: Mapping[str, torch.Tensor],
+    covariances: Mapping[str, torch.Tensor],
+    energy: float,
+) -> dict[str, torch.Tensor]:
+    """Each gradient with its rows projected off the top directions holding `energy` of its
+    covariance's trace; tensors without a covariance are returned as they are."""
+    out = {}
+    for name, grad in gradients.items():
+        cov = covariances.get(name)
+        if cov is None or not float(cov.trace()) > 0:
+            out[name] = grad
+            continue
+        basis = principal_directions(cov, energy)
+        g = grad.double()
+        out[name] = (g - (g @ basis) @ basis.T).to(grad.dtype)
+    return out
+
+
+def principal_directions(covariance: torch.Tensor, energy: float) -> torch.Tensor:
+    """The fewest eigenvectors (as columns) of `covariance` whose eigenvalues hold `energy` of
+    its trace."""
+    values, vectors = torch.linalg.eigh(covariance)
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    share = values.cumsum(0) / values.sum()
+    keep = int((share < energy - 1e-12).sum()) + 1  # float sums may land just below
+    return vectors[:, : min(keep, len(values))]
+
+
+def tensors_of(model: nn.Module, names: Sequence[str], towers: Sequence[str]) -> list[str]:
+    """The 2-D tensors among `names` that belong to one of `towers`."""
+    kinds = tower_kinds(model, names)
+    return [n for n in names if kinds[n] in towers and model.get_parameter(n).dim() == 2]
+
+
+def output_drift(
+    model: nn.Module, deltas: Mapping[str, torch.Tensor], covariances: Mapping[str, torch.Tensor]
+) -> float:
+    """How much `deltas` move the retain inputs' outputs of their layers, relative to the
+    outputs: `sqrt(Σ tr(ΔW C ΔWᵀ) / Σ tr(W C Wᵀ))` (inf when a tensor has no covariance:
+    unmeasured edits rank last).
+
+    Example:
+        >>> output_drift(model, result.deltas, covs)  # doctest: +SKIP
+        0.0012
+    """
+    moved = total = 0.0
+    for name, delta in deltas.items():
+        cov = covariances.get(name)
+        if cov is None:
+            return math.inf
+        weight = model.get_parameter(name).detach().double().cpu()
+        d = delta.detach().double().cpu()
+        moved += float(torch.einsum("oi,ij,oj->", d, cov, d))
+        total += float(torch.einsum("oi,ij,oj->", weight, cov, weight))
+    return math.sqrt(max(moved, 0.0) / total) if total > 0 else math.inf
+
+
+def null_space_gradients(
+    model: nn.Module,
+    processor: Any,
+    retain: ImageTextPairs,
+    gradients: Mapping[str, torch.Tensor],
+    config: SLUGConfig,
+    *,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(`gradients` projected as `config` says, the covariances used), or (`gradients`, None)
+    when `config.retain_null_space` is None or no candidate is in `config.null_space_towers`.
+
+    Example:
+        >>> grads, covs = null_space_gradients(model, processor, retain, grads, config)  # doctest: +SKIP
+    """
+    energy = config.retain_null_space
+    names = tensors_of(model, list(gradients), config.null_space_towers) if energy else []
+    if not names:
+        return dict(gradients), None
+    covariances = input_covariances(
+        model, processor, retain, names, batch_size=config.batch_size, progress=progress
+    )
+    return project_gradients(gradients, covariances, energy), covariances
+
+
+def choose_least_drift(
+    searches: Sequence[LayerSearch],
+    criterion: Criterion,
+    model: nn.Module,
+    gradients: Mapping[str, torch.Tensor],
+    covariances: Mapping[str, torch.Tensor] | None,
+) -> tuple[LayerSearch | None, str]:
+    """`search.choose`, utility ties going to the least `output_drift` when there are
+    covariances (the steps of projected and plain gradients are not comparable)."""
+    if covariances is None:
+        return choose(searches, criterion)
+
+    def drift(search: LayerSearch) -> float:
+        return output_drift(model, update(model, search.names, gradients, search.step), covariances)
+
+    return choose(searches, criterion, drift, LEAST_DRIFT)

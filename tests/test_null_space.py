@@ -1,0 +1,222 @@
+"""The forget gradient projected off the retain inputs (`SLUGConfig.retain_null_space`)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hf_slug import SLUGConfig, UnlearnOptions, unlearn
+from hf_slug.cli import main as cli_main
+from hf_slug.data import ImageTextPairs
+from hf_slug.errors import ConfigError
+from hf_slug.hub import model_card
+from hf_slug.null_space import (
+    LEAST_DRIFT,
+    input_covariances,
+    output_drift,
+    principal_directions,
+    project_gradients,
+    tensors_of,
+)
+from hf_slug.search import Criterion, LayerSearch, choose
+from hf_slug.testing import random_images
+
+TEXT_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+VISION_FC1 = "vision_model.encoder.layers.0.mlp.fc1.weight"
+
+
+def _pairs(captions: list[str], seed: int = 0) -> ImageTextPairs:
+    return ImageTextPairs(tuple(random_images(len(captions), seed=seed)), tuple(captions))
+
+
+@pytest.mark.parametrize(
+    ("eigenvalues", "energy", "kept"),
+    [
+        ([4.0, 1.0, 0.0], 0.5, 1),  # 0.8 of the trace in the first direction
+        ([4.0, 1.0, 0.0], 0.8, 1),  # exactly 0.8: enough
+        ([4.0, 1.0, 0.0], 0.999, 2),
+        ([4.0, 1.0, 0.0], 1.0, 2),  # a direction without energy is no retain input
+        ([1.0, 1.0, 1.0, 1.0], 0.6, 3),
+    ],
+)
+def test_principal_directions_hold_the_asked_energy(eigenvalues, energy, kept):
+    rotation, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues)).double())
+    cov = rotation @ torch.diag(torch.tensor(eigenvalues).double()) @ rotation.T
+    basis = principal_directions(cov, energy)
+    assert basis.shape == (len(eigenvalues), kept)
+    held = float(torch.trace(basis.T @ cov @ basis) / torch.trace(cov))
+    assert held >= min(energy, 1.0) - 1e-9
+
+
+def test_projected_gradient_leaves_retain_inputs_and_keeps_the_rest():
+    torch.manual_seed(0)
+    span = torch.randn(2, 6).double()  # retain inputs live in a 2-D subspace of R^6
+    inputs = torch.randn(50, 2).double() @ span
+    grad = torch.randn(4, 6)
+    (projected,) = project_gradients({"w": grad}, {"w": inputs.T @ inputs}, 1.0).values()
+    assert projected.dtype == grad.dtype
+    assert (projected.double() @ inputs.T).abs().max() < 1e-5  # ΔW x_r = 0
+    orthogonal = torch.linalg.svd(span).Vh[2:]  # directions no retain input has
+    assert torch.allclose(projected.double() @ orthogonal.T, grad.double() @ orthogonal.T)
+
+
+def test_tensors_without_inputs_are_returned_as_they_are():
+    grad = torch.randn(3, 3)
+    out = project_gradients({"a": grad, "b": grad}, {"b": torch.zeros(3, 3)}, 0.9)
+    assert out["a"] is grad and out["b"] is grad
+
+
+def test_padding_is_no_input(model, processor):
+    """A caption's covariance does not depend on how far its batch pads it."""
+    captions = ["a photo of zorb.", "a long caption that makes the batch pad the other one."]
+    together = input_covariances(
+        model, processor, _pairs(captions), [TEXT_Q], batch_size=2, progress=False
+    )[TEXT_Q]
+    alone = input_covariances(
+        model, processor, _pairs(captions), [TEXT_Q], batch_size=1, progress=False
+    )[TEXT_Q]
+    assert torch.allclose(together, alone, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(together, together.T)
+    assert float(torch.linalg.eigvalsh(together).min()) > -1e-6 * float(together.trace())
+
+
+def test_only_the_named_towers_are_projected(model, processor):
+    torch.manual_seed(1)
+    params = dict(model.named_parameters())
+    grads = {n: torch.randn_like(params[n]) for n in (TEXT_Q, VISION_FC1)}
+    assert tensors_of(model, list(grads), ("text",)) == [TEXT_Q]
+    retain = _pairs([f"a photo of person {i}." for i in range(6)])
+    covs = input_covariances(model, processor, retain, [TEXT_Q], progress=False)
+    out = project_gradients(grads, covs, 0.99)
+    assert out[VISION_FC1] is grads[VISION_FC1]
+    assert not torch.equal(out[TEXT_Q], grads[TEXT_Q])
+    assert out[TEXT_Q].norm() < grads[TEXT_Q].norm()  # a projection never grows a row
+
+
+def test_siblings_reading_one_input_share_its_covariance(model, processor):
+    """q/k/v read the same tensor: one covariance, equal to what each would collect alone."""
+    k_name = TEXT_Q.replace("q_proj", "k_proj")
+    retain = _pairs([f"a photo of person {i}." for i in range(5)])
+    both = input_covariances(model, processor, retain, [TEXT_Q, k_name], progress=False)
+    alone = input_covariances(model, processor, retain, [k_name], progress=False)
+    assert both[k_name] is both[TEXT_Q]
+    assert torch.allclose(both[k_name], alone[k_name])
+
+
+def test_output_drift_measures_the_retain_outputs_an_edit_moves(model):
+    weight = model.get_parameter(TEXT_Q).detach()
+    torch.manual_seed(2)
+    inputs = torch.randn(40, weight.shape[1]).double()
+    inputs[:, 0] = 0  # no retain input has a first coordinate
+    cov = {TEXT_Q: inputs.T @ inputs}
+    unseen = torch.zeros_like(weight)
+    unseen[:, 0] = 1.0  # moves only what no retain input holds
+    assert output_drift(model, {TEXT_Q: unseen}, cov) == pytest.approx(0.0, abs=1e-9)
+    assert output_drift(model, {TEXT_Q: weight}, cov) == pytest.approx(1.0)  # ΔW = W: 100 %
+    assert output_drift(model, {VISION_FC1: torch.ones(1)}, cov) == math.inf  # unmeasured
+
+
+@pytest.mark.parametrize(
+    ("tie_break", "chosen"),
+    [
+        (None, "small step"),  # SLUG's rule: ties to the smaller step
+        ({"small step": 0.5, "large step": 0.1, "lower utility": 0.0}.get, "large step"),
+    ],
+)
+def test_utility_ties_go_to_the_tie_break(tie_break, chosen):
+    searches = {
+        "small step": LayerSearch(("a",), step=0.2, metrics={"utility": 0.9}, status="met"),
+        "large step": LayerSearch(("b",), step=2.0, metrics={"utility": 0.9}, status="met"),
+        "lower utility": LayerSearch(("c",), step=0.1, metrics={"utility": 0.8}, status="met"),
+    }
+    by_search = {id(s): label for label, s in searches.items()}
+    key = None if tie_break is None else (lambda s: tie_break(by_search[id(s)]))
+    best, rule = choose(list(searches.values()), Criterion(), key, LEAST_DRIFT)
+    assert by_search[id(best)] == chosen
+    assert rule.endswith(LEAST_DRIFT)
+
+
+def _retain_and_forget_outputs(model, processor, delta, retain, forget):
+    """‖ΔW x‖ / ‖x‖ averaged over the real tokens of the retain and of the forget captions."""
+    layer = model.get_submodule(TEXT_Q.rsplit(".", 1)[0])
+    seen: list[torch.Tensor] = []
+    hook = layer.register_forward_hook(lambda _m, args, _o: seen.append(args[0].detach()))
+    ratios = []
+    for pairs in (retain, forget):
+        seen.clear()
+        inputs = processor(text=list(pairs.texts), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            model.text_model(**inputs)
+        x = seen[0][inputs["attention_mask"].bool()]
+        ratios.append(float(((x @ delta.T).norm(dim=-1) / x.norm(dim=-1)).mean()))
+    hook.remove()
+    return ratios
+
+
+def test_unlearn_edits_along_the_null_space_by_default(model, processor, tmp_path):
+    """With the default, the chosen text edit barely moves the retain captions' tokens at its
+    layer compared with SLUG's plain gradient; the forget captions' tokens still move."""
+    names = ["zorb", "quax", "blip", "frod"]
+    forget = _pairs(["a photo of zorb."] * 8, seed=1)
+    retain = _pairs([f"a photo of {n}." for n in names[1:] for _ in range(4)], seed=2)
+    results = {}
+    for energy in (0.999, None):
+        config = SLUGConfig(
+            concept="zorb",
+            layer=TEXT_Q,
+            candidate_labels=names,
+            validation_share=0.0,
+            retain_null_space=energy,
+            forget_target=1.0,  # the first trial meets it: same step for both
+        )
+        with pytest.warns(UserWarning, match="already meets"):  # forget_target=1.0
+            results[energy] = unlearn(
+                model, processor, forget, retain, config, options=UnlearnOptions(progress=False)
+            )
+    projected, plain = (results[e].deltas[TEXT_Q] for e in (0.999, None))
+    assert results[0.999].step == results[None].step
+    assert float(projected.norm()) == pytest.approx(
+        float(plain.norm()), rel=1e-4
+    )  # ‖Δθ‖ = s‖θ⁰‖ both
+    retain_moved, forget_moved = _retain_and_forget_outputs(
+        model, processor, projected, retain, forget
+    )
+    plain_retain, _ = _retain_and_forget_outputs(model, processor, plain, retain, forget)
+    assert retain_moved < 0.2 * plain_retain
+    assert forget_moved > 3 * retain_moved
+    assert "99.9 % of the retain inputs" in results[0.999].summary()["direction"]
+    assert results[None].summary()["direction"] == "the forget gradient (SLUG)"
+    assert results[0.999].to_delta().config.settings["retain_null_space"] == 0.999
+    results[0.999].to_delta().save_pretrained(tmp_path / "zorb")
+    card = model_card(tmp_path / "zorb")
+    assert "| update direction | the forget gradient off 99.9 % of the retain inputs" in card
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("retain_null_space", 0, "(0, 1]"),
+        ("retain_null_space", 1.5, "(0, 1]"),
+        ("retain_null_space", math.nan, "(0, 1]"),
+        ("retain_null_space", "0.9", "(0, 1]"),
+        ("null_space_towers", (), "non-empty subset"),
+        ("null_space_towers", ("audio",), "non-empty subset"),
+        ("null_space_towers", 5, "'text', 'vision'"),
+    ],
+)
+def test_bad_null_space_settings_are_config_errors(field, value, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace("]", r"\]")):
+        SLUGConfig(concept="zorb", **{field: value})
+
+
+def test_settings_round_trip_and_the_command_line_takes_them(capsys):
+    config = SLUGConfig(concept="zorb", null_space_towers="text")
+    assert config.null_space_towers == ("text",)
+    assert config.to_dict()["null_space_towers"] == ["text"]
+    assert SLUGConfig(**config.to_dict()).null_space_towers == ("text",)
+    for bad in ("0", "1.5", "nan", "often"):
+        argv = ["unlearn", "--model", "m", "--concept", "c", "--forget", "f", "--retain", "r"]
+        assert cli_main([*argv, "--out", "o", "--retain-null-space", bad]) == 2
+        assert "--retain-null-space" in capsys.readouterr().err
