@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import SLUGConfig
-from .data import ImageTextPairs, batches
+from .data import PROCESSOR_KWARGS, ImageTextPairs
 from .search import Criterion, LayerSearch, choose, update
 from .towers import tower_kinds
 
@@ -72,11 +72,12 @@ def input_covariances(
                 same_input[name] = last[0][2]  # a sibling just read this very tensor
                 return
             last[:] = [(parent, args[0], name)]
-            x = args[0].detach().double()
+            x = args[0].detach()
             if kinds[name] == "text" and x.dim() == 3:
-                x = x * mask["text"].to(x)[..., None]
-            x = x.reshape(-1, x.shape[-1]).cpu()
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+                x = x[mask["text"].bool()]  # the caption's own tokens, not its padding
+            x = x.reshape(-1, x.shape[-1]).float()
+            product = (x.T @ x).double().cpu()  # fp32 per batch, summed in fp64
+            sums[name] = sums[name] + product if name in sums else product
 
         return hook
 
@@ -85,22 +86,26 @@ def input_covariances(
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            for _, inputs in tqdm(
-                batches(pairs, processor, batch_size),
-                total=-(-len(pairs) // batch_size),
+            for start in tqdm(
+                range(0, len(pairs), batch_size),
                 desc="retain inputs",
                 unit="batch",
                 disable=not progress,
             ):
+                stop = min(start + batch_size, len(pairs))
                 last.clear()
-                if "text" in wanted:
-                    mask["text"] = inputs["attention_mask"].to(device)
+                if "text" in wanted:  # the tokenizer alone: no image is decoded for text
+                    texts = list(pairs.texts[start:stop])
+                    tokens = processor(text=texts, **PROCESSOR_KWARGS)
+                    mask["text"] = tokens["attention_mask"].to(device)
                     model.text_model(
-                        input_ids=inputs["input_ids"].to(device), attention_mask=mask["text"]
+                        input_ids=tokens["input_ids"].to(device), attention_mask=mask["text"]
                     )
                 if "vision" in wanted:
                     last.clear()
-                    model.vision_model(pixel_values=inputs["pixel_values"].to(device))
+                    images = [pairs.image(i) for i in range(start, stop)]
+                    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+                    model.vision_model(pixel_values=pixels.to(device, model.dtype))
     finally:
         last.clear()
         for hook in hooks:

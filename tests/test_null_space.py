@@ -77,7 +77,7 @@ def test_padding_is_no_input(model, processor):
     alone = input_covariances(
         model, processor, _pairs(captions), [TEXT_Q], batch_size=1, progress=False
     )[TEXT_Q]
-    assert torch.allclose(together, alone, rtol=1e-6, atol=1e-8)
+    assert torch.allclose(together, alone, rtol=1e-5, atol=1e-6)
     assert torch.allclose(together, together.T)
     assert float(torch.linalg.eigvalsh(together).min()) > -1e-6 * float(together.trace())
 
