@@ -120,13 +120,15 @@ def project_gradients(
 ) -> dict[str, torch.Tensor]:
     """Each gradient with its rows projected off the top directions holding `energy` of its
     covariance's trace; tensors without a covariance are returned as they are."""
-    out = {}
+    out, bases = {}, {}  # q/k/v share one covariance object: one eigendecomposition
     for name, grad in gradients.items():
         cov = covariances.get(name)
         if cov is None or not float(cov.trace()) > 0:
             out[name] = grad
             continue
-        basis = principal_directions(cov, energy)
+        if id(cov) not in bases:
+            bases[id(cov)] = principal_directions(cov, energy)
+        basis = bases[id(cov)]
         g = grad.double()
         out[name] = (g - (g @ basis) @ basis.T).to(grad.dtype)
     return out
