@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,8 +35,9 @@ from tqdm.auto import tqdm
 
 from .config import SLUGConfig
 from .data import PROCESSOR_KWARGS, ImageTextPairs
+from .errors import NonFiniteOutputError
 from .search import Criterion, LayerSearch, choose, update
-from .towers import tower_kinds
+from .towers import PROJECTIONS, tower_kinds
 
 LEAST_DRIFT = "the edit that moves the gradient retain pairs' outputs at its layer least"
 """How `unlearn` breaks utility ties with a null space (steps of projected and plain
@@ -98,14 +100,18 @@ def input_covariances(
                     texts = list(pairs.texts[start:stop])
                     tokens = processor(text=texts, **PROCESSOR_KWARGS)
                     mask["text"] = tokens["attention_mask"].to(device)
-                    model.text_model(
+                    pooled = model.text_model(
                         input_ids=tokens["input_ids"].to(device), attention_mask=mask["text"]
-                    )
+                    ).pooler_output
+                    if PROJECTIONS["text"] in names:
+                        model.text_projection(pooled)
                 if "vision" in wanted:
                     last.clear()
                     images = [pairs.image(i) for i in range(start, stop)]
                     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-                    model.vision_model(pixel_values=pixels.to(device, model.dtype))
+                    pooled = model.vision_model(pixel_values=pixels.to(device, model.dtype))
+                    if PROJECTIONS["vision"] in names:
+                        model.visual_projection(pooled.pooler_output)
     finally:
         last.clear()
         for hook in hooks:
@@ -123,12 +129,18 @@ def project_gradients(
     out, bases = {}, {}  # q/k/v share one covariance object: one eigendecomposition
     for name, grad in gradients.items():
         cov = covariances.get(name)
+        if cov is not None and not torch.isfinite(cov).all():
+            raise NonFiniteOutputError(
+                f"the retain inputs' covariance of {name} holds NaN or inf values (an overflow "
+                "in a half-precision forward?): run the model in float32, or pass "
+                "retain_null_space=None."
+            )
         if cov is None or not float(cov.trace()) > 0:
             out[name] = grad
             continue
         if id(cov) not in bases:
             bases[id(cov)] = principal_directions(cov, energy)
-        basis = bases[id(cov)]
+        basis = bases[id(cov)].to(grad.device)
         g = grad.double()
         out[name] = (g - (g @ basis) @ basis.T).to(grad.dtype)
     return out
@@ -137,8 +149,10 @@ def project_gradients(
 def principal_directions(covariance: torch.Tensor, energy: float) -> torch.Tensor:
     """The fewest eigenvectors (as columns) of `covariance` whose eigenvalues hold `energy` of
     its trace."""
-    values, vectors = torch.linalg.eigh(covariance)
-    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)
+    values, vectors = torch.linalg.eigh(covariance.detach().double().cpu())
+    values, vectors = values.flip(0), vectors.flip(1)
+    floor = float(values[0]) * len(values) * torch.finfo(torch.float32).eps
+    values = torch.where(values > floor, values, torch.zeros_like(values))  # round-off: no input
     share = values.cumsum(0) / values.sum()
     keep = int((share < energy - 1e-12).sum()) + 1  # float sums may land just below
     return vectors[:, : min(keep, len(values))]
@@ -195,7 +209,23 @@ def null_space_gradients(
     covariances = input_covariances(
         model, processor, retain, names, batch_size=config.batch_size, progress=progress
     )
-    return project_gradients(gradients, covariances, energy), covariances
+    projected = project_gradients(gradients, covariances, energy)
+    emptied = [
+        name
+        for name in names
+        if float(projected[name].float().norm()) <= 1e-6 * float(gradients[name].float().norm())
+    ]
+    for name in emptied:  # what is left is round-off: no direction to step along
+        projected[name] = torch.zeros_like(projected[name])
+    if emptied:
+        warnings.warn(
+            f"retain_null_space={energy} leaves nothing of the forget gradient of "
+            f"{len(emptied)} tensor(s) ({emptied[0]}, ...): the retain inputs span their whole "
+            "input space, so they cannot forget; lower retain_null_space (e.g. 0.99), or pass "
+            "None for SLUG's plain gradient.",
+            stacklevel=3,
+        )
+    return projected, covariances
 
 
 def choose_least_drift(
