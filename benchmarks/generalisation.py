@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -57,7 +56,7 @@ from hf_slug.demo.protocol import (  # noqa: E402
     retain_pairs,
 )
 from hf_slug.gradients import compute_gradients  # noqa: E402
-from hf_slug.null_space import null_space_gradients, output_drift  # noqa: E402
+from hf_slug.null_space import null_space_gradients  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
 from hf_slug.towers import block_index, candidate_names  # noqa: E402
 from hf_slug.validation import MIN_RETAIN_VALIDATION, split_pairs  # noqa: E402
@@ -171,8 +170,7 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
     for search in result.searches:
         if search.step is None:
             continue
-        delta = update(model, search.names, grads, search.step)
-        with edited(model, delta):
+        with edited(model, update(model, search.names, grads, search.step)):
             test = report(kind, evaluator(model))
         score = scores[search.label]
         layers.append(
@@ -184,7 +182,7 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
                 "importance": score.importance,
                 "alignment": score.alignment,
                 "block": block_index(search.names[0])[0],
-                "drift": output_drift(model, delta, covariances) if covariances else None,
+                "projected": bool(covariances) and all(n in covariances for n in search.names),
                 "test": test,
             }
         )
@@ -248,10 +246,9 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
     }
 
 
-def _by_utility(layer: dict) -> tuple[float, float, float]:
-    """`unlearn`'s rule: validation utility; ties to the least drift (null space), then step."""
-    drift = layer.get("drift")
-    return layer["validation"]["utility"], -(math.inf if drift is None else drift), -layer["step"]
+def _by_utility(layer: dict) -> tuple[float, bool, float]:
+    """`unlearn`'s rule: validation utility; ties to a projected edit, then the smaller step."""
+    return layer["validation"]["utility"], bool(layer.get("projected")), -layer["step"]
 
 
 def most_important(layers: list[dict], k: int) -> list[dict]:

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,12 +35,13 @@ from tqdm.auto import tqdm
 from .config import SLUGConfig
 from .data import PROCESSOR_KWARGS, ImageTextPairs
 from .errors import NonFiniteOutputError
-from .search import Criterion, LayerSearch, choose, update
+from .search import Criterion, LayerSearch, choose
 from .towers import PROJECTIONS, tower_kinds
 
-LEAST_DRIFT = "the edit that moves the gradient retain pairs' outputs at its layer least"
-"""How `unlearn` breaks utility ties with a null space (steps of projected and plain
-gradients are not comparable)."""
+PROJECTED_FIRST = "an edit along the retain null space, then the smaller step"
+"""How `unlearn` breaks utility ties with a null space: a projected edit leaves the retain
+inputs' outputs alone, a plain one does not; among edits of one kind the smaller step changes
+what no retain input covers least."""
 
 
 def input_covariances(
@@ -77,8 +77,8 @@ def input_covariances(
             x = args[0].detach()
             if kinds[name] == "text" and x.dim() == 3:
                 x = x[mask["text"].bool()]  # the caption's own tokens, not its padding
-            x = x.reshape(-1, x.shape[-1]).float()
-            product = (x.T @ x).double().cpu()  # fp32 per batch, summed in fp64
+            x = x.reshape(-1, x.shape[-1]).double()
+            product = (x.T @ x).cpu()
             sums[name] = sums[name] + product if name in sums else product
 
         return hook
@@ -151,7 +151,7 @@ def principal_directions(covariance: torch.Tensor, energy: float) -> torch.Tenso
     its trace."""
     values, vectors = torch.linalg.eigh(covariance.detach().double().cpu())
     values, vectors = values.flip(0), vectors.flip(1)
-    floor = float(values[0]) * len(values) * torch.finfo(torch.float32).eps
+    floor = float(values[0]) * len(values) * torch.finfo(torch.float64).eps
     values = torch.where(values > floor, values, torch.zeros_like(values))  # round-off: no input
     share = values.cumsum(0) / values.sum()
     keep = int((share < energy - 1e-12).sum()) + 1  # float sums may land just below
@@ -162,29 +162,6 @@ def tensors_of(model: nn.Module, names: Sequence[str], towers: Sequence[str]) ->
     """The 2-D tensors among `names` that belong to one of `towers`."""
     kinds = tower_kinds(model, names)
     return [n for n in names if kinds[n] in towers and model.get_parameter(n).dim() == 2]
-
-
-def output_drift(
-    model: nn.Module, deltas: Mapping[str, torch.Tensor], covariances: Mapping[str, torch.Tensor]
-) -> float:
-    """How much `deltas` move the retain inputs' outputs of their layers, relative to the
-    outputs: `sqrt(Σ tr(ΔW C ΔWᵀ) / Σ tr(W C Wᵀ))` (inf when a tensor has no covariance:
-    unmeasured edits rank last).
-
-    Example:
-        >>> output_drift(model, result.deltas, covs)  # doctest: +SKIP
-        0.0012
-    """
-    moved = total = 0.0
-    for name, delta in deltas.items():
-        cov = covariances.get(name)
-        if cov is None:
-            return math.inf
-        weight = model.get_parameter(name).detach().double().cpu()
-        d = delta.detach().double().cpu()
-        moved += float(torch.einsum("oi,ij,oj->", d, cov, d))
-        total += float(torch.einsum("oi,ij,oj->", weight, cov, weight))
-    return math.sqrt(max(moved, 0.0) / total) if total > 0 else math.inf
 
 
 def null_space_gradients(
@@ -228,19 +205,17 @@ def null_space_gradients(
     return projected, covariances
 
 
-def choose_least_drift(
+def choose_projected_first(
     searches: Sequence[LayerSearch],
     criterion: Criterion,
-    model: nn.Module,
-    gradients: Mapping[str, torch.Tensor],
     covariances: Mapping[str, torch.Tensor] | None,
 ) -> tuple[LayerSearch | None, str]:
-    """`search.choose`, utility ties going to the least `output_drift` when there are
-    covariances (the steps of projected and plain gradients are not comparable)."""
+    """`search.choose`, utility ties going to edits whose every tensor was projected (then to
+    the smaller step) when there are covariances."""
     if covariances is None:
         return choose(searches, criterion)
 
-    def drift(search: LayerSearch) -> float:
-        return output_drift(model, update(model, search.names, gradients, search.step), covariances)
+    def plain(search: LayerSearch) -> float:
+        return 0.0 if all(name in covariances for name in search.names) else 1.0
 
-    return choose(searches, criterion, drift, LEAST_DRIFT)
+    return choose(searches, criterion, plain, PROJECTED_FIRST)

@@ -228,8 +228,8 @@ def choose(
 ) -> tuple[LayerSearch | None, str]:
     """The chosen search and the rule, written out, that chose it.
 
-    Among equal utilities the smallest `tie_break(search)` wins (default: the step; `tie` says
-    in words what `tie_break` measures)."""
+    Among equal utilities the smallest `tie_break(search)` wins, then the smaller step
+    (default: the step alone; `tie` says the rule in words)."""
     guard = (
         f" and kept {criterion.utility_metric} within {criterion.utility_tolerance} of the original"
         if criterion.utility_tolerance is not None

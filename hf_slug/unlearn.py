@@ -31,7 +31,7 @@ from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
 from .gradient_cache import cache_file_for, gradients_for
 from .gradients import check_gradient_source, require_clip_model
 from .io import fingerprint
-from .null_space import choose_least_drift, null_space_gradients
+from .null_space import choose_projected_first, null_space_gradients
 from .options import UnlearnOptions, reject_unknown_keywords
 from .search import (
     Criterion,
@@ -345,7 +345,7 @@ def unlearn(
         config.search_settings,
         progress=progress,
     )
-    chosen, rule = choose_least_drift(searches, criterion, model, grads["forget"], covariances)
+    chosen, rule = choose_projected_first(searches, criterion, covariances)
     deltas = update(model, chosen.names, grads["forget"], chosen.step) if chosen else {}
     after = chosen.metrics if chosen else {}
     timings["search"] = time.perf_counter() - start

@@ -13,14 +13,14 @@ from hf_slug.data import ImageTextPairs
 from hf_slug.errors import ConfigError
 from hf_slug.hub import model_card
 from hf_slug.null_space import (
-    LEAST_DRIFT,
+    PROJECTED_FIRST,
+    choose_projected_first,
     input_covariances,
-    output_drift,
     principal_directions,
     project_gradients,
     tensors_of,
 )
-from hf_slug.search import Criterion, LayerSearch, choose
+from hf_slug.search import SMALLER_STEP, Criterion, LayerSearch
 from hf_slug.testing import random_images
 
 TEXT_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
@@ -105,37 +105,28 @@ def test_siblings_reading_one_input_share_its_covariance(model, processor):
     assert torch.allclose(both[k_name], alone[k_name])
 
 
-def test_output_drift_measures_the_retain_outputs_an_edit_moves(model):
-    weight = model.get_parameter(TEXT_Q).detach()
-    torch.manual_seed(2)
-    inputs = torch.randn(40, weight.shape[1]).double()
-    inputs[:, 0] = 0  # no retain input has a first coordinate
-    cov = {TEXT_Q: inputs.T @ inputs}
-    unseen = torch.zeros_like(weight)
-    unseen[:, 0] = 1.0  # moves only what no retain input holds
-    assert output_drift(model, {TEXT_Q: unseen}, cov) == pytest.approx(0.0, abs=1e-9)
-    assert output_drift(model, {TEXT_Q: weight}, cov) == pytest.approx(1.0)  # ΔW = W: 100 %
-    assert output_drift(model, {VISION_FC1: torch.ones(1)}, cov) == math.inf  # unmeasured
-
-
 @pytest.mark.parametrize(
-    ("tie_break", "chosen"),
+    ("covariances", "chosen"),
     [
-        (None, "small step"),  # SLUG's rule: ties to the smaller step
-        ({"small step": 0.5, "large step": 0.1, "lower utility": 0.0}.get, "large step"),
+        (None, "plain, small step"),  # SLUG's rule: ties to the smaller step
+        ({"b": 1, "d": 1}, "projected, small step"),  # a projected edit first, then the step
     ],
 )
-def test_utility_ties_go_to_the_tie_break(tie_break, chosen):
+def test_utility_ties_go_to_projected_edits_then_the_smaller_step(covariances, chosen):
     searches = {
-        "small step": LayerSearch(("a",), step=0.2, metrics={"utility": 0.9}, status="met"),
-        "large step": LayerSearch(("b",), step=2.0, metrics={"utility": 0.9}, status="met"),
+        "plain, small step": LayerSearch(("a",), step=0.2, metrics={"utility": 0.9}, status="met"),
+        "projected, small step": LayerSearch(
+            ("b",), step=2.0, metrics={"utility": 0.9}, status="met"
+        ),
         "lower utility": LayerSearch(("c",), step=0.1, metrics={"utility": 0.8}, status="met"),
+        "projected, large step": LayerSearch(
+            ("d",), step=5.0, metrics={"utility": 0.9}, status="met"
+        ),
     }
-    by_search = {id(s): label for label, s in searches.items()}
-    key = None if tie_break is None else (lambda s: tie_break(by_search[id(s)]))
-    best, rule = choose(list(searches.values()), Criterion(), key, LEAST_DRIFT)
-    assert by_search[id(best)] == chosen
-    assert rule.endswith(LEAST_DRIFT)
+    covs = None if covariances is None else {k: torch.eye(2) for k in covariances}
+    best, rule = choose_projected_first(list(searches.values()), Criterion(), covs)
+    assert best is searches[chosen]
+    assert rule.endswith(SMALLER_STEP if covs is None else PROJECTED_FIRST)
 
 
 def _retain_and_forget_outputs(model, processor, delta, retain, forget):
