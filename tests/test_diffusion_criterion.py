@@ -150,7 +150,7 @@ def test_bad_input_fails_typed_and_names_the_fix(models):
 
 @pytest.mark.numerics
 def test_clip_only_met_while_generations_show_the_target_and_generation_stops_it(models):
-    """Eileen Collins (measured in benchmarks/generative_pipeline.md): CLIP's criterion is met at
+    """Eileen Collins (benchmarks/generative_pipeline_plain_gradient.md): CLIP's criterion is met at
     a step where the pipeline still draws her; judged on generations, the search goes further."""
     from hf_slug.options import SearchSettings
     from hf_slug.search import Criterion, search_step

@@ -263,8 +263,9 @@ class PipelineOptions:
         criterion: without an evaluator, "clip" (the default: SLUG's held-out CLIP criterion
             on the pooled text embedding) or "generation" (each trial's edit drawn by the
             pipeline at fixed validation prompts and seeds and named by an unedited judge,
-            `hf_slug.hosts.diffusion_criterion`; 16–33× slower, and on the embedded pipeline
-            not better: benchmarks/generative_pipeline.md).
+            `hf_slug.hosts.diffusion_criterion`; 27–59× slower; on the embedded pipeline it
+            brings Eileen Collins to 12.5 % where CLIP's criterion leaves 100 %, but Ronan
+            Kestrelle to 25 % where CLIP's reaches 0: benchmarks/generative_pipeline.md).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
         clip_skip: the pipeline's `clip_skip` (fewer blocks reach the UNet).
