@@ -132,9 +132,11 @@ class UnlearningResult:
 
     @property
     def direction(self) -> str:
-        """The update direction in words: SLUG's forget gradient, or its null-space projection."""
+        """The update direction of the chosen tensors in words: SLUG's forget gradient, or its
+        null-space projection (only tensors of `config.null_space_towers` are projected)."""
         energy, towers = self.config.retain_null_space, self.config.null_space_towers
-        if energy is None:
+        edited_towers = {info.get("tower") for info in self.base_tensors.values()}
+        if energy is None or (edited_towers and not edited_towers & set(towers)):
             return "the forget gradient (SLUG)"
         return (
             f"the forget gradient off {100 * energy:g} % of the retain inputs' energy at the "

@@ -211,3 +211,22 @@ def test_settings_round_trip_and_the_command_line_takes_them(capsys):
         argv = ["unlearn", "--model", "m", "--concept", "c", "--forget", "f", "--retain", "r"]
         assert cli_main([*argv, "--out", "o", "--retain-null-space", bad]) == 2
         assert "--retain-null-space" in capsys.readouterr().err
+
+
+def test_a_vision_edit_reports_the_plain_gradient(model, processor):
+    """Only text tensors are projected by default: a chosen vision tensor says so."""
+    config = SLUGConfig(
+        concept="zorb",
+        layer=VISION_FC1,
+        candidate_labels=["zorb", "quax"],
+        validation_share=0.0,
+        forget_target=1.0,
+    )
+    forget = _pairs(["a photo of zorb."] * 4, seed=1)
+    retain = _pairs(["a photo of quax."] * 4, seed=2)
+    with pytest.warns(UserWarning, match="already meets"):
+        result = unlearn(
+            model, processor, forget, retain, config, options=UnlearnOptions(progress=False)
+        )
+    assert result.chosen_names == (VISION_FC1,)
+    assert result.direction == "the forget gradient (SLUG)"
