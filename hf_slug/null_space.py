@@ -190,7 +190,8 @@ def null_space_gradients(
     emptied = [
         name
         for name in names
-        if float(projected[name].float().norm()) <= 1e-6 * float(gradients[name].float().norm())
+        if float(gradients[name].float().norm()) > 0  # a zero gradient was never a direction
+        and float(projected[name].float().norm()) <= 1e-6 * float(gradients[name].float().norm())
     ]
     for name in emptied:  # what is left is round-off: no direction to step along
         projected[name] = torch.zeros_like(projected[name])

@@ -264,3 +264,12 @@ def test_old_deltas_read_as_slug_gradients(model, processor, tmp_path):
     assert SLUGConfig(**again.settings).retain_null_space == 0.999  # today's default, to know
     ConceptDelta(again, delta.tensors).save_pretrained(tmp_path / "old")
     assert "| update direction | the forget gradient (SLUG) |" in model_card(tmp_path / "old")
+
+
+def test_a_zero_forget_gradient_is_no_emptied_direction(model, processor):
+    """A tensor the forget loss does not reach has a zero gradient: nothing to warn about."""
+    grads = {Q: torch.zeros_like(model.get_parameter(Q))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, covs = null_space_gradients(model, processor, RETAIN, grads, _config(), progress=False)
+    assert covs is not None and not torch.any(out[Q])
