@@ -59,7 +59,7 @@ from hf_slug.gradients import compute_gradients  # noqa: E402
 from hf_slug.null_space import null_space_gradients  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
 from hf_slug.towers import block_index, candidate_names  # noqa: E402
-from hf_slug.validation import MIN_RETAIN_VALIDATION, split_pairs  # noqa: E402
+from hf_slug.validation import held_out_split  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORLDS = {
@@ -163,7 +163,7 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
         )
         grads_file = next(Path(cache).glob("forget_gradients-*.safetensors"))
         grads, covariances = searched_directions(
-            model, processor, config, load_file(str(grads_file)), retain
+            model, processor, config, load_file(str(grads_file)), (forget, retain)
         )
     scores = {s.label: s for s in result.layers}
     layers = []
@@ -209,21 +209,13 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
     }
 
 
-def searched_directions(model, processor, config, grads: dict, retain: list) -> tuple:
+def searched_directions(model, processor, config, grads: dict, data: tuple) -> tuple:
     """The directions the search stepped along — the cached (raw) forget gradients, projected
     off the gradient retain pairs' inputs as `unlearn` does when `config.retain_null_space` —
-    and those inputs' covariances (None without a null space)."""
+    and those inputs' covariances (None without a null space). `data`: (forget, retain)."""
     if config.retain_null_space is None:
         return grads, None
-    gradient_retain = load_pairs(retain)
-    if config.validation_share:  # the held-out default's split, as `unlearn` draws it
-        gradient_retain, _ = split_pairs(
-            gradient_retain,
-            config.validation_share,
-            seed=config.split_seed,
-            name="retain set",
-            minimum=MIN_RETAIN_VALIDATION,
-        )
+    _, gradient_retain, _, _, _ = held_out_split(*map(load_pairs, data), config)  # as unlearn
     return null_space_gradients(model, processor, gradient_retain, grads, config, progress=False)
 
 
