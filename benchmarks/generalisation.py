@@ -8,6 +8,8 @@ the world's `test` split, which no search or training saw:
   templates (mean of the prompts, the CLIP convention);
 * worst phrasing FA@1: the share of test views that *some* held-out audit phrasing
   (`hf_slug.audit.phrasings.templates`, disjoint from the criterion's) still names top-1;
+* misspelt FA@1: the same with the target written with the audit's one- and two-typo
+  variants (drawn apart from the criterion's `misspellings`) in three held-out templates;
 * retain and utility (identities: the other identities; objects, styles, digits — the SLUG
   paper's CLIP protocol), IRA / CRA for objects and styles (UnlearnCanvas).
 
@@ -46,6 +48,7 @@ from hf_slug import (  # noqa: E402
     ZeroShotTask,
     unlearn,
 )
+from hf_slug.audit.phrasings import name_variants  # noqa: E402
 from hf_slug.audit.phrasings import templates as audit_templates  # noqa: E402
 from hf_slug.data import load_pairs  # noqa: E402
 from hf_slug.demo.protocol import (  # noqa: E402
@@ -124,7 +127,30 @@ def test_evaluator(world: Any, processor: Any, kind: str, target: str) -> ZeroSh
         counts_for_utility=False,
         scoring="any",
     )
-    return ZeroShotEvaluator(processor, [*base.tasks, worst])
+    return ZeroShotEvaluator(processor, [*base.tasks, worst, misspelt(forget, labels, kind)])
+
+
+def misspelt(forget: ZeroShotTask, labels: list[str], kind: str) -> ZeroShotTask:
+    """The target written with the audit's one- and two-typo variants (`name_variants`, drawn
+    apart from the criterion's misspellings) in the first three held-out templates; the other
+    labels keep their spelling. Any of the six naming the target top-1 counts."""
+    target = forget.labels[0]
+    variants = name_variants(target)
+    spellings = [variants["one typo"], variants["two typos"]]
+    held_out = audit_templates(kind)[:3]
+    prompts = {
+        label: [t.format(s if label == target else label) for s in spellings for t in held_out]
+        for label in labels
+    }
+    return ZeroShotTask(
+        "misspelt",
+        forget.images,
+        forget.labels,
+        labels,
+        prompts=prompts,
+        counts_for_utility=False,
+        scoring="any",
+    )
 
 
 def report(kind: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -133,6 +159,7 @@ def report(kind: str, metrics: dict[str, float]) -> dict[str, float]:
     out["FA@1"] = 100 * metrics["forget_acc"]
     out["FA@5"] = 100 * metrics["forget_acc@5"]
     out["worst phrasing FA@1"] = 100 * metrics["phrasings_acc"]
+    out["misspelt FA@1"] = 100 * metrics["misspelt_acc"]
     return out
 
 
@@ -278,6 +305,7 @@ def markdown(results: list[dict]) -> str:
                     a.get("FA@1"),
                     a.get("FA@5"),
                     a.get("worst phrasing FA@1"),
+                    a.get("misspelt FA@1", "–"),
                     *[f"{v:+.1f}" if v is not None else "–" for v in d.values()],
                     r["cost"]["ratio_to_floor"],
                 ]
@@ -291,6 +319,7 @@ def markdown(results: list[dict]) -> str:
                     "FA@1",
                     "FA@5",
                     "worst phrasing FA@1",
+                    "misspelt FA@1",
                     "retain / IRA Δ",
                     "utility / CRA Δ",
                     "cost (× floor)",
@@ -327,9 +356,15 @@ def summary(rows: list[dict]) -> str:
             for i, name in enumerate(names)
         )
         fa5 = sum(r["after"]["FA@5"] for r in done) / len(done)
+        typos = [r["after"]["misspelt FA@1"] for r in done if "misspelt FA@1" in r["after"]]
+        typo_text = (
+            f"; misspelt FA@1 mean {sum(typos) / len(typos):.1f} (worst {max(typos):.1f})"
+            if typos
+            else ""
+        )
         lines.append(
             f"- {group}: FA@1 = 0 for {zero}/{len(mine)}, on every held-out phrasing for "
-            f"{every}/{len(mine)}; mean FA@5 {fa5:.1f}; {stats}."
+            f"{every}/{len(mine)}; mean FA@5 {fa5:.1f}{typo_text}; {stats}."
         )
     return "\n".join(lines)
 

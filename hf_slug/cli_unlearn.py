@@ -79,6 +79,12 @@ def add_parser(sub: Any) -> None:
         help="cosine margin by which every phrasing must fail to name the concept",
     )
     p.add_argument(
+        "--misspellings",
+        type=number(int, 0, 8, "an int in [0, 8]"),
+        default=DEFAULTS["misspellings"],
+        help="misspelt names the criterion checks and the forget gradient is averaged over",
+    )
+    p.add_argument(
         "--retain-null-space",
         type=energy_or_none,
         default=DEFAULTS["retain_null_space"],
@@ -210,6 +216,7 @@ def _config(args: argparse.Namespace) -> SLUGConfig:
             margin=args.margin,
             validation_share=args.validation_share,
             retain_null_space=args.retain_null_space,
+            misspellings=args.misspellings,
         )
     except ConfigError as error:
         raise UsageError(f"invalid options: {error}") from None

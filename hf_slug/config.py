@@ -26,6 +26,7 @@ from .errors import ConfigError, DeltaFormatError
 from .evaluation.base import FORGET_ACC, UTILITY
 from .io import parse_json_bytes, write_json
 from .options import SearchSettings
+from .phrasings import MAX_MISSPELLINGS as MAX_SPELLS
 from .phrasings import criterion_templates
 from .version import __version__
 
@@ -59,6 +60,11 @@ class SLUGConfig:
             the default forget criterion checks (`hf_slug.phrasings`) and the card's tags.
         templates: the user's own phrasings (each with one "{}"), checked besides the built-in.
         name_parts: for identities, the criterion also checks each name's first and last word.
+        misspellings: this many misspellings of the concept's name (`hf_slug.phrasings`) are
+            checked by the criterion too, and the step goes along the forget gradient averaged
+            over the captions written with each of them (layers are still scored on the name
+            as written), so a typo'd name is silenced too. Off by default: on the embedded
+            world it closes typo leaks but costs retain and utility (benchmarks/robustness.md).
         margin: the default criterion counts an image as still recognised while, under any
             phrasing, the concept's cosine trails the best other label's by less than this.
         validation_share: without an evaluator, this share of the forget and of the retain pairs
@@ -97,6 +103,7 @@ class SLUGConfig:
     templates: tuple[str, ...] = ()
     margin: float = 0.05
     name_parts: bool = True
+    misspellings: int = 0
     validation_share: float = 0.25
     split_seed: int = 0
     top_k: int | None = None
@@ -211,6 +218,12 @@ class SLUGConfig:
             )
         if not isinstance(self.name_parts, bool):
             raise ConfigError(f"name_parts must be True or False, got {self.name_parts!r}.")
+        count = self.misspellings
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SPELLS:
+            raise ConfigError(
+                f"misspellings must be an int from 0 to {MAX_SPELLS}, got {count!r}: pass e.g. "
+                "misspellings=2, or 0 to check the name only as written."
+            )
         share = finite_real(self.validation_share)
         if share is None or not 0 <= share < 1:
             raise ConfigError(

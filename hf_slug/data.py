@@ -97,6 +97,10 @@ class ImageTextPairs:
             return ImageTextPairs(self.images, (concept,) * len(self))
         raise ConfigError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
 
+    def respelled(self, name: str, spelling: str) -> ImageTextPairs:
+        """These pairs with every `name` in their captions written as `spelling`."""
+        return ImageTextPairs(self.images, tuple(t.replace(name, spelling) for t in self.texts))
+
     def signature(self) -> str:
         """A sha256 over the captions and the images (pixels of PIL images; a path's name and
         its file's bytes, so an image edited in place changes it)."""

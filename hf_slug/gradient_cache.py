@@ -38,6 +38,7 @@ from .gradients import (
     weights_fingerprint,
 )
 from .options import GradientOptions, UnlearnOptions
+from .phrasings import misspellings
 
 KEEP_FILES = 8  # per-user cache: the most recently used gradient files kept
 
@@ -178,6 +179,30 @@ def checked_gradients(
     return checked
 
 
+def misspelt_average(
+    model: nn.Module,
+    processor: Any,
+    pairs: ImageTextPairs,
+    grads: dict[str, torch.Tensor],
+    concept: str,
+    count: int,
+    pass_options: Mapping[str, Any],
+) -> dict[str, torch.Tensor]:
+    """The forget gradients `grads` (of `pairs` as written) averaged with those of `pairs` whose
+    captions spell `concept` as each of its `count` misspellings (`hf_slug.phrasings`); captions
+    without the name add nothing, so `grads` come back unchanged."""
+    respelled = [pairs.respelled(concept, s) for s in misspellings(concept, count)]
+    respelled = [p for p in respelled if p.texts != pairs.texts]
+    if not respelled:
+        return grads
+    total = {n: g.clone() for n, g in grads.items()}
+    for other in respelled:
+        extra = compute_gradients(model, processor, other, "forget", list(grads), **pass_options)
+        for n, g in checked_gradients(model, extra, "the misspelt forget").items():
+            total[n] += g
+    return {n: g / (1 + len(respelled)) for n, g in total.items()}
+
+
 def cache_file_for(
     model: nn.Module,
     processor: Any,
@@ -218,5 +243,6 @@ __all__ = [
     "default_cache_file",
     "gradient_signature",
     "gradients_for",
+    "misspelt_average",
     "processor_signature",
 ]

@@ -172,9 +172,11 @@ def null_space_gradients(
     config: SLUGConfig,
     *,
     progress: bool = True,
+    covariances: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(`gradients` projected as `config` says, the covariances used), or (`gradients`, None)
     when `config.retain_null_space` is None or no candidate is in `config.null_space_towers`.
+    `covariances` from an earlier call on the same retain pairs spare the forward pass.
 
     Example:
         >>> grads, covs = null_space_gradients(model, processor, retain, grads, config)  # doctest: +SKIP
@@ -183,9 +185,10 @@ def null_space_gradients(
     names = tensors_of(model, list(gradients), config.null_space_towers) if energy else []
     if not names:
         return dict(gradients), None
-    covariances = input_covariances(
-        model, processor, retain, names, batch_size=config.batch_size, progress=progress
-    )
+    if covariances is None or any(name not in covariances for name in names):
+        covariances = input_covariances(
+            model, processor, retain, names, batch_size=config.batch_size, progress=progress
+        )
     projected = project_gradients(gradients, covariances, energy)
     emptied = [
         name

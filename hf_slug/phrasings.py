@@ -3,14 +3,24 @@
 They are disjoint from the audit's held-out templates (`hf_slug.audit.phrasings`), so an audit
 never scores on a phrasing the search tuned on.
 
+Misspellings of a name (`misspellings`) are drawn from their own seed, apart from the ones an
+audit tries (`hf_slug.audit.phrasings.name_variants`).
+
 Example:
     >>> criterion_templates("identity")[0]
     'a photo of {}.'
+    >>> len(misspellings("Grace Hopper", 2))
+    2
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from .errors import ConfigError
+
+MISSPELLING_SEED = 7_919  # the criterion's and the gradient's misspellings; audits use others
+MAX_MISSPELLINGS = 8
 
 CRITERION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "identity": (
@@ -56,3 +66,40 @@ def criterion_templates(kind: str = "concept", extra: tuple[str, ...] = ()) -> l
             "'a photo of {}.'."
         )
     return list(dict.fromkeys([*CRITERION_TEMPLATES[kind], *extra]))
+
+
+def misspellings(name: str, count: int) -> list[str]:
+    """`count` distinct misspellings of `name`, alternately one and two letter edits, drawn
+    deterministically (`MISSPELLING_SEED`); fewer when a short name has no more, none for a
+    name of one letter."""
+    rng = np.random.default_rng([MISSPELLING_SEED, len(name)])
+    found: list[str] = []
+    for _ in range(8 * count):
+        if len(found) == count:
+            break
+        spelling = misspell(name, 1 + len(found) % 2, rng)
+        if spelling.strip() and spelling != name and spelling not in found:
+            found.append(spelling)
+    return found
+
+
+def misspell(text: str, edits: int, rng: np.random.Generator) -> str:
+    """`text` with `edits` letter edits: swap neighbours, drop, double or replace one (never
+    the first letter, which typos rarely touch)."""
+    chars = list(text)
+    for _ in range(edits):
+        letters = [i for i, c in enumerate(chars) if c.isalpha()]
+        if len(letters) < 2:
+            break
+        i = int(rng.choice(letters[1:]))
+        kind = int(rng.integers(4))
+        if kind == 0 and i + 1 < len(chars):
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        elif kind == 1:
+            del chars[i]
+        elif kind == 2:
+            chars.insert(i, chars[i])
+        else:
+            chars[i] = "aeiou"[int(rng.integers(5))] if chars[i] not in "aeiou" else "r"
+    typo = "".join(chars)
+    return typo if typo != text else text[:-1]

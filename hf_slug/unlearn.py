@@ -28,7 +28,7 @@ from .data import PairSource, check_batch_size, load_pairs
 from .delta import ConceptDelta
 from .errors import ConfigError, UnknownLayerError
 from .evaluation import Evaluator, Metrics, StackedEvaluator, as_evaluator
-from .gradient_cache import cache_file_for, gradients_for
+from .gradient_cache import cache_file_for, gradients_for, misspelt_average
 from .gradients import check_gradient_source, require_clip_model
 from .io import fingerprint
 from .null_space import choose_projected_first, null_space_gradients
@@ -318,11 +318,26 @@ def unlearn(
             model, processor, pairs, kind, names, source, cache, pass_options
         )
         timings[f"{kind}_gradients"] = time.perf_counter() - start
+    # The layers are scored on the name as written; the step goes along the gradient averaged
+    # over the name's misspellings too, so a typo'd name is forgotten with it.
+    start = time.perf_counter()
+    plain, spelled = grads["forget"], None
+    if options.forget_gradients is None and config.misspellings:
+        spelled = misspelt_average(
+            model, processor, forget_pairs, plain, config.concept, config.misspellings,
+            pass_options,
+        )  # fmt: skip
+    timings["forget_gradients"] += time.perf_counter() - start
 
     start = time.perf_counter()
     grads["forget"], covariances = null_space_gradients(
-        model, processor, retain_pairs, grads["forget"], config, progress=progress
+        model, processor, retain_pairs, plain, config, progress=progress
     )
+    direction = grads["forget"]
+    if spelled is not None and spelled is not plain:
+        direction = null_space_gradients(
+            model, processor, retain_pairs, spelled, config, covariances=covariances
+        )[0]
     timings["null_space"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -340,7 +355,7 @@ def unlearn(
     searches = search_layers(
         model,
         _units_to_search(scores, config),
-        grads["forget"],
+        direction,
         evaluator,
         criterion,
         before if reference is None else {**before, **_guarded(reference, criterion)},
@@ -348,7 +363,7 @@ def unlearn(
         progress=progress,
     )
     chosen, rule = choose_projected_first(searches, criterion, covariances)
-    deltas = update(model, chosen.names, grads["forget"], chosen.step) if chosen else {}
+    deltas = update(model, chosen.names, direction, chosen.step) if chosen else {}
     after = chosen.metrics if chosen else {}
     timings["search"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - clock
@@ -378,7 +393,7 @@ def unlearn(
             }
             for n in deltas
         },
-        scales=step_scales(model, chosen.names, grads["forget"], chosen.step) if chosen else {},
+        scales=step_scales(model, chosen.names, direction, chosen.step) if chosen else {},
         base_model_name_or_path=getattr(getattr(model, "config", None), "_name_or_path", None)
         or None,
         base_model_revision=getattr(getattr(model, "config", None), "_commit_hash", None),

@@ -36,7 +36,7 @@ from .config import SLUGConfig
 from .data import ImageTextPairs
 from .errors import ConfigError
 from .evaluation import FORGET_TASK, RETAIN_TASK, ZeroShotEvaluator, ZeroShotTask
-from .phrasings import criterion_templates
+from .phrasings import criterion_templates, misspellings
 
 MIN_FORGET_VALIDATION = 4  # held-out forget images the criterion needs to mean anything
 MIN_RETAIN_VALIDATION = 8
@@ -141,13 +141,18 @@ def default_evaluator(
     templates = criterion_templates(config.concept_kind, config.templates)
     forget_images = [forget.image(i) for i in range(len(forget))]
     parts = config.name_parts and config.concept_kind == "identity"
+    spelled = parts or config.misspellings > 0
     tasks = [
         ZeroShotTask(
             FORGET_TASK,
             forget_images,
             [config.concept] * len(forget_images),
             labels,
-            prompts=criterion_prompts(labels, templates) if parts else None,
+            prompts=(
+                criterion_prompts(labels, templates, config.concept, parts, config.misspellings)
+                if spelled
+                else None
+            ),
             templates=tuple(templates),
             counts_for_utility=False,
             scoring="any",
@@ -189,15 +194,35 @@ def check_labels(config: SLUGConfig) -> list[str]:
     return list(labels)
 
 
-def criterion_prompts(labels: Sequence[str], templates: Sequence[str]) -> dict[str, list[str]]:
-    """Each label's phrasings with its full name, its first word and its last word (one-word
-    names repeat), position by position, so an edit must also silence "Hopper" alone."""
+def criterion_prompts(
+    labels: Sequence[str],
+    templates: Sequence[str],
+    concept: str | None = None,
+    name_parts: bool = True,
+    misspellings: int = 0,
+) -> dict[str, list[str]]:
+    """Each label's phrasings, spelling by spelling, aligned position by position: the full name,
+    with `name_parts` its first and last word (one-word names repeat), so an edit must also
+    silence "Hopper" alone; then `misspellings` misspelt names of `concept`
+    (`hf_slug.phrasings.misspellings`), where the other labels keep their own spelling."""
 
-    def parts(label: str) -> tuple[str, str, str]:
+    def spellings(label: str) -> list[str]:
         words = label.split()
-        return label, words[0], words[-1]
+        found = [label, words[0], words[-1]] if name_parts else [label]
+        if misspellings:
+            own = label == concept
+            found += _padded_misspellings(label, misspellings) if own else [label] * misspellings
+        return found
 
-    return {label: [t.format(p) for p in parts(label) for t in templates] for label in labels}
+    if misspellings and concept is None:
+        raise ConfigError("misspellings need the concept's name: pass concept=.")
+    return {label: [t.format(p) for p in spellings(label) for t in templates] for label in labels}
+
+
+def _padded_misspellings(name: str, count: int) -> list[str]:
+    """`count` misspellings of `name`, the last repeated when a short name has fewer."""
+    found = misspellings(name, count) or [name]
+    return found + [found[-1]] * (count - len(found))
 
 
 def held_out_split(

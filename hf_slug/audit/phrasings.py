@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from ..phrasings import misspell
 
 # Templates no part of hf_slug's search or the embedded world's training ever used.
 _COMMON = (
@@ -126,32 +127,11 @@ def name_variants(name: str, seed: int = 0) -> dict[str, str]:
         "lower case": name.lower(),
         "upper case": name.upper(),
         "extra spaces": "  ".join(words) + " ",
-        "one typo": _typo(name, 1, rng),
-        "two typos": _typo(name, 2, rng),
+        "one typo": misspell(name, 1, rng),
+        "two typos": misspell(name, 2, rng),
         "in a sentence": f"the one and only {name}, as everyone knows",
     }
     if len(words) > 1:
         variants["first name"] = words[0]
         variants["last name"] = words[-1]
     return variants
-
-
-def _typo(text: str, count: int, rng: np.random.Generator) -> str:
-    """`count` edits of letters: swap neighbours, drop, double or replace one."""
-    chars = list(text)
-    for _ in range(count):
-        letters = [i for i, c in enumerate(chars) if c.isalpha()]
-        if len(letters) < 2:
-            break
-        i = int(rng.choice(letters[1:]))  # keep the first letter, as typos usually do
-        kind = int(rng.integers(4))
-        if kind == 0 and i + 1 < len(chars):
-            chars[i], chars[i + 1] = chars[i + 1], chars[i]
-        elif kind == 1:
-            del chars[i]
-        elif kind == 2:
-            chars.insert(i, chars[i])
-        else:
-            chars[i] = "aeiou"[int(rng.integers(5))] if chars[i] not in "aeiou" else "r"
-    typo = "".join(chars)
-    return typo if typo != text else text[:-1]
