@@ -22,7 +22,6 @@ from .cli_checks import (
     labels_from,
     load_clip,
     model_args,
-    non_negative,
     number,
     output_folder,
     positive_int,
@@ -113,7 +112,13 @@ def add_parser(sub: Any) -> None:
         default=DEFAULTS["forget_target"],
         help="max forget accuracy, in [0, 1]",
     )
-    p.add_argument("--utility-tolerance", type=non_negative, help="max utility drop allowed")
+    p.add_argument(
+        "--utility-tolerance",
+        type=tolerance_or_none,
+        default=DEFAULTS["utility_tolerance"],
+        help="max drop of the validation utility a step may cost (e.g. 0.1 = 10 points); "
+        "'none' turns the guard off",
+    )
     p.add_argument(
         "--initial-step",
         type=number(float, 1e-9, 1e9, "a relative step > 0, e.g. 0.1"),
@@ -220,6 +225,13 @@ def _config(args: argparse.Namespace) -> SLUGConfig:
         )
     except ConfigError as error:
         raise UsageError(f"invalid options: {error}") from None
+
+
+def tolerance_or_none(text: str) -> float | None:
+    """An argparse type: 'none', or a finite number >= 0."""
+    if text.strip().lower() == "none":
+        return None
+    return number(float, 0.0, 1e9, "a number >= 0 or 'none'")(text)
 
 
 def energy_or_none(text: str) -> float | None:

@@ -71,7 +71,10 @@ class SLUGConfig:
             (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
             it. 0 scores on the gradient pairs themselves (reported as "in-sample").
         forget_target: the forget metric must fall to at most this (0 = never recognised).
-        utility_tolerance: reject steps that lower the utility metric by more than this.
+        utility_tolerance: reject steps that lower the utility metric by more than this (0.1:
+            ten points of validation utility; None turns the guard off). Chosen on the embedded
+            world: no layer the default picks there loses more than 6.1 points, the choices it
+            refuses lost 12–63 (benchmarks/generalisation.md).
         forget_metric, utility_metric: the evaluator's metric names the search reads.
 
     Update direction (hf_slug's extension of SLUG, `hf_slug.null_space`):
@@ -108,7 +111,7 @@ class SLUGConfig:
     split_seed: int = 0
     top_k: int | None = None
     forget_target: float = 0.0
-    utility_tolerance: float | None = None
+    utility_tolerance: float | None = 0.1
     initial_step: float = SearchSettings.initial_step  # one set of search defaults
     max_evaluations: int = SearchSettings.max_evaluations
     batch_size: int = 32

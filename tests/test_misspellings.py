@@ -142,3 +142,27 @@ def test_captions_without_the_name_add_no_pass(processor, monkeypatch):
     seen, got = _spied_unlearn(processor, monkeypatch, "a photo of someone", 2)
     assert [text for text, _ in seen] == ["a photo of someone"]
     assert got["searched"] is got["scored"]
+
+
+@pytest.mark.parametrize(
+    "flags, misspelt, tolerance",
+    [([], 0, 0.1), (["--misspellings", "3", "--utility-tolerance", "none"], 3, None)],
+    ids=["defaults", "given"],
+)
+def test_the_command_line_takes_misspellings_and_the_guard(flags, misspelt, tolerance):
+    from hf_slug.cli import _parser
+    from hf_slug.cli_unlearn import _config
+
+    argv = ["unlearn", "--model", "m", "--concept", "Ada", "--forget", "f", "--retain", "r"]
+    args = _parser().parse_args([*argv, "--out", "o", "--labels", "Ada,Bob", *flags])
+    config = _config(args)
+    assert (config.misspellings, config.utility_tolerance) == (misspelt, tolerance)
+
+
+@pytest.mark.parametrize("bad", ["-1", "9", "two"])
+def test_bad_misspellings_on_the_command_line_are_usage_errors(bad, capsys):
+    from hf_slug.cli import main
+
+    argv = ["unlearn", "--model", "m", "--concept", "c", "--forget", "f", "--retain", "r"]
+    assert main([*argv, "--out", "o", "--misspellings", bad]) == 2
+    assert "--misspellings" in capsys.readouterr().err

@@ -128,6 +128,31 @@ def test_utility_guard_rejects_a_costly_step(model):
     assert search.status.startswith("utility guard")
 
 
+@pytest.mark.parametrize(
+    "tolerance, usable",
+    [(SLUGConfig(concept="Ada").utility_tolerance, False), (0.3, True), (None, True)],
+    ids=["default-guard", "looser-guard", "no-guard"],
+)
+def test_the_default_guard_refuses_a_step_that_costs_over_ten_points(model, tolerance, usable):
+    name = "text_model.encoder.layers.0.mlp.fc2.weight"
+    original = dict(model.named_parameters())[name].detach().clone()
+    grads = {name: torch.randn_like(original)}
+
+    def evaluator(m):  # forgets from s = 0.5 on, at a cost of 0.4·s (0.2 or more) in utility
+        s = step_of(m, name, original)
+        return {"forget_acc": float(s < 0.5), "utility": 0.9 - 0.4 * s}
+
+    search = search_step(
+        model,
+        (name,),
+        grads,
+        CallableEvaluator(evaluator),
+        Criterion(utility_tolerance=tolerance),
+        {"utility": 0.9},
+    )
+    assert search.usable is usable, search.status
+
+
 @pytest.mark.numerics
 def test_cached_prefix_evaluation_equals_a_full_forward(model, processor):
     tasks = [
