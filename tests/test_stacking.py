@@ -1,7 +1,7 @@
 """Stacking deltas: interference warnings, `avoid=`, the θ⁰ guard, the final check of a stack.
 
-Tiny CLIPs with evaluators that read the weights (so each case is exact), plus one CI check of
-three identities stacked on the embedded model (benchmarks/stacking.md has the full numbers).
+Tiny CLIPs with evaluators that read the weights (so each case is exact); three identities
+stacked on the embedded model are checked in tests/test_stacking_embedded.py.
 """
 
 from __future__ import annotations
