@@ -22,6 +22,7 @@ in order, each with `unlearn(..., avoid=previous deltas)`: no tensor edited twic
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -55,6 +56,7 @@ VAL = dict(per_identity=24, per_concept=3, forget_views=192)  # the demo's searc
 SETTINGS = dict(top_k=4, max_evaluations=10)
 COMPOSITIONS = ("independent", "guarded", "stacked", "default")
 GUARDS = (0.005, 0.01, 0.02, None)  # val retain tolerances tried in turn
+DEFAULT_SETTINGS: dict[str, Any] = {}  # --set field=json: SLUGConfig fields of the default call
 
 
 def draws(world: World, sizes: list[int], n_draws: int) -> list[tuple[int, int, list[str]]]:
@@ -86,7 +88,10 @@ def make_delta(
                 forget_pairs(world, target, 64),
                 retain_pairs(world, exclude=[target], per_concept=4),
                 SLUGConfig(
-                    concept=target, candidate_labels=world.identities, concept_kind="identity"
+                    concept=target,
+                    candidate_labels=world.identities,
+                    concept_kind="identity",
+                    **DEFAULT_SETTINGS,
                 ),
                 options=UnlearnOptions(
                     cache_dir=cache / "gradients-default" / target.replace(" ", "_"), progress=False
@@ -304,7 +309,13 @@ def main() -> None:
         "--only", nargs="*", default=[], help="composition=N,N: sizes for that composition"
     )
     parser.add_argument("--markdown", type=Path, help="print stacking.md's tables from a json")
+    parser.add_argument(
+        "--set", action="append", default=[], help="default composition: SLUGConfig field=json"
+    )
     args = parser.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        DEFAULT_SETTINGS[key] = json.loads(value)
     if args.markdown:
         print(markdown(args.markdown))
         return
