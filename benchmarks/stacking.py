@@ -54,7 +54,7 @@ from hf_slug.demo.world import World  # noqa: E402
 SIZE = dict(per_identity=24, per_concept=3)  # the demo's test protocol
 VAL = dict(per_identity=24, per_concept=3, forget_views=192)  # the demo's search protocol
 SETTINGS = dict(top_k=4, max_evaluations=10)
-COMPOSITIONS = ("independent", "guarded", "stacked", "default")
+COMPOSITIONS = ("independent", "guarded", "stacked", "default", "default-avoid")
 GUARDS = (0.005, 0.01, 0.02, None)  # val retain tolerances tried in turn
 DEFAULT_SETTINGS: dict[str, Any] = {}  # --set field=json: SLUGConfig fields of the default call
 
@@ -77,9 +77,11 @@ def make_delta(
     if val retain stays within GUARDS[0] of θ⁰ (the next tolerance if no layer can). stacked: as
     guarded, searched with `stack` applied (`on_top_of`, guard against θ⁰) on tensors it does not
     use (`avoid`). default: the shipped default call (64 forget views, a held-out validation share,
-    the phrasing ensemble with its margin), no evaluator of the benchmark's.
+    the phrasing ensemble with its margin), no evaluator of the benchmark's. default-avoid: the
+    same call with `avoid=` the deltas before it (each tensor edited at most once).
     """
-    if composition == "default":
+    if composition in ("default", "default-avoid"):
+        avoid = list(stack) if composition == "default-avoid" else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = unlearn(
@@ -94,7 +96,9 @@ def make_delta(
                     **DEFAULT_SETTINGS,
                 ),
                 options=UnlearnOptions(
-                    cache_dir=cache / "gradients-default" / target.replace(" ", "_"), progress=False
+                    cache_dir=cache / "gradients-default" / target.replace(" ", "_"),
+                    progress=False,
+                    avoid=avoid,
                 ),
             )
         if not result.converged:
