@@ -171,10 +171,12 @@ def run(args: argparse.Namespace) -> int:
     )
     print(result.report())
     if not result.converged:
+        guarded = any(s.status.startswith("utility guard") for s in result.searches)
+        guard = " or --utility-tolerance (larger, or 'none')," if guarded else ""
         print(
             f"hf-slug: error: no searched layer forgot {args.concept!r} within "
-            f"--max-evaluations {args.max_evaluations}: raise it, try --tower both, or give "
-            "more forget images; nothing was written.",
+            f"--max-evaluations {args.max_evaluations}{' and the utility guard' * guarded}: "
+            f"raise it,{guard} try --tower both, or give more forget images; nothing was written.",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -71,8 +71,9 @@ class SLUGConfig:
             (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
             it. 0 scores on the gradient pairs themselves (reported as "in-sample").
         forget_target: the forget metric must fall to at most this (0 = never recognised).
-        utility_tolerance: reject steps that lower the utility metric by more than this (0.1:
-            ten points of validation utility; None turns the guard off). Chosen on the embedded
+        utility_tolerance: reject steps that lower the utility metric by more than this, on the
+            evaluator's scale (0.1: ten points of hf_slug's 0–1 utilities; None turns the guard
+            off; an evaluator without the metric runs unguarded, with a warning). Chosen on the embedded
             world: no layer the default picks there loses more than 6.1 points, the choices it
             refuses lost 12–63 (benchmarks/generalisation.md).
         forget_metric, utility_metric: the evaluator's metric names the search reads.

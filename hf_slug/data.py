@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,12 @@ class ImageTextPairs:
         raise ConfigError(f"unknown caption mode {mode!r}: use 'original' or 'concept_name'.")
 
     def respelled(self, name: str, spelling: str) -> ImageTextPairs:
-        """These pairs with every `name` in their captions written as `spelling`."""
-        return ImageTextPairs(self.images, tuple(t.replace(name, spelling) for t in self.texts))
+        """These pairs with `name` written as `spelling` wherever it stands as a word of their
+        captions, in any case ("Al" in "Alan" stays)."""
+        word = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)", re.IGNORECASE)
+        return ImageTextPairs(
+            self.images, tuple(word.sub(lambda _: spelling, t) for t in self.texts)
+        )
 
     def signature(self) -> str:
         """A sha256 over the captions and the images (pixels of PIL images; a path's name and

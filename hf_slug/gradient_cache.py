@@ -184,16 +184,34 @@ def misspelt_average(
     processor: Any,
     pairs: ImageTextPairs,
     grads: dict[str, torch.Tensor],
-    concept: str,
-    count: int,
+    config: SLUGConfig,
     pass_options: Mapping[str, Any],
+    *,
+    given: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The forget gradients `grads` (of `pairs` as written) averaged with those of `pairs` whose
-    captions spell `concept` as each of its `count` misspellings (`hf_slug.phrasings`); captions
-    without the name add nothing, so `grads` come back unchanged."""
-    respelled = [pairs.respelled(concept, s) for s in misspellings(concept, count)]
+    captions spell `config.concept` as each of its `config.misspellings` misspellings that are no
+    other candidate label (`hf_slug.phrasings`). `grads` come back unchanged, with a warning,
+    when they were `given` (no pass runs) or no caption holds the name."""
+    concept, count = config.concept, config.misspellings
+    if given:
+        warnings.warn(
+            "misspellings are checked by the criterion but not in the update direction: the "
+            "forget gradients were given (forget_gradients=), so no misspelt pass ran.",
+            stacklevel=3,
+        )
+        return grads
+    spellings = misspellings(concept, count, avoid=config.candidate_labels or ())
+    respelled = [pairs.respelled(concept, s) for s in spellings]
     respelled = [p for p in respelled if p.texts != pairs.texts]
     if not respelled:
+        warnings.warn(
+            f"misspellings={count}: no forget caption contains {concept!r} as a word, so the "
+            "update direction is the forget gradient as written (the criterion still checks "
+            "the misspellings); write the name into the captions, or use "
+            "caption_mode='concept_name'.",
+            stacklevel=3,
+        )
         return grads
     total = {n: g.clone() for n, g in grads.items()}
     for other in respelled:

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .errors import ConfigError
@@ -68,17 +70,21 @@ def criterion_templates(kind: str = "concept", extra: tuple[str, ...] = ()) -> l
     return list(dict.fromkeys([*CRITERION_TEMPLATES[kind], *extra]))
 
 
-def misspellings(name: str, count: int) -> list[str]:
+def misspellings(name: str, count: int, avoid: Sequence[str] = ()) -> list[str]:
     """`count` distinct misspellings of `name`, alternately one and two letter edits, drawn
-    deterministically (`MISSPELLING_SEED`); fewer when a short name has no more, none for a
-    name of one letter."""
+    deterministically (`MISSPELLING_SEED`); never one of `avoid` (other labels: "Ann" is no
+    misspelling of "Anna" when Ann is a label too), in any case; fewer when a short name has no
+    more, none for a name with fewer than two letters."""
+    if sum(c.isalpha() for c in name) < 2:
+        return []
+    taken = {a.casefold() for a in (name, *avoid)}
     rng = np.random.default_rng([MISSPELLING_SEED, len(name)])
     found: list[str] = []
     for _ in range(8 * count):
         if len(found) == count:
             break
         spelling = misspell(name, 1 + len(found) % 2, rng)
-        if spelling.strip() and spelling != name and spelling not in found:
+        if spelling.strip() and spelling.casefold() not in taken and spelling not in found:
             found.append(spelling)
     return found
 

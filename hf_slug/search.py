@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +88,19 @@ class Criterion:
                 "check the evaluator and that the model's weights and inputs are finite."
             )
         return float(value)
+
+    def guarding(self, before: Metrics) -> Criterion:
+        """This criterion; with its guard off, and a warning, when `before` (the evaluator's
+        metrics) has no utility metric to guard."""
+        if self.utility_tolerance is None or self.utility_metric in before:
+            return self
+        warnings.warn(
+            f"the evaluator returns no {self.utility_metric!r}, so the utility guard "
+            f"(utility_tolerance={self.utility_tolerance}) cannot run and is off: return that "
+            "metric, or name yours with SLUGConfig(utility_metric=...).",
+            stacklevel=3,
+        )
+        return dataclasses.replace(self, utility_tolerance=None)
 
     def keeps_utility(self, metrics: Metrics, before: Metrics) -> bool:
         if self.utility_tolerance is None or self.utility_metric not in before:
@@ -218,6 +233,23 @@ CHOICE_RULE = (
     "with the highest {utility} on the search's evaluation data; ties go to {tie}"
 )
 SMALLER_STEP = "the smaller step"
+
+
+def no_layer_message(concept: str, criterion: Criterion, searches: Sequence[LayerSearch]) -> str:
+    """Why no searched layer was chosen for `concept`, and what to change."""
+    fixes = "raise max_evaluations or initial_step, add the other tower, or give more forget data"
+    guarded = [s for s in searches if s.status.startswith("utility guard")]
+    if guarded:
+        fixes = (
+            f"{len(guarded)} layer(s) forgot it but lost more than "
+            f"utility_tolerance={criterion.utility_tolerance} of {criterion.utility_metric}: "
+            "accept a larger cost (a larger utility_tolerance, or None to turn the guard off), "
+            + fixes
+        )
+    return (
+        f"SLUG found no layer that forgets {concept!r} to {criterion.forget_metric} <= "
+        f"{criterion.forget_target}: {fixes}. See result.searches for each layer's status."
+    )
 
 
 def choose(

@@ -37,6 +37,7 @@ from .search import (
     Criterion,
     LayerSearch,
     edited,
+    no_layer_message,
     search_layers,
     step_scales,
     update,
@@ -136,11 +137,16 @@ class UnlearningResult:
         null-space projection (only tensors of `config.null_space_towers` are projected)."""
         energy, towers = self.config.retain_null_space, self.config.null_space_towers
         edited_towers = {info.get("tower") for info in self.base_tensors.values()}
+        spelt = (
+            f", averaged over the captions and {self.config.misspellings} misspellings of the name"
+            if self.config.misspellings
+            else ""
+        )
         if energy is None or (edited_towers and not edited_towers & set(towers)):
-            return "the forget gradient (SLUG)"
+            return f"the forget gradient (SLUG){spelt}"
         return (
-            f"the forget gradient off {100 * energy:g} % of the retain inputs' energy at the "
-            f"edited tensor ({', '.join(towers)} tower)"
+            f"the forget gradient{spelt + ',' if spelt else ''} off {100 * energy:g} % of the "
+            f"retain inputs' energy at the edited tensor ({', '.join(towers)} tower)"
         )
 
     def summary(self) -> dict[str, Any]:
@@ -299,6 +305,7 @@ def unlearn(
             reference = evaluator(model)
         evaluator = StackedEvaluator(evaluator, on_top_of)
     before = evaluator(model)
+    criterion = criterion.guarding(before)
     already_forgotten = criterion.forgets(before)
     evaluation_before = time.perf_counter() - start
 
@@ -321,12 +328,12 @@ def unlearn(
     # The layers are scored on the name as written; the step goes along the gradient averaged
     # over the name's misspellings too, so a typo'd name is forgotten with it.
     start = time.perf_counter()
-    plain, spelled = grads["forget"], None
-    if options.forget_gradients is None and config.misspellings:
+    plain = spelled = grads["forget"]
+    if config.misspellings:
+        given = options.forget_gradients is not None
         spelled = misspelt_average(
-            model, processor, forget_pairs, plain, config.concept, config.misspellings,
-            pass_options,
-        )  # fmt: skip
+            model, processor, forget_pairs, plain, config, pass_options, given=given
+        )
     timings["forget_gradients"] += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -334,7 +341,7 @@ def unlearn(
         model, processor, retain_pairs, plain, config, progress=progress
     )
     direction = grads["forget"]
-    if spelled is not None and spelled is not plain:
+    if spelled is not plain:
         direction = null_space_gradients(
             model, processor, retain_pairs, spelled, config, covariances=covariances
         )[0]
@@ -368,12 +375,7 @@ def unlearn(
     timings["search"] = time.perf_counter() - start
     timings["total"] = time.perf_counter() - clock
     if chosen is None:
-        warnings.warn(
-            f"SLUG found no layer that forgets {config.concept!r} to {config.forget_metric} <= "
-            f"{config.forget_target}: raise max_evaluations or initial_step, add the other tower, "
-            "or give more forget data. See result.searches for each layer's status.",
-            stacklevel=2,
-        )
+        warnings.warn(no_layer_message(config.concept, criterion, searches), stacklevel=2)
     params = dict(model.named_parameters())
     result = UnlearningResult(
         config=config,

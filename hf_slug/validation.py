@@ -211,7 +211,9 @@ def criterion_prompts(
         found = [label, words[0], words[-1]] if name_parts else [label]
         if misspellings:
             own = label == concept
-            found += _padded_misspellings(label, misspellings) if own else [label] * misspellings
+            found += (
+                _padded_misspellings(label, misspellings, labels) if own else [label] * misspellings
+            )
         return found
 
     if misspellings and concept is None:
@@ -219,9 +221,10 @@ def criterion_prompts(
     return {label: [t.format(p) for p in spellings(label) for t in templates] for label in labels}
 
 
-def _padded_misspellings(name: str, count: int) -> list[str]:
-    """`count` misspellings of `name`, the last repeated when a short name has fewer."""
-    found = misspellings(name, count) or [name]
+def _padded_misspellings(name: str, count: int, labels: Sequence[str]) -> list[str]:
+    """`count` misspellings of `name` that are no other label, the last repeated when a short
+    name has fewer (the name itself when it has none)."""
+    found = misspellings(name, count, avoid=labels) or [name]
     return found + [found[-1]] * (count - len(found))
 
 

@@ -166,3 +166,57 @@ def test_bad_misspellings_on_the_command_line_are_usage_errors(bad, capsys):
     argv = ["unlearn", "--model", "m", "--concept", "c", "--forget", "f", "--retain", "r"]
     assert main([*argv, "--out", "o", "--misspellings", bad]) == 2
     assert "--misspellings" in capsys.readouterr().err
+
+
+def test_a_misspelling_is_never_another_label():
+    found = misspellings("Anna", 8)
+    assert "Ann" in found  # without the labels, "Ann" is a fine misspelling of "Anna"
+    assert not {"ann", "anna"} & {s.casefold() for s in misspellings("Anna", 8, avoid=["ANN"])}
+    prompts = criterion_prompts(["Anna", "Ann", "Bob"], ["{}"], "Anna", False, 8)
+    assert "Ann" not in prompts["Anna"][1:]
+
+
+@pytest.mark.parametrize("name", ["U2", "7", "x"])
+def test_names_with_fewer_than_two_letters_have_no_misspellings(name):
+    assert misspellings(name, 4) == []
+
+
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("Al and Alan at the Alps", "Ali and Alan at the Alps"),
+        ("al, AL and al.", "Ali, Ali and Ali."),
+        ("Alps only", "Alps only"),
+    ],
+)
+def test_respelling_replaces_whole_words_in_any_case(caption, expected):
+    pairs = load_pairs((random_images(1), [caption]))
+    assert pairs.respelled("Al", "Ali").texts == (expected,)
+
+
+def test_given_forget_gradients_warn_that_no_misspelt_pass_runs(processor):
+    config = SLUGConfig(
+        concept="Ada Byron",
+        candidate_labels=NAMES,
+        layer="text.L0.fc1",
+        max_evaluations=2,
+        misspellings=2,
+    )
+    model, forget, retain = tiny_clip(), _pairs(16, "a photo of Ada Byron"), _retain(40)
+    name = "text_model.encoder.layers.0.mlp.fc1.weight"
+    grads = {name: torch.randn_like(dict(model.named_parameters())[name])}
+    options = UnlearnOptions(progress=False, forget_gradients=grads)
+    with pytest.warns(UserWarning, match="no misspelt pass ran"):
+        unlearn(model, processor, forget, retain, config, options=options)
+
+
+def test_captions_without_the_name_warn(processor):
+    config = SLUGConfig(
+        concept="Ada Byron", candidate_labels=NAMES, layer="text.L0.fc1", misspellings=2
+    )
+    options = UnlearnOptions(progress=False)
+    with pytest.warns(UserWarning, match="no forget caption contains 'Ada Byron'"):
+        result = unlearn(
+            tiny_clip(), processor, _pairs(16, "someone"), _retain(40), config, options=options
+        )
+    assert "2 misspellings of the name" in result.direction

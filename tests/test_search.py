@@ -18,7 +18,7 @@ from hf_slug import (
 )
 from hf_slug.evaluation import CallableEvaluator
 from hf_slug.gradients import compute_gradients
-from hf_slug.search import Criterion, edited, search_step, update
+from hf_slug.search import Criterion, edited, no_layer_message, search_step, update
 from hf_slug.towers import candidate_names, encode_images, encode_texts
 
 NAMES = ["Ada Byron", "Bob Stone", "Cy Young"]
@@ -151,6 +151,33 @@ def test_the_default_guard_refuses_a_step_that_costs_over_ten_points(model, tole
         {"utility": 0.9},
     )
     assert search.usable is usable, search.status
+
+
+def test_a_guarded_failure_names_the_guard_and_how_to_relax_it(model):
+    name = "text_model.encoder.layers.0.mlp.fc2.weight"
+    original = dict(model.named_parameters())[name].detach().clone()
+
+    def evaluator(m):
+        s = step_of(m, name, original)
+        return {"forget_acc": float(s < 0.5), "utility": 0.9 - 0.6 * s}
+
+    criterion = Criterion(utility_tolerance=0.1)
+    grads = {name: torch.randn_like(original)}
+    search = search_step(
+        model, (name,), grads, CallableEvaluator(evaluator), criterion, {"utility": 0.9}
+    )
+    message = no_layer_message("Ada", criterion, [search])
+    assert "1 layer(s) forgot it but lost more than utility_tolerance=0.1" in message
+    assert "None to turn the guard off" in message
+    assert "utility_tolerance" not in no_layer_message("Ada", Criterion(), [])
+
+
+def test_a_guard_without_its_metric_warns_and_is_off():
+    with pytest.warns(UserWarning, match="returns no 'utility', so the utility guard"):
+        criterion = Criterion(utility_tolerance=0.1).guarding({"forget_acc": 1.0})
+    assert criterion.utility_tolerance is None
+    kept = Criterion(utility_tolerance=0.1)
+    assert kept.guarding({"forget_acc": 1.0, "utility": 0.5}) is kept
 
 
 @pytest.mark.numerics
