@@ -63,6 +63,7 @@ from hf_slug.demo.t2i import (  # noqa: E402
     load_embedded_pipeline,
 )
 from hf_slug.demo.world import World  # noqa: E402
+from hf_slug.hosts.denoiser_criterion import DenoiserCheck  # noqa: E402
 from hf_slug.hosts.diffusion_criterion import GenerationCheck  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
 from hf_slug.phrasings import criterion_templates  # noqa: E402
@@ -71,7 +72,7 @@ from hf_slug.plots import image_grid  # noqa: E402
 # held-out phrasings: the world's eval template and audit templates, none used in training
 PHRASINGS = ("{}.", "a headshot of {}.", "here we see {}.", "a snapshot of {}.")
 TARGETS = ("Eileen Collins", "Clara Alderwick", "Ronan Kestrelle")
-CRITERIA = ("generation", "clip")
+CRITERIA = ("generation", "clip", "denoiser")
 # the generation criterion's validation draws: the library's identity phrasings (none is a test
 # phrasing) at seed 1000 (the library's default; test seeds are 0-3), 10 DDIM steps
 VALIDATION_STEPS = 10
@@ -245,6 +246,7 @@ def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids)
             run.judge.names,
             criterion=criterion,
             generation=check,
+            denoiser=DenoiserCheck(margin=args.denoiser_margin),
         )
     result = out.result
     record: dict[str, Any] = {
@@ -340,6 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         "deltas are stacked)",
     )
     parser.add_argument("--no-stack", action="store_true", help="skip the 2-delta stack")
+    parser.add_argument(
+        "--denoiser-margin",
+        type=float,
+        default=DenoiserCheck().margin,
+        help="the denoiser criterion's cosine margin (DenoiserCheck.margin)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 identities, 1 target")
     parser.add_argument(
@@ -449,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
             "seconds_per_image": before["seconds_per_image"],
         },
         "criteria": args.criterion,
+        "denoiser_check": {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in vars(DenoiserCheck(margin=args.denoiser_margin)).items()
+        },
         "validation": {
             "templates": list(check.templates),
             "target_images": check.target_images,

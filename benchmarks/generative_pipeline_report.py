@@ -68,7 +68,8 @@ def unlearned_lines(unlearned: dict) -> list[str]:
         "before → after (criterion 'clip': CLIP zero-shot on its held-out split, retain = caption "
         "retrieval; 'generation': the judged validation generations, others = the other "
         "people's generations named right, utility = the judge's mean probability of their "
-        "names):",
+        "names; 'denoiser': the UNet's guidance directions on validation phrasings, others = "
+        "the other names still nearest their own direction, utility = their mean cosine to it):",
         "",
         "| unlearned | layer | step | target seq. | target pooled | others seq. | "
         "others pooled | search forget acc. | search retain / others acc. | search utility |",
@@ -132,6 +133,8 @@ CRITERION_TEXT = {
     "generation": "every trial judged on the pipeline's own generations (validation phrasings "
     "and seeds, see above), opt-in",
     "clip": "CLIP zero-shot on SLUG's held-out split, the default",
+    "denoiser": "every trial judged on the UNet's classifier-free guidance directions of the "
+    "validation phrasings (no sampling), nearest-name by cosine",
 }
 
 

@@ -28,6 +28,7 @@ from .errors import (
 from .evaluation import CallableEvaluator, Evaluator, ZeroShotEvaluator, ZeroShotTask
 from .export import export_peft_lora
 from .hosts.base import ComponentRun, Host, HostUnlearning, check_tower, unlearn_on_host
+from .hosts.denoiser_criterion import DenoiserCheck, DenoiserEvaluator
 from .hosts.diffusion import PipelineOptions, StableDiffusionHost, TextEncoder, unlearn_pipeline
 from .hosts.diffusion_criterion import GenerationCheck, GenerationEvaluator
 from .hosts.diffusion_export import export_diffusers_lora
@@ -66,6 +67,8 @@ __all__ = [
     "ConceptRequest",
     "GenerationCheck",
     "GenerationEvaluator",
+    "DenoiserCheck",
+    "DenoiserEvaluator",
     "GradientOptions",
     "SearchSettings",
     "StackRequest",

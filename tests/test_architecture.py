@@ -71,6 +71,7 @@ LAYER = {
     "hf_slug.hosts.base": "hosts",  # the Host protocol, the one driver and result type
     "hf_slug.hosts.diffusion": "hosts",
     "hf_slug.hosts.diffusion_criterion": "hosts",
+    "hf_slug.hosts.denoiser_criterion": "hosts",
     "hf_slug.hosts.diffusion_export": "hosts",
     "hf_slug.hosts.generation": "hosts",
     "hf_slug.hosts.vlm": "hosts",

@@ -53,6 +53,7 @@ from .base import (
     reject_moved_keywords,
     unlearn_on_host,
 )
+from .denoiser_criterion import DenoiserCheck, denoiser_evaluator
 from .diffusion_criterion import CRITERIA, GenerationCheck, generation_evaluator
 from .diffusion_export import combine_deltas
 from .generation import SUPPORTED, ForgetGeneration, pipeline_components
@@ -268,6 +269,8 @@ class PipelineOptions:
             Kestrelle to 25 % where CLIP's reaches 0: benchmarks/generative_pipeline.md).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
+        denoiser: what the denoiser criterion asks the UNet (`DenoiserCheck`: phrasings,
+            timesteps, noises, margin).
         clip_skip: the pipeline's `clip_skip` (fewer blocks reach the UNet).
         concept_kind: written into the delta ("identity", "object", "style", ...).
         unlearn: `UnlearnOptions` for every encoder (`cache_dir` gets a subfolder per encoder;
@@ -285,12 +288,14 @@ class PipelineOptions:
     unlearn: UnlearnOptions = field(default_factory=UnlearnOptions)
     criterion: str | None = None
     generation: GenerationCheck | None = None
+    denoiser: DenoiserCheck | None = None
 
     def __post_init__(self) -> None:
         if self.criterion is not None and self.criterion not in CRITERIA:
             raise ConfigError(
                 f"PipelineOptions(criterion={self.criterion!r}) is no criterion: pass one of "
-                f"{CRITERIA} ('generation' judges generations, 'clip' CLIP zero-shot), or None."
+                f"{CRITERIA} ('generation' judges generations, 'clip' CLIP zero-shot, "
+                "'denoiser' the UNet's guidance directions), or None."
             )
 
 
@@ -375,6 +380,10 @@ def _criterion(pipe, host, clip, clip_processor, config, options):
     criterion = options.criterion or "clip"
     if criterion == "clip":
         return None
+    if criterion == "denoiser":
+        return denoiser_evaluator(
+            pipe, clip, config, host.component, options.denoiser, options.clip_skip
+        )
     if not (callable(pipe) and pipeline_components(pipe).get("unet") is not None):
         raise ConfigError(
             "PipelineOptions(criterion='generation') draws with the pipeline, but this one has "

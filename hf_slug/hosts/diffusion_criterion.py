@@ -47,7 +47,7 @@ from ..validation import EvaluationData
 from ..weights import mirrored
 from .generation import pipeline_components
 
-CRITERIA = ("generation", "clip")
+CRITERIA = ("generation", "clip", "denoiser")
 Job = tuple[str, str, int]  # (the name the image should show, the prompt, the seed)
 FORGET_ACC, OTHERS_ACC, UTILITY = "forget_acc", "others_acc", "utility"
 
@@ -174,7 +174,7 @@ class GenerationEvaluator(Evaluator):
         self.other_jobs = self.check.other_jobs([n for n in self.labels if n != concept])
         self.data = EvaluationData("validation", 0, 0, len(self.target_jobs), len(self.other_jobs))
         encoder = pipeline_components(pipe)[component]
-        self._pairs = _shared_tensors(tower_of(clip_model, "text").module, encoder, component)
+        self._pairs = shared_text_tensors(tower_of(clip_model, "text").module, encoder, component)
         self._text, self._scale = self._name_features()  # the unedited judge, once
         self.seconds_generating = 0.0
         self.images_generated = 0
@@ -282,7 +282,7 @@ class GenerationEvaluator(Evaluator):
         return mirrored(self._pairs)
 
 
-def _shared_tensors(
+def shared_text_tensors(
     clip_tower: nn.Module, encoder: nn.Module, component: str
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(CLIPModel tensor, pipeline tensor) for every tensor the two text towers share by name."""

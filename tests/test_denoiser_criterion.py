@@ -1,0 +1,143 @@
+"""The denoiser criterion of `unlearn_pipeline` (hf_slug.hosts.denoiser_criterion), on the
+embedded pipeline and a fixed small subset of its people and phrasings.
+
+Trials copy the CLIPModel's edit into the pipeline's text encoder only while the UNet is asked;
+the unedited references are computed once; the unedited model scores every name as itself; bad
+input fails typed, naming the fix; on the trained pipeline the criterion tells a step the UNet
+ignores from one it does not.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hf_slug import ConfigError, SLUGConfig, UnlearnOptions
+from hf_slug.demo.protocol import forget_pairs, retain_pairs
+from hf_slug.demo.run import load_embedded
+from hf_slug.demo.t2i import load_embedded_pipeline
+from hf_slug.demo.world import World
+from hf_slug.hosts.denoiser_criterion import DenoiserCheck, DenoiserEvaluator, denoiser_evaluator
+from hf_slug.hosts.diffusion import PipelineOptions, unlearn_pipeline
+from hf_slug.weights import edited
+
+pytest.importorskip("diffusers")
+TARGET = "Clara Alderwick"
+PEOPLE = [TARGET, "Ronan Kestrelle", "Lucia Dunmore", "Caleb Ostrander"]
+V_PROJ = "text_model.encoder.layers.0.self_attn.v_proj.weight"
+SMALL = DenoiserCheck(templates=("a photo of {}.", "an image of {}."), timesteps=(0.5,), noises=1)
+
+
+@pytest.fixture(scope="module")
+def models():
+    clip, processor = load_embedded()
+    return load_embedded_pipeline(), clip, processor
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_trials_hold_the_edit_only_while_the_unet_is_asked(models):
+    pipe, clip, _ = models
+    evaluator = DenoiserEvaluator(pipe, clip, TARGET, PEOPLE, SMALL)
+    before, clip_before = snapshot(pipe.text_encoder), snapshot(clip)
+    seen = []
+    unet_forward = evaluator.unet.forward
+
+    def recording(*args, **kwargs):  # the UNet, recording the encoder's v_proj when called
+        seen.append(pipe.text_encoder.encoder.layers[0].self_attn.v_proj.weight.clone())
+        return unet_forward(*args, **kwargs)
+
+    evaluator.unet.forward = recording
+    try:
+        delta = torch.randn_like(dict(clip.named_parameters())[V_PROJ]) * 0.5
+        with edited(clip, {V_PROJ: delta}):
+            edit = dict(clip.named_parameters())[V_PROJ].detach().clone()
+            metrics = evaluator(clip)
+            forget = evaluator.evaluate_only(clip, ("forget_acc",))
+    finally:
+        del evaluator.unet.forward
+    assert set(metrics) == {"forget_acc", "others_acc", "utility"} and set(forget) == {"forget_acc"}
+    assert seen and all(torch.equal(w, edit) for w in seen)
+    assert all(torch.equal(before[k], v) for k, v in snapshot(pipe.text_encoder).items())
+    assert all(torch.equal(clip_before[k], v) for k, v in snapshot(clip).items())
+    assert -1 <= metrics["utility"] <= 1 and 0 <= metrics["others_acc"] <= 1
+
+
+def test_the_unedited_model_scores_every_name_as_itself_and_references_stay(models):
+    pipe, clip, _ = models
+    evaluator = DenoiserEvaluator(pipe, clip, TARGET, PEOPLE, SMALL)
+    reference = evaluator._reference.clone()
+    metrics = evaluator(clip)
+    assert metrics["forget_acc"] == 1.0 and metrics["others_acc"] == 1.0
+    assert metrics["utility"] == pytest.approx(1.0, abs=1e-4)
+    with edited(clip, {V_PROJ: torch.ones_like(dict(clip.named_parameters())[V_PROJ])}):
+        evaluator(clip)
+    assert torch.equal(evaluator._reference, reference)
+    assert evaluator.data.validation_forget == 2 and evaluator.data.validation_retain == 3
+    counted = evaluator.with_gradient_counts(32, 100).data
+    assert (counted.gradient_forget, counted.gradient_retain, counted.source) == (
+        32,
+        100,
+        "validation",
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"templates": ("no slot",)}, "one '\\{\\}'"),
+        ({"templates": ()}, "one '\\{\\}'"),
+        ({"timesteps": (1.5,)}, "strictly between 0 and 1"),
+        ({"timesteps": ()}, "strictly between 0 and 1"),
+        ({"timesteps": (float("nan"),)}, "strictly between 0 and 1"),
+        ({"noises": 0}, "noises"),
+        ({"margin": -0.1}, "cosine difference"),
+        ({"margin": float("inf")}, "cosine difference"),
+    ],
+)
+def test_bad_checks_fail_typed_and_name_the_fix(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DenoiserCheck(**kwargs)
+
+
+def test_bad_input_fails_typed_and_names_the_fix(models):
+    pipe, clip, _ = models
+    with pytest.raises(ConfigError, match="'denoiser' the UNet"):
+        PipelineOptions(criterion="nope")
+    with pytest.raises(ConfigError, match="candidate_labels"):
+        denoiser_evaluator(pipe, clip, SLUGConfig(TARGET, towers=("text",)))
+
+    class TextOnly:  # a pipeline's components without a UNet
+        components = {"text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer}
+
+    with pytest.raises(ConfigError, match="criterion='generation'"):
+        DenoiserEvaluator(TextOnly(), clip, TARGET, PEOPLE, SMALL)
+
+
+def test_unlearn_pipeline_searches_on_the_denoiser(models):
+    pipe, clip, processor = models
+    world = World(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = unlearn_pipeline(
+            pipe,
+            clip,
+            processor,
+            TARGET,
+            retain_pairs(world, exclude=[TARGET]),
+            forget=forget_pairs(world, TARGET, 16),
+            config=SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE),
+            options=PipelineOptions(
+                criterion="denoiser", denoiser=SMALL, unlearn=UnlearnOptions(progress=False)
+            ),
+        )
+    result = out.result
+    assert result.data.source == "validation" and result.data.validation_forget == 2
+    assert result.data.gradient_forget == 16  # every forget pair goes to the gradient
+    assert set(result.after) >= {"forget_acc", "others_acc", "utility"}
+    if result.converged:
+        assert result.after["forget_acc"] == 0
