@@ -132,9 +132,9 @@ def validation_lines(v: dict | None) -> list[str]:
 CRITERION_TEXT = {
     "generation": "every trial judged on the pipeline's own generations (validation phrasings "
     "and seeds, see above), opt-in",
-    "clip": "CLIP zero-shot on SLUG's held-out split, the default",
+    "clip": "CLIP zero-shot on SLUG's held-out split (the default before the denoiser's)",
     "denoiser": "every trial judged on the UNet's classifier-free guidance directions of the "
-    "validation phrasings (no sampling), nearest-name by cosine",
+    "validation phrasings (no sampling), nearest name by cosine with margin 0.1; the default",
 }
 
 
@@ -163,6 +163,23 @@ def cost_lines(by_criterion: dict[str, dict]) -> list[str]:
     return lines
 
 
+def denoiser_lines(check: dict | None, tuning: dict | None) -> list[str]:
+    """What the denoiser criterion asks the UNet, and where its margin was chosen."""
+    if not check:
+        return []
+    lines = [
+        "",
+        "The denoiser criterion's validation: the same identity phrasings, each asked of the "
+        f"UNet at timesteps {check['timesteps']} (fractions of 1000) × {check['noises']} fixed "
+        f"noise latents (seeds from {check['seed']}) — no sampling; a phrasing counts as "
+        "forgotten only when its guidance direction is closer (cosine) to another name's "
+        f"original direction than to the target's by more than {check['margin']}.",
+    ]
+    if tuning:
+        lines[-1] += f" The margin: {tuning['note']} (`{tuning['file']}`)."
+    return lines
+
+
 def markdown(r: dict) -> str:
     n_images = len(r["identities"]) * len(r["phrasings"]) * len(r["seeds"])
     lines = [
@@ -178,6 +195,7 @@ def markdown(r: dict) -> str:
         f"{pct(r['judge_on_real_test_views'])} of real test views right). Chance: "
         f"{pct(r['chance'])}.",
         *validation_lines(r.get("validation")),
+        *denoiser_lines(r.get("denoiser_check"), r.get("tuning")),
         "",
         f"**Before:** mean generation accuracy over identities {pct(r['before']['mean'])} "
         "(target ≥ 50 %).",

@@ -53,10 +53,11 @@ from .base import (
     reject_moved_keywords,
     unlearn_on_host,
 )
-from .denoiser_criterion import DenoiserCheck, denoiser_evaluator
-from .diffusion_criterion import CRITERIA, GenerationCheck, generation_evaluator
+from .denoiser_criterion import DenoiserCheck
+from .diffusion_criterion import GenerationCheck
 from .diffusion_export import combine_deltas
 from .generation import SUPPORTED, ForgetGeneration, pipeline_components
+from .pipeline_criteria import check_criterion, pipeline_evaluator
 
 CLIPSource = nn.Module | str | os.PathLike
 SOURCE_CLIPS = {
@@ -261,12 +262,15 @@ class PipelineOptions:
     Args:
         component: with one CLIP model, the encoder it belongs to (default `text_encoder`).
         evaluator: scores the trials of every encoder without an evaluator of its own.
-        criterion: without an evaluator, "clip" (the default: SLUG's held-out CLIP criterion
-            on the pooled text embedding) or "generation" (each trial's edit drawn by the
-            pipeline at fixed validation prompts and seeds and named by an unedited judge,
-            `hf_slug.hosts.diffusion_criterion`; 27–59× slower; on the embedded pipeline it
-            brings Eileen Collins to 12.5 % where CLIP's criterion leaves 100 %, but Ronan
-            Kestrelle to 25 % where CLIP's reaches 0: benchmarks/generative_pipeline.md).
+        criterion: without an evaluator, "denoiser" (the default where the pipeline has one
+            text encoder and an SD 1.x/2.x UNet: each trial scored on the UNet's guidance
+            directions of validation phrasings, `hf_slug.hosts.denoiser_criterion`), "clip"
+            (SLUG's held-out CLIP criterion on the pooled text embedding; the default
+            elsewhere, with a warning) or "generation" (each trial drawn by the pipeline and
+            named by an unedited judge, `hf_slug.hosts.diffusion_criterion`). On the embedded
+            pipeline's three benchmark targets (test generations): denoiser 25 / 0 / 0 %,
+            clip 100 / 0 / 0 %, generation 12.5 / 0 / 25 %, the others kept by all three;
+            the denoiser search takes 11–22× CLIP's (benchmarks/generative_pipeline.md).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
         denoiser: what the denoiser criterion asks the UNet (`DenoiserCheck`: phrasings,
@@ -291,12 +295,7 @@ class PipelineOptions:
     denoiser: DenoiserCheck | None = None
 
     def __post_init__(self) -> None:
-        if self.criterion is not None and self.criterion not in CRITERIA:
-            raise ConfigError(
-                f"PipelineOptions(criterion={self.criterion!r}) is no criterion: pass one of "
-                f"{CRITERIA} ('generation' judges generations, 'clip' CLIP zero-shot, "
-                "'denoiser' the UNet's guidance directions), or None."
-            )
+        check_criterion(self.criterion)
 
 
 def unlearn_pipeline(
@@ -322,10 +321,12 @@ def unlearn_pipeline(
     pairs. `config` defaults to `SLUGConfig(concept, towers=("text",))`; only the text tower's
     blocks that reach the UNet are candidates (`usable_text_blocks`). Returns a
     `HostUnlearning` with one `ComponentRun` per encoder; apply its delta with
-    `SLUGModel(pipe).add_adapter(name, out.delta)`. Without an evaluator the search holds out
-    validation pairs and scores CLIP's criterion on them (`PipelineOptions(criterion="clip")`,
-    the default); `criterion="generation"` judges every trial on the pipeline's own
-    generations instead (then the forget and retain pairs all go to the gradients).
+    `SLUGModel(pipe).add_adapter(name, out.delta)`. Without an evaluator the search asks
+    the pipeline's own UNet: every trial is scored on its guidance directions for validation
+    phrasings (`PipelineOptions(criterion="denoiser")`, the default for SD 1.x/2.x; the forget
+    and retain pairs all go to the gradients); `criterion="clip"` holds out validation pairs
+    and scores CLIP's criterion on the pooled text embedding, `criterion="generation"` judges
+    every trial on the pipeline's own generations.
 
     Example:
         >>> out = unlearn_pipeline(pipe, clip, clip_processor, "Snoopy", retain,  # doctest: +SKIP
@@ -356,7 +357,9 @@ def unlearn_pipeline(
         cache = run_options.cache_dir
         evaluator = encoder.evaluator if encoder.evaluator is not None else options.evaluator
         if evaluator is None:
-            evaluator = _criterion(pipe, host, clip, clip_processor, config, options)
+            evaluator = pipeline_evaluator(
+                options, pipe, clip, clip_processor, config, host.component, len(hosts)
+            )
             if evaluator is not None:
                 evaluator.with_gradient_counts(len(forget_pairs), len(retain))
         request = ConceptRequest(forget_pairs, retain, config, evaluator)
@@ -372,32 +375,6 @@ def unlearn_pipeline(
         )
     delta = combine_deltas([run.delta for run in runs if run.delta is not None])
     return HostUnlearning(runs, delta, forget_pairs)
-
-
-def _criterion(pipe, host, clip, clip_processor, config, options):
-    """The search's evaluator when none is given: None for CLIP's held-out default ("clip",
-    the default), or generations judged by an unedited CLIP ("generation")."""
-    criterion = options.criterion or "clip"
-    if criterion == "clip":
-        return None
-    if criterion == "denoiser":
-        return denoiser_evaluator(
-            pipe, clip, config, host.component, options.denoiser, options.clip_skip
-        )
-    if not (callable(pipe) and pipeline_components(pipe).get("unet") is not None):
-        raise ConfigError(
-            "PipelineOptions(criterion='generation') draws with the pipeline, but this one has "
-            "no UNet to draw with: pass criterion='clip' (the default)."
-        )
-    return generation_evaluator(
-        pipe,
-        clip,
-        clip_processor,
-        config,
-        host.component,
-        options.generation,
-        options.unlearn.progress,
-    )
 
 
 def _encoders(

@@ -47,7 +47,6 @@ from ..validation import EvaluationData
 from ..weights import mirrored
 from .generation import pipeline_components
 
-CRITERIA = ("generation", "clip", "denoiser")
 Job = tuple[str, str, int]  # (the name the image should show, the prompt, the seed)
 FORGET_ACC, OTHERS_ACC, UTILITY = "forget_acc", "others_acc", "utility"
 
@@ -339,7 +338,6 @@ def generation_evaluator(
 
 
 __all__ = [
-    "CRITERIA",
     "GenerationCheck",
     "GenerationEvaluator",
     "generation_evaluator",
