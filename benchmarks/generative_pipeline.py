@@ -244,6 +244,7 @@ def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids)
             retain,
             forget,
             run.judge.names,
+            kind=args.kind,
             criterion=criterion,
             generation=check,
             denoiser=DenoiserCheck(margin=args.denoiser_margin),
@@ -342,6 +343,11 @@ def main(argv: list[str] | None = None) -> None:
         "deltas are stacked)",
     )
     parser.add_argument("--no-stack", action="store_true", help="skip the 2-delta stack")
+    parser.add_argument(
+        "--kind",
+        default="identity",
+        help="SLUGConfig/PipelineOptions concept_kind: the criteria's phrasings and name parts",
+    )
     parser.add_argument(
         "--denoiser-margin",
         type=float,
@@ -458,8 +464,13 @@ def main(argv: list[str] | None = None) -> None:
         },
         "criteria": args.criterion,
         "denoiser_check": {
-            k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in vars(DenoiserCheck(margin=args.denoiser_margin)).items()
+            **{
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(DenoiserCheck(margin=args.denoiser_margin)).items()
+            },
+            "templates": DenoiserCheck().phrasings(args.kind),
+            "kind": args.kind,
+            "name_parts": args.kind == "identity",  # SLUGConfig.name_parts, True by default
         },
         "validation": {
             "templates": list(check.templates),

@@ -52,6 +52,7 @@ from benchmarks.generative_pipeline_concepts_report import markdown  # noqa: E40
 from hf_slug import SLUGModel  # noqa: E402
 from hf_slug.demo.t2i import EMBEDDED_T2I, GENERATION_KWARGS, IdentityJudge, generate  # noqa: E402
 from hf_slug.demo.world import World, fill_template  # noqa: E402
+from hf_slug.hosts.pipeline_criteria import CRITERIA, default_criterion  # noqa: E402
 from hf_slug.names import default_adapter_name  # noqa: E402
 from hf_slug.plots import image_grid  # noqa: E402
 
@@ -197,11 +198,16 @@ def summary(before: dict, after: dict, kind: str, target: str) -> dict:
     return out
 
 
-def unlearn_concept(pipe, clips, world, kind, target, measured) -> tuple[dict, dict | None]:
-    """Unlearn `target` (an object or style) with the default criterion; measure with its delta."""
+def unlearn_concept(
+    pipe, clips, world, kind, target, measured, criterion=None
+) -> tuple[dict, dict | None]:
+    """Unlearn `target` (an object or style) with `criterion` (None: `unlearn_pipeline`'s
+    default); measure with its delta."""
     forget, retain = concept_pairs(world, kind, target)
     labels = world.objects if kind == "object" else world.styles
-    out, seconds = unlearn_text_encoder(pipe, clips, target, retain, forget, labels, kind)
+    out, seconds = unlearn_text_encoder(
+        pipe, clips, target, retain, forget, labels, kind, criterion=criterion
+    )
     result = out.result
     record: dict[str, Any] = {
         "target": target,
@@ -252,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=GENERATION_KWARGS["num_inference_steps"])
     parser.add_argument("--guidance", type=float, default=GENERATION_KWARGS["guidance_scale"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--criterion",
+        choices=CRITERIA,
+        default=None,
+        help="unlearn_pipeline's search criterion (default: the library's default)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 objects × 2 styles")
     parser.add_argument("--markdown", action="store_true", help="no run: rewrite the .md")
     args = parser.parse_args(argv)
@@ -311,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             kind,
             target,
             lambda m: measure(m, judges, combos, phrasings, seeds, **kwargs),
+            args.criterion,
         )
         if after is not None:
             record.update(summary(before, after, kind, target))
@@ -340,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         "chance": chance,
         "validation": public(validation),
         "chosen": chosen,
+        "criterion": args.criterion or default_criterion(pipe, 1),
+        "criterion_is_default": args.criterion is None,
         "before": public(before),
         "unlearned": unlearned,
         "minutes": round((time.time() - began) / 60, 1),

@@ -83,7 +83,7 @@ def unlearned_lines(r: dict) -> list[str]:
         )
     lines += [
         "",
-        "The search's own CLIP criterion (pooled text embedding, held-out training pairs), "
+        f"The search's own metrics ({SEARCH_DATA.get(r.get('criterion', 'clip'), '')}), "
         "before → after: "
         + "; ".join(
             f"{kind} {u['target']}: forget acc. {pct(u['clip_metrics_before']['forget_acc'])} → "
@@ -137,12 +137,25 @@ def reading_lines(r: dict) -> list[str]:
     lines += [
         "* Issue 17's 'an object or style erased the same way': "
         + (f"met by {' and '.join(met)} " if met else "not met ")
-        + "with the default criterion on this pipeline (forced-choice judge; see the verdicts "
-        "above). The search's own criterion (CLIP zero-shot on the pooled text embedding) is "
-        "listed above; the pipeline reads all 77 token states, not the pooled one.",
+        + f"with the {criterion_words(r)} on this pipeline (forced-choice judge; see the "
+        "verdicts above); the search's own metrics are listed above.",
         "",
     ]
     return lines
+
+
+SEARCH_DATA = {
+    "clip": "CLIP zero-shot on the pooled text embedding, held-out training pairs",
+    "denoiser": "the UNet's guidance directions of the kind's phrasings, no sampling",
+    "generation": "judged validation generations",
+}
+
+
+def criterion_words(r: dict) -> str:
+    """Which criterion the run used, as the report names it (older runs: CLIP's default)."""
+    criterion = r.get("criterion", "clip")
+    default = r.get("criterion_is_default", True)
+    return f"{'default ' if default else ''}criterion ({criterion!r})"
 
 
 def markdown(r: dict) -> str:
@@ -151,6 +164,7 @@ def markdown(r: dict) -> str:
         "# The embedded text-to-image pipeline: an object and a style, unlearned through its "
         "text encoder",
         "",
+        *([r["intro"], ""] if r.get("intro") else []),
         f"Command: `{r['command'].strip()}` ({r['minutes']} min on 2 shared CPU cores, 1 thread).",
         "",
         f"Pipeline `{r['pipeline']}`; {len(r['objects'])} objects × {len(r['styles'])} styles × "
@@ -188,7 +202,7 @@ def markdown(r: dict) -> str:
         f"Targets, chosen as the best drawn on the validation seeds: object "
         f"**{r['chosen']['object']}**, style **{r['chosen']['style']}**.",
         "",
-        "## 2. Unlearned with `unlearn_pipeline`'s default criterion ('clip')",
+        f"## 2. Unlearned with `unlearn_pipeline`'s {criterion_words(r)}",
         "",
         "Forget: 32 training views of the concept whose caption states it; retain: 4 training "
         "views per identity and digit and 1 per object × style without the concept; "

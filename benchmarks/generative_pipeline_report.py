@@ -169,8 +169,14 @@ def denoiser_lines(check: dict | None, tuning: dict | None) -> list[str]:
         return []
     lines = [
         "",
-        "The denoiser criterion's validation: the same identity phrasings, each asked of the "
-        f"UNet at timesteps {check['timesteps']} (fractions of 1000) × {check['noises']} fixed "
+        "The denoiser criterion's validation: the phrasings "
+        f"{', '.join(repr(t) for t in check['templates'] or ['(the concept kind’s)'])}"
+        + (
+            " (concept_kind 'identity': each also with the first and last name alone)"
+            if check.get("name_parts")
+            else ""
+        )
+        + f", each asked of the UNet at timesteps {check['timesteps']} (fractions of 1000) × {check['noises']} fixed "
         f"noise latents (seeds from {check['seed']}) — no sampling; a phrasing counts as "
         "forgotten only when its guidance direction is closer (cosine) to another name's "
         f"original direction than to the target's by more than {check['margin']}.",

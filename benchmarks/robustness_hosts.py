@@ -70,28 +70,33 @@ def run_record(out: Any, seconds: float) -> dict[str, Any]:
     }
 
 
-def pipeline_criterion(record: dict[str, Any], options: PipelineOptions) -> dict[str, Any]:
-    """Which criterion the call used: the options' field (None: `unlearn_pipeline` chooses, the
-    generation criterion when the pipeline can draw), confirmed by the metrics its search
-    reported (CLIP zero-shot also reports top-5 rates, `forget_acc@5`; generations do not), and
-    what it drew."""
+def pipeline_criterion(record: dict[str, Any], options: PipelineOptions, pipe: Any) -> dict:
+    """Which criterion the call used: the options' field, or (None) the one `unlearn_pipeline`
+    chooses for this pipeline (`default_criterion`), with the check it asked."""
+    from hf_slug.hosts.denoiser_criterion import DenoiserCheck
     from hf_slug.hosts.diffusion_criterion import GenerationCheck
+    from hf_slug.hosts.pipeline_criteria import default_criterion
 
-    top5 = any(k.endswith("@5") for k in record["criterion_metrics"])
-    generation = options.criterion != "clip" and not top5
-    check = options.generation or GenerationCheck()
-    return {
-        "options_criterion": options.criterion,
-        "used": "generation (judged generations)" if generation else "clip (zero-shot)",
-        "generation_check": {
-            "templates": list(check.templates),
-            "target_seeds": list(check.target_seeds),
-            "other_seeds": list(check.other_seeds),
-            "generation_kwargs": dict(check.generation_kwargs),
+    used = options.criterion or default_criterion(pipe, 1)
+    check: dict[str, Any] | None = None
+    if used == "generation":
+        generation = options.generation or GenerationCheck()
+        check = {
+            "templates": list(generation.phrasings("identity")),
+            "target_images": generation.target_images,
+            "seed": generation.seed,
+            "generation_kwargs": dict(generation.generation_kwargs),
         }
-        if generation
-        else None,
-    }
+    elif used == "denoiser":
+        denoiser = options.denoiser or DenoiserCheck()
+        check = {
+            "templates": list(denoiser.phrasings("identity")),
+            "timesteps": list(denoiser.timesteps),
+            "noises": denoiser.noises,
+            "seed": denoiser.seed,
+            "margin": denoiser.margin,
+        }
+    return {"options_criterion": options.criterion, "used": used, "check": check}
 
 
 def vlm_part(world: World, targets: list[str], budget: HostAuditBudget) -> list[dict]:
@@ -135,7 +140,7 @@ def pipeline_options(search: str) -> PipelineOptions:
     """`default`: `PipelineOptions()` as shipped; `clip`: CLIP zero-shot (the former default);
     `check`: the generation criterion over four criterion phrasings, drawn with the embedded
     pipeline's own generation settings (20 steps, guidance 5) instead of its 10-step default."""
-    options = PipelineOptions(unlearn=UnlearnOptions(progress=False))
+    options = PipelineOptions(concept_kind="identity", unlearn=UnlearnOptions(progress=False))
     if search == "clip":
         return dataclasses.replace(options, criterion="clip")
     if search == "check":
@@ -166,12 +171,17 @@ def pipeline_part(
             target,
             retain_pairs(world, exclude=[target]),
             forget=forget_pairs(world, target, 32),
-            config=SLUGConfig(target, towers=("text",), candidate_labels=world.identities),
+            config=SLUGConfig(
+                target,
+                towers=("text",),
+                candidate_labels=world.identities,
+                concept_kind="identity",
+            ),
             options=options,
         )
         record = {"target": target, "search": search, "call": f"unlearn_pipeline: {search}"}
         record.update(run_record(out, seconds))
-        record["criterion"] = pipeline_criterion(record, options)
+        record["criterion"] = pipeline_criterion(record, options, pipe)
         print(f"{target}: unlearn_pipeline {record}", flush=True)
         if out.delta is not None:
             views = [s.image for s in world.samples("identity", "test", 8, [target])]

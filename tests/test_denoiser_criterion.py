@@ -171,9 +171,10 @@ def test_the_denoiser_sees_what_clips_criterion_misses(models, target, drawn):
         ).result
     assert result.converged and result.after["forget_acc"] == 0  # CLIP's criterion is met
     evaluator = denoiser_evaluator(pipe, clip, replace(config, concept_kind="identity"))
+    full = len(evaluator.phrasings)  # the full name's positions come first
     with edited(clip, result.deltas), mirrored(evaluator._pairs):
-        edited_directions = evaluator._directions([t.format(target) for t in evaluator.phrasings])
-    cosines = torch.einsum("pd,pld->pl", edited_directions, evaluator._reference)
+        edited_directions = evaluator._directions(evaluator.prompts[target][:full])
+    cosines = torch.einsum("pd,pld->pl", edited_directions, evaluator._reference[:full])
     own = cosines[:, names.index(target)]
     best_other = torch.cat(
         [cosines[:, : names.index(target)], cosines[:, names.index(target) + 1 :]], 1
@@ -192,3 +193,26 @@ def test_the_default_is_the_denoiser_where_it_can_run(models):
     assert pipeline_evaluator(PipelineOptions(criterion="clip"), pipe, clip, None, config) is None
     with pytest.warns(UserWarning, match="criterion='generation'.*criterion='clip'"):
         assert default_criterion(pipe, 2) == "clip"  # two encoders (SDXL): CLIP's, said aloud
+
+
+def test_name_parts_are_asked_for_identities_as_clips_criterion_does(models):
+    pipe, clip, _ = models
+    person = SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE, concept_kind="identity")
+    evaluator = denoiser_evaluator(pipe, clip, person, check=SMALL)
+    assert evaluator.prompts[TARGET] == [
+        "a photo of Clara Alderwick.",
+        "an image of Clara Alderwick.",
+        "a photo of Clara.",
+        "an image of Clara.",
+        "a photo of Alderwick.",
+        "an image of Alderwick.",
+    ]
+    assert evaluator.prompts["Ronan Kestrelle"][2] == "a photo of Ronan."  # aligned by position
+    assert evaluator.data.validation_forget == 6 and evaluator._reference.shape[:2] == (6, 4)
+    assert evaluator(clip)["forget_acc"] == 1.0  # unedited: every spelling still the target
+    concept = replace(person, concept_kind="concept")
+    assert len(denoiser_evaluator(pipe, clip, concept, check=SMALL).prompts[TARGET]) == 2
+    unparted = replace(person, name_parts=False)
+    assert len(denoiser_evaluator(pipe, clip, unparted, check=SMALL).prompts[TARGET]) == 2
+    forced = replace(SMALL, name_parts=True)
+    assert len(denoiser_evaluator(pipe, clip, concept, check=forced).prompts[TARGET]) == 6

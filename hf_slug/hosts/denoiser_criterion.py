@@ -8,7 +8,8 @@ fixed noise latents and a few timesteps it calls the UNet once per (prompt, time
 on the conditioning the pipeline itself builds (`pipe.encode_prompt`, so `clip_skip` holds).
 
 Before any trial, with the unedited encoder, it records the guidance direction of every
-candidate name under each validation phrasing. A trial's target prompt counts as the target
+candidate name under each validation phrasing (for identities also with each name's first and
+last word alone, as CLIP's criterion does). A trial's target prompt counts as the target
 when its direction (all timesteps and noises concatenated) is at least as close, by cosine, to
 the target's original direction as to any other name's, less `margin`. Metrics: `forget_acc`
 (share of the target's phrasings that still point to the target), `others_acc` (share of the
@@ -40,7 +41,7 @@ from ..errors import ConfigError
 from ..evaluation import Evaluator, Metrics
 from ..phrasings import criterion_templates
 from ..towers import tower_of
-from ..validation import EvaluationData
+from ..validation import EvaluationData, criterion_prompts
 from ..weights import mirrored
 from .diffusion_criterion import FORGET_ACC, OTHERS_ACC, UTILITY, shared_text_tensors
 from .generation import pipeline_components
@@ -56,11 +57,15 @@ class DenoiserCheck:
         timesteps: where to ask, as fractions of the scheduler's training timesteps.
         noises: fixed noise latents per timestep (seeded `seed`, `seed + 1`, ...).
         seed: the first noise seed.
+        name_parts: also ask with the target's first and last word alone ("Clara", "Alderwick"),
+            each compared with the other candidates' own first / last word; None: the config's
+            `name_parts` for identities (`denoiser_evaluator`), as CLIP's criterion does.
         margin: a target phrasing counts as the target when its direction's cosine to the
             target's original is within `margin` of the best other name's (0: the nearest).
             The default 0.1 was chosen on four identities of the embedded pipeline that its
-            benchmark does not report (margins 0 and 0.05 left one of them drawn on half its
-            test generations, 0.15 cost the others 18 %: benchmarks/generative_pipeline.md).
+            benchmark does not report: margin 0 left one of them drawn on half its test
+            generations, 0.05 and 0.1 forgot all four keeping the others at >= 94 %
+            (`benchmarks/generative_pipeline_denoiser_margin.json`).
 
     Example:
         >>> DenoiserCheck().calls_per_prompt
@@ -72,6 +77,7 @@ class DenoiserCheck:
     noises: int = 2
     seed: int = 1000
     margin: float = 0.1
+    name_parts: bool | None = None
 
     def __post_init__(self) -> None:
         given = () if self.templates is None else tuple(self.templates)
@@ -138,16 +144,22 @@ class DenoiserEvaluator(Evaluator):
         encoder = pipeline_components(pipe)[component]
         self._pairs = shared_text_tensors(tower_of(clip_model, "text").module, encoder, component)
         self.phrasings = self.check.phrasings()
+        # each label's prompts, position by position: the full name, then (name_parts) its
+        # first and last word, each in every phrasing; positions < len(phrasings): full names
+        self.prompts = criterion_prompts(
+            self.labels, self.phrasings, concept, bool(self.check.name_parts)
+        )
+        positions = len(self.prompts[concept])
         self.others = [n for n in self.labels if n != concept]
         self.other_prompts = [
             self.phrasings[i % len(self.phrasings)].format(n) for i, n in enumerate(self.others)
         ]
-        self.data = EvaluationData("validation", 0, 0, len(self.phrasings), len(self.other_prompts))
+        self.data = EvaluationData("validation", 0, 0, positions, len(self.other_prompts))
         self._noise, self._times = self._latents()
         reference = self._directions(
-            [t.format(n) for t in self.phrasings for n in self.labels]
-        ).view(len(self.phrasings), len(self.labels), -1)
-        self._reference = reference  # phrasing x label x direction, unit length
+            [self.prompts[n][j] for j in range(positions) for n in self.labels]
+        ).view(positions, len(self.labels), -1)
+        self._reference = reference  # position x label x direction, unit length
         self._own = torch.stack(
             [
                 reference[i % len(self.phrasings), self.labels.index(n)]
@@ -165,8 +177,8 @@ class DenoiserEvaluator(Evaluator):
         with mirrored(self._pairs):
             forget = self._forget_acc()
             edited = self._directions(self.other_prompts)
-        cosines = edited @ self._reference.flatten(0, 1).T  # other x (phrasing · label)
-        cosines = cosines.view(len(self.others), len(self.phrasings), len(self.labels))
+        cosines = edited @ self._reference.flatten(0, 1).T  # other x (position · label)
+        cosines = cosines.view(len(self.others), len(self._reference), len(self.labels))
         rows = torch.arange(len(self.others))
         own_phrasing = rows % len(self.phrasings)
         own_label = torch.tensor([self.labels.index(n) for n in self.others])
@@ -187,7 +199,7 @@ class DenoiserEvaluator(Evaluator):
 
     # -- the denoiser ---------------------------------------------------------------------------
     def _forget_acc(self) -> float:
-        edited = self._directions([t.format(self.concept) for t in self.phrasings])
+        edited = self._directions(self.prompts[self.concept])
         cosines = torch.einsum("pd,pld->pl", edited, self._reference)
         own = cosines[:, self.labels.index(self.concept)]
         rest = torch.cat(
@@ -269,19 +281,23 @@ def denoiser_evaluator(
     clip_skip: int | None = None,
 ) -> DenoiserEvaluator:
     """`DenoiserEvaluator` for `config.concept` among `config.candidate_labels`, the phrasings
-    those of `config.concept_kind` unless `check` gives its own.
+    those of `config.concept_kind` and the name parts `config.name_parts` unless `check` gives
+    its own.
 
     Example:
         >>> evaluator = denoiser_evaluator(pipe, clip, config)  # doctest: +SKIP
     """
     check = check or DenoiserCheck()
     phrasings = tuple(check.phrasings(config.concept_kind))
+    parts = check.name_parts
+    if parts is None:  # as CLIP's criterion: a person's first and last word alone as well
+        parts = config.name_parts and config.concept_kind == "identity"
     return DenoiserEvaluator(
         pipe,
         clip_model,
         config.concept,
         config.candidate_labels or [],
-        replace(check, templates=phrasings),
+        replace(check, templates=phrasings, name_parts=bool(parts)),
         component,
         clip_skip,
     )
