@@ -55,6 +55,7 @@ class EvaluationData:
     validation_retain: int | None = None
     validation_share: float | None = None
     split_seed: int | None = None
+    unit: str = "pairs"  # what the validation counts are of (a host criterion: prompts, images)
 
     def describe(self) -> str:
         """One sentence for reports and model cards."""
@@ -62,7 +63,7 @@ class EvaluationData:
         if self.source == "validation" and self.validation_share is None:
             return (
                 f"validation: {self.validation_forget} forget + {self.validation_retain} retain "
-                f"pairs given as validation data, apart from the {grad}"
+                f"{self.unit} given as validation data, apart from the {grad}"
             )
         if self.source == "validation":
             return (

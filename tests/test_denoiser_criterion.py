@@ -81,6 +81,7 @@ def test_the_unedited_model_scores_every_name_as_itself_and_references_stay(mode
     assert torch.equal(evaluator._reference, reference)
     assert evaluator.data.validation_forget == 2 and evaluator.data.validation_retain == 3
     counted = evaluator.with_gradient_counts(32, 100).data
+    assert "2 forget + 3 retain prompts (the UNet's guidance directions" in counted.describe()
     assert (counted.gradient_forget, counted.gradient_retain, counted.source) == (
         32,
         100,

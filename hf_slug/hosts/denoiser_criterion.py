@@ -154,7 +154,14 @@ class DenoiserEvaluator(Evaluator):
         self.other_prompts = [
             self.phrasings[i % len(self.phrasings)].format(n) for i, n in enumerate(self.others)
         ]
-        self.data = EvaluationData("validation", 0, 0, positions, len(self.other_prompts))
+        self.data = EvaluationData(
+            "validation",
+            0,
+            0,
+            positions,
+            len(self.other_prompts),
+            unit="prompts (the UNet's guidance directions, no sampling)",
+        )
         self._noise, self._times = self._latents()
         reference = self._directions(
             [self.prompts[n][j] for j in range(positions) for n in self.labels]

@@ -171,7 +171,14 @@ class GenerationEvaluator(Evaluator):
         self.progress = progress
         self.target_jobs = self.check.target_jobs(concept)
         self.other_jobs = self.check.other_jobs([n for n in self.labels if n != concept])
-        self.data = EvaluationData("validation", 0, 0, len(self.target_jobs), len(self.other_jobs))
+        self.data = EvaluationData(
+            "validation",
+            0,
+            0,
+            len(self.target_jobs),
+            len(self.other_jobs),
+            unit="generated images",
+        )
         encoder = pipeline_components(pipe)[component]
         self._pairs = shared_text_tensors(tower_of(clip_model, "text").module, encoder, component)
         self._text, self._scale = self._name_features()  # the unedited judge, once
@@ -181,9 +188,7 @@ class GenerationEvaluator(Evaluator):
     def with_gradient_counts(self, forget: int, retain: int) -> GenerationEvaluator:
         """Record how many pairs the gradients come from (for the result's provenance)."""
         data = self.data
-        self.data = EvaluationData(
-            "validation", forget, retain, data.validation_forget, data.validation_retain
-        )
+        self.data = replace(data, gradient_forget=forget, gradient_retain=retain)
         return self
 
     def __call__(self, model: nn.Module) -> Metrics:
