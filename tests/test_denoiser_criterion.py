@@ -121,24 +121,28 @@ def test_bad_input_fails_typed_and_names_the_fix(models):
         DenoiserEvaluator(TextOnly(), clip, TARGET, PEOPLE, SMALL)
 
 
-def test_unlearn_pipeline_searches_on_the_denoiser(models):
+def unlearn_quietly(models, config: SLUGConfig, views: int, **options):
+    """`unlearn_pipeline` on the embedded world's views of `config.concept`, warnings and the
+    progress bar off; `options`: `PipelineOptions` fields."""
     pipe, clip, processor = models
-    world = World(seed=0)
+    world, target = World(seed=0), config.concept
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = unlearn_pipeline(
+        return unlearn_pipeline(
             pipe,
             clip,
             processor,
-            TARGET,
-            retain_pairs(world, exclude=[TARGET]),
-            forget=forget_pairs(world, TARGET, 16),
-            config=SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE),
-            options=PipelineOptions(
-                criterion="denoiser", denoiser=SMALL, unlearn=UnlearnOptions(progress=False)
-            ),
+            target,
+            retain_pairs(world, exclude=[target]),
+            forget=forget_pairs(world, target, views),
+            config=config,
+            options=PipelineOptions(unlearn=UnlearnOptions(progress=False), **options),
         )
-    result = out.result
+
+
+def test_unlearn_pipeline_searches_on_the_denoiser(models):
+    config = SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE)
+    result = unlearn_quietly(models, config, 16, criterion="denoiser", denoiser=SMALL).result
     assert result.data.source == "validation" and result.data.validation_forget == 2
     assert result.data.gradient_forget == 16  # every forget pair goes to the gradient
     assert set(result.after) >= {"forget_acc", "others_acc", "utility"}
@@ -154,22 +158,10 @@ def test_the_denoiser_sees_what_clips_criterion_misses(models, target, drawn):
     """At the step CLIP's criterion chooses, the pipeline still draws Eileen Collins and
     no longer draws Clara Alderwick (benchmarks/generative_pipeline.md: 8 of 8 and 0 of 8 test
     generations); the denoiser criterion says the same on its validation phrasings."""
-    pipe, clip, processor = models
-    world = World(seed=0)
-    names = list(world.identities)
+    pipe, clip, _ = models
+    names = list(World(seed=0).identities)
     config = SLUGConfig(target, towers=("text",), candidate_labels=names)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = unlearn_pipeline(
-            pipe,
-            clip,
-            processor,
-            target,
-            retain_pairs(world, exclude=[target]),
-            forget=forget_pairs(world, target, 32),
-            config=config,
-            options=PipelineOptions(criterion="clip", unlearn=UnlearnOptions(progress=False)),
-        ).result
+    result = unlearn_quietly(models, config, 32, criterion="clip").result
     assert result.converged and result.after["forget_acc"] == 0  # CLIP's criterion is met
     evaluator = denoiser_evaluator(pipe, clip, replace(config, concept_kind="identity"))
     full = len(evaluator.phrasings)  # the full name's positions come first
