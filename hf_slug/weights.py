@@ -90,14 +90,14 @@ def mirrored(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Non
         >>> copy.tolist()
         [0.0, 0.0]
     """
-    with torch.no_grad():
-        changed = []
-        for source, copy in pairs:
-            value = source.detach().to(device=copy.device, dtype=copy.dtype)
-            if not torch.equal(value, copy):
-                changed.append((copy, copy.detach().clone()))
-                copy.copy_(value)
-    try:
+    changed = []
+    try:  # a copy that fails half way (another shape) leaves nothing changed behind
+        with torch.no_grad():
+            for source, copy in pairs:
+                value = source.detach().to(device=copy.device, dtype=copy.dtype)
+                if not torch.equal(value, copy):
+                    changed.append((copy, copy.detach().clone()))
+                    copy.copy_(value)
         yield
     finally:
         with torch.no_grad():

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,14 +38,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import finite_real, positive_int
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteOutputError
 from ..evaluation import Evaluator, Metrics
 from ..phrasings import criterion_templates
 from ..towers import tower_of
 from ..validation import EvaluationData, criterion_prompts
 from ..weights import mirrored
+from .base import check_tower
 from .diffusion_criterion import FORGET_ACC, OTHERS_ACC, UTILITY, shared_text_tensors
 from .generation import pipeline_components
+
+MAX_CALLS_PER_PROMPT = 256
+
+
+def _fills(template: Any) -> bool:
+    """Whether `template` is a string with one `{}` that `.format(name)` fills."""
+    if not isinstance(template, str) or template.count("{}") != 1:
+        return False
+    try:
+        template.format("x")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,8 @@ class DenoiserCheck:
         name_parts: also ask with the target's first and last word alone ("Clara", "Alderwick"),
             each compared with the other candidates' own first / last word; None: the config's
             `name_parts` for identities (`denoiser_evaluator`), as CLIP's criterion does.
+        misspellings: also ask with this many misspellings of the target (the others spelt
+            right); None: the config's `misspellings` (`denoiser_evaluator`).
         margin: a target phrasing counts as the target when its direction's cosine to the
             target's original is within `margin` of the best other name's (0: the nearest).
             The default 0.1 was chosen on four identities of the embedded pipeline that its
@@ -78,13 +95,19 @@ class DenoiserCheck:
     seed: int = 1000
     margin: float = 0.1
     name_parts: bool | None = None
+    misspellings: int | None = None
 
     def __post_init__(self) -> None:
         given = () if self.templates is None else tuple(self.templates)
-        if any(str(t).count("{}") != 1 for t in given) or self.templates is not None and not given:
+        if any(not _fills(t) for t in given) or self.templates is not None and not given:
             raise ConfigError(
                 "DenoiserCheck templates must each hold one '{}': pass e.g. "
                 "templates=('a photo of {}.',), or None for the built-in phrasings."
+            )
+        if isinstance(self.timesteps, (str, bytes)) or not isinstance(self.timesteps, Sequence):
+            raise ConfigError(
+                f"DenoiserCheck(timesteps={self.timesteps!r}) must be a sequence of fractions: "
+                "pass e.g. (0.8, 0.5, 0.2)."
             )
         steps = [finite_real(t) for t in self.timesteps]
         if not steps or any(t is None or not 0 < t < 1 for t in steps):
@@ -93,6 +116,24 @@ class DenoiserCheck:
                 "between 0 and 1 of the scheduler's training timesteps: pass e.g. (0.8, 0.5, 0.2)."
             )
         positive_int(self.noises, "noises", "noises=2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(
+                f"DenoiserCheck(seed={self.seed!r}) must be an int >= 0: pass seed=1000."
+            )
+        if self.misspellings is not None and (
+            isinstance(self.misspellings, bool)
+            or not isinstance(self.misspellings, int)
+            or self.misspellings < 0
+        ):
+            raise ConfigError(
+                f"DenoiserCheck(misspellings={self.misspellings!r}) must be None or an int >= 0: "
+                "pass e.g. misspellings=2."
+            )
+        if self.calls_per_prompt > MAX_CALLS_PER_PROMPT:
+            raise ConfigError(
+                f"DenoiserCheck asks the UNet {self.calls_per_prompt} times per prompt (timesteps × "
+                f"noises); at most {MAX_CALLS_PER_PROMPT}: pass fewer, e.g. noises=2."
+            )
         margin = finite_real(self.margin)
         if margin is None or not 0 <= margin < 2:
             raise ConfigError(
@@ -132,6 +173,11 @@ class DenoiserEvaluator(Evaluator):
         batch: int = 64,
     ):
         self.pipe, self.check, self.clip_skip = pipe, check or DenoiserCheck(), clip_skip
+        if isinstance(labels, str) or any(not isinstance(x, str) or not x.strip() for x in labels):
+            raise ConfigError(
+                f"the denoiser criterion's labels must be a list of non-empty names, got "
+                f"{labels!r}: pass e.g. SLUGConfig(candidate_labels=[concept, 'another name'])."
+            )
         self.concept, self.labels = concept, list(dict.fromkeys(labels))
         if concept not in self.labels or len(self.labels) < 2:
             raise ConfigError(
@@ -140,6 +186,9 @@ class DenoiserEvaluator(Evaluator):
                 "SLUGConfig(candidate_labels=[...]), or PipelineOptions(criterion='clip')."
             )
         self.unet = plain_unet(pipe)
+        from .diffusion import StableDiffusionHost  # diffusion imports this module's chooser
+
+        check_tower(StableDiffusionHost(pipe, component, clip_skip), clip_model)
         self.component, self.batch = component, positive_int(batch, "batch", "batch=64")
         encoder = pipeline_components(pipe)[component]
         self._pairs = shared_text_tensors(tower_of(clip_model, "text").module, encoder, component)
@@ -147,9 +196,21 @@ class DenoiserEvaluator(Evaluator):
         # each label's prompts, position by position: the full name, then (name_parts) its
         # first and last word, each in every phrasing; positions < len(phrasings): full names
         self.prompts = criterion_prompts(
-            self.labels, self.phrasings, concept, bool(self.check.name_parts)
+            self.labels,
+            self.phrasings,
+            concept,
+            bool(self.check.name_parts),
+            self.check.misspellings or 0,
         )
         positions = len(self.prompts[concept])
+        # a position where another label's prompt is the target's own (a shared first name)
+        # cannot tell them apart: that label is left out there, and a position with no label
+        # left is not asked
+        target = self.prompts[concept]
+        self._clash = torch.tensor(
+            [[n != concept and self.prompts[n][p] == target[p] for n in self.labels]
+             for p in range(positions)]
+        )  # fmt: skip
         self.others = [n for n in self.labels if n != concept]
         self.other_prompts = [
             self.phrasings[i % len(self.phrasings)].format(n) for i, n in enumerate(self.others)
@@ -208,12 +269,14 @@ class DenoiserEvaluator(Evaluator):
     def _forget_acc(self) -> float:
         edited = self._directions(self.prompts[self.concept])
         cosines = torch.einsum("pd,pld->pl", edited, self._reference)
-        own = cosines[:, self.labels.index(self.concept)]
-        rest = torch.cat(
-            [cosines[:, : self.labels.index(self.concept)],
-             cosines[:, self.labels.index(self.concept) + 1 :]], dim=1,
-        )  # fmt: skip
-        return float((own >= rest.max(-1).values - self.check.margin).float().mean())
+        index = self.labels.index(self.concept)
+        own = cosines[:, index]
+        rest = cosines.masked_fill(self._clash, -math.inf)
+        rest[:, index] = -math.inf
+        best = rest.max(-1).values
+        asked = best > -math.inf
+        named = (own >= best - self.check.margin) & asked
+        return float(named.sum() / asked.sum().clamp(min=1))
 
     def _latents(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.unet.config
@@ -233,12 +296,25 @@ class DenoiserEvaluator(Evaluator):
 
     @torch.no_grad()
     def _conditioning(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each prompt's hidden states, the empty prompt's): what the UNet is conditioned on."""
         parameter = next(self.unet.parameters())
-        embeds, empty = self.pipe.encode_prompt(
-            list(prompts), parameter.device, 1, True, [""] * len(prompts),
-            clip_skip=self.clip_skip,
-        )  # fmt: skip
-        return embeds.to(parameter.dtype), empty[:1].to(parameter.dtype)
+        if not self.clip_skip:
+            embeds, empty = self.pipe.encode_prompt(
+                list(prompts), parameter.device, 1, True, [""] * len(prompts)
+            )
+            return embeds.to(parameter.dtype), empty[:1].to(parameter.dtype)
+        # the pipeline's clip_skip: the hidden state `clip_skip` blocks before the last, through
+        # the final layer norm (as StableDiffusionPipeline.encode_prompt computes it)
+        tokenizer = self.pipe.tokenizer
+        encoder = pipeline_components(self.pipe)[self.component]
+        ids = tokenizer(
+            ["", *prompts], padding="max_length", max_length=tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(next(encoder.parameters()).device)  # fmt: skip
+        hidden = encoder(ids, output_hidden_states=True).hidden_states[-(self.clip_skip + 1)]
+        states = tower_of(encoder, "text").module.final_layer_norm(hidden)
+        states = states.to(parameter.device, parameter.dtype)
+        return states[1:], states[:1]
 
     @torch.no_grad()
     def _directions(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -256,7 +332,14 @@ class DenoiserEvaluator(Evaluator):
                     latents = latent.expand(len(chunk), *latent.shape[1:])
                     rows.append(self.unet(latents, time, encoder_hidden_states=chunk).sample)
                 parts.append((torch.cat(rows) - base).flatten(1).float().cpu())
-        return F.normalize(torch.cat(parts, dim=1), dim=-1)
+        found = torch.cat(parts, dim=1)
+        if not torch.isfinite(found).all():
+            raise NonFiniteOutputError(
+                "the pipeline's UNet gives NaN or inf guidance directions: the text encoder's "
+                "weights (or an edit of them) overflow its dtype; load the pipeline in float32 "
+                "or lower the step."
+            )
+        return F.normalize(found, dim=-1)
 
 
 def plain_unet(pipe: Any) -> nn.Module:
@@ -270,11 +353,14 @@ def plain_unet(pipe: Any) -> nn.Module:
         or config is None
         or getattr(config, "addition_embed_type", None) is not None
         or getattr(config, "class_embed_type", None) is not None
+        or getattr(config, "num_class_embeds", None) is not None
+        or getattr(config, "in_channels", None) != getattr(config, "out_channels", None)
     ):
         raise ConfigError(
             f"criterion='denoiser' calls a Stable Diffusion UNet on text conditioning alone; "
-            f"{type(pipe).__name__} has none it can call (SDXL and transformer pipelines add "
-            "conditioning of their own): pass PipelineOptions(criterion='generation') or 'clip'."
+            f"{type(pipe).__name__} has none it can call (SDXL, upscaler, inpainting and "
+            "transformer pipelines add inputs of their own): pass "
+            "PipelineOptions(criterion='generation') or 'clip'."
         )
     return unet
 
@@ -295,7 +381,11 @@ def denoiser_evaluator(
         >>> evaluator = denoiser_evaluator(pipe, clip, config)  # doctest: +SKIP
     """
     check = check or DenoiserCheck()
-    phrasings = tuple(check.phrasings(config.concept_kind))
+    phrasings = tuple(
+        check.templates
+        if check.templates is not None
+        else criterion_templates(config.concept_kind, tuple(config.templates or ()))
+    )
     parts = check.name_parts
     if parts is None:  # as CLIP's criterion: a person's first and last word alone as well
         parts = config.name_parts and config.concept_kind == "identity"
@@ -304,7 +394,12 @@ def denoiser_evaluator(
         clip_model,
         config.concept,
         config.candidate_labels or [],
-        replace(check, templates=phrasings, name_parts=bool(parts)),
+        replace(
+            check,
+            templates=phrasings,
+            name_parts=bool(parts),
+            misspellings=config.misspellings if check.misspellings is None else check.misspellings,
+        ),
         component,
         clip_skip,
     )

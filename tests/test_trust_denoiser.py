@@ -1,0 +1,146 @@
+"""The denoiser criterion under adversarial input, on tiny pipelines (an adversarial review):
+overflowing edits, a CLIP that is not the encoder's tower, clip_skip, UNets that need more than
+text, the config's own phrasings, a name part every other candidate shares, bad labels and checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import CLIPModel
+
+from hf_slug import ConfigError, SLUGConfig
+from hf_slug.errors import NonFiniteOutputError, SLUGError
+from hf_slug.hosts.denoiser_criterion import DenoiserCheck, DenoiserEvaluator, denoiser_evaluator
+from hf_slug.hosts.diffusion import PipelineOptions
+from hf_slug.hosts.pipeline_criteria import default_criterion, pipeline_evaluator
+from hf_slug.testing import tiny_clip, tiny_clip_config, tiny_sd_pipeline
+from hf_slug.weights import edited
+
+pytest.importorskip("diffusers")
+PEOPLE = ["Clara Alderwick", "Ronan Kestrelle", "Lucia Dunmore", "Caleb Ostrander"]
+SMALL = DenoiserCheck(templates=("a photo of {}.", "an image of {}."), timesteps=(0.5,), noises=1)
+FC1 = "text_model.encoder.layers.0.mlp.fc1.weight"
+
+
+@pytest.fixture()
+def tiny():
+    clip = tiny_clip()
+    return clip, tiny_sd_pipeline(clip)
+
+
+def test_an_overflowing_edit_is_no_forgetting(tiny):
+    clip, pipe = tiny
+    evaluator = DenoiserEvaluator(pipe, clip, PEOPLE[0], PEOPLE, SMALL)
+    weight = dict(clip.named_parameters())[FC1]
+    with edited(clip, {FC1: torch.full_like(weight, 1e37)}):  # finite delta, NaN encoder output
+        with pytest.raises(NonFiniteOutputError):
+            evaluator.evaluate_only(clip, ("forget_acc",))
+        with pytest.raises(NonFiniteOutputError):
+            evaluator(clip)
+
+
+def test_a_clip_that_is_not_the_encoders_tower_fails_typed_and_leaves_the_pipeline(tiny):
+    clip, pipe = tiny
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    with pytest.raises(SLUGError, match="text tower"):
+        DenoiserEvaluator(pipe, tiny_clip(seed=1), PEOPLE[0], PEOPLE, SMALL)  # same shapes
+    config = tiny_clip_config()
+    config.text_config.intermediate_size = 48  # same names, another MLP width
+    with pytest.raises(SLUGError, match="text tower"):
+        DenoiserEvaluator(pipe, CLIPModel(config), PEOPLE[0], PEOPLE, SMALL)(clip)
+    assert all(torch.equal(before[k], v) for k, v in pipe.text_encoder.state_dict().items())
+
+
+def test_clip_skip_is_honoured(tiny):
+    clip, pipe = tiny
+    config = SLUGConfig(PEOPLE[0], towers=("text",), candidate_labels=PEOPLE)
+    skipped = pipeline_evaluator(
+        PipelineOptions(clip_skip=1, denoiser=SMALL), pipe, clip, None, config
+    )
+    plain = pipeline_evaluator(PipelineOptions(denoiser=SMALL), pipe, clip, None, config)
+    assert not torch.allclose(skipped._reference, plain._reference)
+    assert skipped(clip)["forget_acc"] == 1.0
+
+
+def test_a_name_part_every_other_candidate_shares_is_not_asked(tiny):
+    clip, pipe = tiny
+    labels = ["Clara Alderwick", "Clara Dunmore"]
+    evaluator = DenoiserEvaluator(pipe, clip, labels[0], labels, replace(SMALL, name_parts=True))
+    weight = dict(clip.named_parameters())[FC1]
+    lowest = 1.0
+    for seed in range(30):
+        delta = torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed)) * 5
+        with edited(clip, {FC1: delta}):
+            lowest = min(lowest, evaluator.evaluate_only(clip, ("forget_acc",))["forget_acc"])
+    assert lowest < 1 / 3  # HEAD: the 'Clara' positions always count (own == rest)
+
+
+@pytest.mark.parametrize(("in_channels", "extra"), [(9, {}), (7, {"num_class_embeds": 1000})])
+def test_unets_needing_more_than_text_are_not_the_denoisers(tiny, in_channels, extra):
+    from diffusers import UNet2DConditionModel
+
+    clip, pipe = tiny
+    pipe.unet = UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=pipe.text_encoder.config.hidden_size, **extra,
+    )  # fmt: skip
+    pipe.components["unet"] = pipe.unet
+    with pytest.raises(ConfigError, match="criterion="):
+        DenoiserEvaluator(pipe, clip, PEOPLE[0], PEOPLE, SMALL)
+    with pytest.warns(UserWarning):
+        assert default_criterion(pipe, 1) == "clip"
+
+
+def test_config_templates_are_asked_too(tiny):
+    clip, pipe = tiny
+    config = SLUGConfig(
+        PEOPLE[0],
+        towers=("text",),
+        candidate_labels=PEOPLE,
+        templates=("a courtroom sketch of {}.",),
+    )
+    evaluator = denoiser_evaluator(
+        pipe, clip, config, check=DenoiserCheck(timesteps=(0.5,), noises=1)
+    )
+    assert "a courtroom sketch of {}." in evaluator.phrasings
+
+
+@pytest.mark.parametrize(
+    "labels", [PEOPLE + [""], PEOPLE + ["  "], PEOPLE + [None], "Clara Alderwick"]
+)
+def test_bad_labels_fail_typed(tiny, labels):
+    clip, pipe = tiny
+    with pytest.raises(ConfigError):
+        DenoiserEvaluator(pipe, clip, PEOPLE[0], labels, replace(SMALL, name_parts=True))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"seed": "x"},
+        {"seed": 1.5},
+        {"timesteps": 0.5},
+        {"templates": ("a {} in {style}",)},
+        {"noises": 10**9},
+    ],
+)
+def test_bad_checks_fail_typed_at_construction(kwargs):
+    with pytest.raises(ConfigError):
+        DenoiserCheck(**kwargs)
+
+
+def test_config_misspellings_are_asked_too(tiny):
+    clip, pipe = tiny
+    config = SLUGConfig(PEOPLE[0], towers=("text",), candidate_labels=PEOPLE, misspellings=1)
+    evaluator = denoiser_evaluator(pipe, clip, config, check=SMALL)
+    target, other = evaluator.prompts[PEOPLE[0]], evaluator.prompts[PEOPLE[1]]
+    assert len(target) == 4 and target[2] != "a photo of Clara Alderwick."  # a misspelt name
+    assert other[2] == "a photo of Ronan Kestrelle."  # the others keep their spelling
+    with pytest.raises(ConfigError, match="misspellings"):
+        DenoiserCheck(misspellings=-1)
