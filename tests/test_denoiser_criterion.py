@@ -209,3 +209,14 @@ def test_name_parts_are_asked_for_identities_as_clips_criterion_does(models):
     assert len(denoiser_evaluator(pipe, clip, unparted, check=SMALL).prompts[TARGET]) == 2
     forced = replace(SMALL, name_parts=True)
     assert len(denoiser_evaluator(pipe, clip, concept, check=forced).prompts[TARGET]) == 6
+
+
+def test_the_options_concept_kind_reaches_the_criterion(models):
+    """`PipelineOptions(concept_kind="identity")` alone gives the person's phrasings and name
+    parts (it used to reach only the delta); two different kinds are a typed error."""
+    config = SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE)
+    out = unlearn_quietly(models, config, 16, concept_kind="identity", denoiser=SMALL)
+    assert out.delta is not None and out.delta.config.concept_kind == "identity"
+    assert out.result.data.validation_forget == 6  # 2 phrasings × (full, first, last name)
+    with pytest.raises(ConfigError, match="disagree"):
+        unlearn_quietly(models, replace(config, concept_kind="style"), 16, concept_kind="identity")

@@ -276,7 +276,9 @@ class PipelineOptions:
         denoiser: what the denoiser criterion asks the UNet (`DenoiserCheck`: phrasings,
             timesteps, noises, margin).
         clip_skip: the pipeline's `clip_skip` (fewer blocks reach the UNet).
-        concept_kind: written into the delta ("identity", "object", "style", ...).
+        concept_kind: the concept's kind ("identity", "object", "style", ...): written into the
+            delta, and the criterion's phrasings (and a person's name parts) when the config
+            leaves its own `concept_kind` at "concept"; two different kinds are an error.
         unlearn: `UnlearnOptions` for every encoder (`cache_dir` gets a subfolder per encoder;
             `on_top_of` for encoders without their own; `progress` covers generation too).
 
@@ -338,7 +340,7 @@ def unlearn_pipeline(
         options = PipelineOptions(unlearn=options or UnlearnOptions())
     encoders = _encoders(pipe, clip_model, processor, options.component)
     hosts = [StableDiffusionHost(pipe, e.component, options.clip_skip) for e in encoders]
-    config = _pipeline_config(concept, config, hosts[0])
+    config = _pipeline_config(concept, config, hosts[0], options.concept_kind)
     clips = [_load_clip(e.clip_model, e.processor) for e in encoders]
     for host, (clip, clip_processor) in zip(hosts, clips):
         check_tower(host, clip)
@@ -370,7 +372,7 @@ def unlearn_pipeline(
         )
         runs.append(
             unlearn_on_host(
-                host, clip, clip_processor, request, component_options, options.concept_kind
+                host, clip, clip_processor, request, component_options, config.concept_kind
             )
         )
     delta = combine_deltas([run.delta for run in runs if run.delta is not None])
@@ -409,12 +411,23 @@ def _encoders(
 
 
 def _pipeline_config(
-    concept: str, config: SLUGConfig | None, host: StableDiffusionHost
+    concept: str, config: SLUGConfig | None, host: StableDiffusionHost, kind: str = "concept"
 ) -> SLUGConfig:
+    """The search's config: `config` (or the text tower's default) on the host's blocks, its
+    concept kind `PipelineOptions.concept_kind` when only that one names a kind."""
     if config is None:
-        return SLUGConfig(concept=concept, towers=("text",))
+        config = SLUGConfig(concept=concept, towers=("text",), concept_kind=kind)
     if config.concept != concept:
-        raise ValueError(f"config.concept is {config.concept!r} but concept is {concept!r}.")
+        raise ConfigError(
+            f"config.concept is {config.concept!r} but concept is {concept!r}: pass the same name."
+        )
+    if kind != "concept" and config.concept_kind == "concept":
+        config = replace(config, concept_kind=kind)  # the phrasings and name parts of `kind`
+    elif kind not in ("concept", config.concept_kind):
+        raise ConfigError(
+            f"PipelineOptions(concept_kind={kind!r}) and SLUGConfig(concept_kind="
+            f"{config.concept_kind!r}) disagree: set the same kind, or only one of them."
+        )
     return host_config(host, config)
 
 
