@@ -220,3 +220,18 @@ def test_the_options_concept_kind_reaches_the_criterion(models):
     assert out.result.data.validation_forget == 6  # 2 phrasings × (full, first, last name)
     with pytest.raises(ConfigError, match="disagree"):
         unlearn_quietly(models, replace(config, concept_kind="style"), 16, concept_kind="identity")
+
+
+def test_a_failing_trial_stops_at_its_first_spelling(models):
+    """The early exit: unedited, every full-name prompt still points to the target, so a trial
+    asking for forget_acc <= 0 stops after them with a lower bound (the same decision)."""
+    pipe, clip, _ = models
+    person = SLUGConfig(TARGET, towers=("text",), candidate_labels=PEOPLE, concept_kind="identity")
+    evaluator = denoiser_evaluator(pipe, clip, person, check=SMALL)
+    asked = []
+    directions = evaluator._directions
+    evaluator._directions = lambda prompts: asked.append(len(prompts)) or directions(prompts)
+    metrics, exact = evaluator.evaluate_forget(clip, "forget_acc", 0.0)
+    assert (metrics["forget_acc"], exact, asked) == (2 / 6, False, [2])
+    metrics, exact = evaluator.evaluate_forget(clip, "forget_acc", 1.0)
+    assert (metrics["forget_acc"], exact) == (1.0, True)

@@ -211,6 +211,9 @@ class DenoiserEvaluator(Evaluator):
             [[n != concept and self.prompts[n][p] == target[p] for n in self.labels]
              for p in range(positions)]
         )  # fmt: skip
+        others_left = ~self._clash.clone()
+        others_left[:, self.labels.index(concept)] = False
+        self._asked_count = max(1, int(others_left.any(-1).sum()))  # positions asked
         self.others = [n for n in self.labels if n != concept]
         self.other_prompts = [
             self.phrasings[i % len(self.phrasings)].format(n) for i, n in enumerate(self.others)
@@ -258,6 +261,23 @@ class DenoiserEvaluator(Evaluator):
             UTILITY: float((edited * self._own).sum(-1).mean()),
         }
 
+    def evaluate_forget(
+        self, model: nn.Module, metric: str, ceiling: float
+    ) -> tuple[Metrics, bool]:
+        """The target's prompts one spelling (full name, first, last, ...) at a time; stop once
+        more are named than `ceiling` allows (then `forget_acc` is a lower bound that already
+        fails: the same decision)."""
+        if metric != FORGET_ACC:
+            return self.evaluate_only(model, (metric,)), True
+        size, total = len(self.phrasings), len(self.prompts[self.concept])
+        allowed, named = ceiling * self._asked_count, 0
+        with mirrored(self._pairs):
+            for start in range(0, total, size):
+                named += int(self._named(slice(start, start + size)).sum())
+                if named > allowed and start + size < total:
+                    return {FORGET_ACC: named / self._asked_count}, False
+        return {FORGET_ACC: named / self._asked_count}, True
+
     def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
         """Only the target's prompts when only `forget_acc` is asked for (most trials)."""
         if set(metrics) <= {FORGET_ACC}:
@@ -267,16 +287,19 @@ class DenoiserEvaluator(Evaluator):
 
     # -- the denoiser ---------------------------------------------------------------------------
     def _forget_acc(self) -> float:
-        edited = self._directions(self.prompts[self.concept])
-        cosines = torch.einsum("pd,pld->pl", edited, self._reference)
+        return float(self._named(slice(None)).sum()) / self._asked_count
+
+    def _named(self, positions: slice) -> torch.Tensor:
+        """Whether each of the target's prompts at `positions` still points to the target (a
+        position that asks nothing, every other label clashing there, counts False)."""
+        edited = self._directions(self.prompts[self.concept][positions])
+        cosines = torch.einsum("pd,pld->pl", edited, self._reference[positions])
         index = self.labels.index(self.concept)
         own = cosines[:, index]
-        rest = cosines.masked_fill(self._clash, -math.inf)
+        rest = cosines.masked_fill(self._clash[positions], -math.inf)
         rest[:, index] = -math.inf
         best = rest.max(-1).values
-        asked = best > -math.inf
-        named = (own >= best - self.check.margin) & asked
-        return float(named.sum() / asked.sum().clamp(min=1))
+        return (own >= best - self.check.margin) & (best > -math.inf)
 
     def _latents(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.unet.config
