@@ -181,6 +181,15 @@ class Run:
     seeds: list[int]
 
 
+def denoiser_check(args: argparse.Namespace) -> DenoiserCheck:
+    """The denoiser criterion's settings given on the command line."""
+    return DenoiserCheck(
+        timesteps=tuple(args.denoiser_timesteps),
+        noises=args.denoiser_noises,
+        margin=args.denoiser_margin,
+    )
+
+
 def adapter_name(target: str, criterion: str) -> str:
     return f"{default_adapter_name(target)}_{criterion}"
 
@@ -247,7 +256,7 @@ def unlearn_one(run: Run, target, criterion, check, args, kwargs, before, grids)
             kind=args.kind,
             criterion=criterion,
             generation=check,
-            denoiser=DenoiserCheck(margin=args.denoiser_margin),
+            denoiser=denoiser_check(args),
         )
     result = out.result
     record: dict[str, Any] = {
@@ -353,6 +362,19 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=DenoiserCheck().margin,
         help="the denoiser criterion's cosine margin (DenoiserCheck.margin)",
+    )
+    parser.add_argument(
+        "--denoiser-timesteps",
+        type=float,
+        nargs="+",
+        default=list(DenoiserCheck().timesteps),
+        help="the denoiser criterion's timesteps, fractions of the training ones",
+    )
+    parser.add_argument(
+        "--denoiser-noises",
+        type=int,
+        default=DenoiserCheck().noises,
+        help="the denoiser criterion's noise latents per timestep",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 identities, 1 target")
@@ -466,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         "denoiser_check": {
             **{
                 k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in vars(DenoiserCheck(margin=args.denoiser_margin)).items()
+                for k, v in vars(denoiser_check(args)).items()
             },
             "templates": DenoiserCheck().phrasings(args.kind),
             "kind": args.kind,

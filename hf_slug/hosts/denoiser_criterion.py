@@ -4,7 +4,7 @@ The UNet of a Stable Diffusion pipeline reads every token's hidden state of the 
 what a prompt makes it draw is carried by its classifier-free guidance direction — the noise it
 predicts with the prompt minus the noise it predicts with the empty prompt. `DenoiserEvaluator`
 scores each trial of the step search on that direction, with no sampling, VAE or judge: for
-fixed noise latents and a few timesteps it calls the UNet once per (prompt, timestep, noise)
+fixed noise latents and a few timesteps it asks the UNet for every (prompt, timestep, noise)
 on the conditioning the pipeline itself builds (`pipe.encode_prompt`, so `clip_skip` holds).
 
 Before any trial, with the unedited encoder, it records the guidance direction of every
@@ -341,21 +341,28 @@ class DenoiserEvaluator(Evaluator):
 
     @torch.no_grad()
     def _directions(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Unit guidance directions, one row per prompt: every (timestep, noise) concatenated."""
+        """Unit guidance directions, one row per prompt: every (timestep, noise) concatenated.
+
+        Each UNet call takes every (timestep, noise) pair of a chunk of prompts at once (a
+        timestep per sample), so a trial costs two calls rather than two per pair."""
         parameter = next(self.unet.parameters())
         embeds, empty = self._conditioning(prompts)
-        parts = []
-        for time in self._times.tolist():
-            for noise in self._noise:
-                latent = noise.to(parameter.device, parameter.dtype)[None]
-                base = self.unet(latent, time, encoder_hidden_states=empty).sample
-                rows = []
-                for start in range(0, len(prompts), self.batch):
-                    chunk = embeds[start : start + self.batch]
-                    latents = latent.expand(len(chunk), *latent.shape[1:])
-                    rows.append(self.unet(latents, time, encoder_hidden_states=chunk).sample)
-                parts.append((torch.cat(rows) - base).flatten(1).float().cpu())
-        found = torch.cat(parts, dim=1)
+        noise = self._noise.to(parameter.device, parameter.dtype)
+        pairs = len(self._times) * len(noise)  # (timestep, noise), timestep-major
+        latents = noise.repeat(len(self._times), 1, 1, 1)  # pair x latent
+        times = self._times.repeat_interleave(len(noise)).to(parameter.device)  # pair
+        base = self.unet(latents, times, encoder_hidden_states=empty.expand(pairs, -1, -1)).sample
+        chunk, rows = max(1, self.batch // pairs), []
+        for start in range(0, len(prompts), chunk):
+            states = embeds[start : start + chunk]  # prompt x token x width
+            count = len(states)
+            predicted = self.unet(
+                latents.repeat_interleave(count, 0),
+                times.repeat_interleave(count),
+                encoder_hidden_states=states.repeat(pairs, 1, 1),
+            ).sample.view(pairs, count, -1)
+            rows.append((predicted - base.flatten(1)[:, None]).transpose(0, 1).flatten(1))
+        found = torch.cat(rows).float().cpu()
         if not torch.isfinite(found).all():
             raise NonFiniteOutputError(
                 "the pipeline's UNet gives NaN or inf guidance directions: the text encoder's "
