@@ -65,6 +65,21 @@ def test_clip_skip_is_honoured(tiny):
     assert skipped(clip)["forget_acc"] == 1.0
 
 
+@pytest.mark.parametrize("clip_skip", [None, 1])
+def test_the_empty_prompt_is_the_pipelines_negative_prompt(tiny, clip_skip):
+    """diffusers applies clip_skip to the prompt alone: its negative prompt is the encoder's
+    last hidden state either way, and so is the criterion's empty prompt."""
+    clip, pipe = tiny
+    config = SLUGConfig(PEOPLE[0], towers=("text",), candidate_labels=PEOPLE)
+    options = PipelineOptions(clip_skip=clip_skip, denoiser=SMALL)
+    evaluator = pipeline_evaluator(options, pipe, clip, None, config)
+    prompts = ["a photo of Clara Alderwick.", "an image of Ewan Greywell."]
+    states, empty = evaluator._conditioning(prompts)
+    own, negative = pipe.encode_prompt(prompts, "cpu", 1, True)  # without clip_skip
+    torch.testing.assert_close(empty.expand_as(negative), negative)
+    assert torch.allclose(states, own) == (clip_skip is None)
+
+
 def test_a_name_part_every_other_candidate_shares_is_not_asked(tiny):
     clip, pipe = tiny
     labels = ["Clara Alderwick", "Clara Dunmore"]

@@ -319,13 +319,16 @@ class DenoiserEvaluator(Evaluator):
 
     @torch.no_grad()
     def _conditioning(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(each prompt's hidden states, the empty prompt's): what the UNet is conditioned on."""
+        """(each prompt's hidden states, the empty prompt's): what the UNet is conditioned on.
+
+        The empty prompt is encoded once, as the pipeline encodes its negative prompt: the
+        encoder's last hidden state, `clip_skip` or not (diffusers skips blocks for the prompt
+        alone)."""
         parameter = next(self.unet.parameters())
         if not self.clip_skip:
-            embeds, empty = self.pipe.encode_prompt(
-                list(prompts), parameter.device, 1, True, [""] * len(prompts)
-            )
-            return embeds.to(parameter.dtype), empty[:1].to(parameter.dtype)
+            states = self.pipe.encode_prompt(["", *prompts], parameter.device, 1, False)[0]
+            states = states.to(parameter.dtype)
+            return states[1:], states[:1]
         # the pipeline's clip_skip: the hidden state `clip_skip` blocks before the last, through
         # the final layer norm (as StableDiffusionPipeline.encode_prompt computes it)
         tokenizer = self.pipe.tokenizer
@@ -334,10 +337,14 @@ class DenoiserEvaluator(Evaluator):
             ["", *prompts], padding="max_length", max_length=tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
         ).input_ids.to(next(encoder.parameters()).device)  # fmt: skip
-        hidden = encoder(ids, output_hidden_states=True).hidden_states[-(self.clip_skip + 1)]
+        outputs = encoder(ids, output_hidden_states=True)
+        hidden = outputs.hidden_states[-(self.clip_skip + 1)][1:]
         states = tower_of(encoder, "text").module.final_layer_norm(hidden)
-        states = states.to(parameter.device, parameter.dtype)
-        return states[1:], states[:1]
+        empty = outputs[0][:1]  # the last hidden state, as the negative prompt's
+        return (
+            states.to(parameter.device, parameter.dtype),
+            empty.to(parameter.device, parameter.dtype),
+        )
 
     @torch.no_grad()
     def _directions(self, prompts: Sequence[str]) -> torch.Tensor:
