@@ -357,25 +357,14 @@ def main(argv: list[str] | None = None) -> None:
         default="identity",
         help="SLUGConfig/PipelineOptions concept_kind: the criteria's phrasings and name parts",
     )
-    parser.add_argument(
-        "--denoiser-margin",
-        type=float,
-        default=DenoiserCheck().margin,
-        help="the denoiser criterion's cosine margin (DenoiserCheck.margin)",
-    )
-    parser.add_argument(
-        "--denoiser-timesteps",
-        type=float,
-        nargs="+",
-        default=list(DenoiserCheck().timesteps),
-        help="the denoiser criterion's timesteps, fractions of the training ones",
-    )
-    parser.add_argument(
-        "--denoiser-noises",
-        type=int,
-        default=DenoiserCheck().noises,
-        help="the denoiser criterion's noise latents per timestep",
-    )
+    shipped = DenoiserCheck()
+    for flag, kind, nargs, default, meaning in (
+        ("--denoiser-margin", float, None, shipped.margin, "cosine margin"),
+        ("--denoiser-timesteps", float, "+", list(shipped.timesteps), "timesteps (fractions)"),
+        ("--denoiser-noises", int, None, shipped.noises, "noise latents per timestep"),
+    ):
+        help_text = f"the denoiser criterion's {meaning} (DenoiserCheck)"
+        parser.add_argument(flag, type=kind, nargs=nargs, default=default, help=help_text)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 6 identities, 1 target")
     parser.add_argument(
