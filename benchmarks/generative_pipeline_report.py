@@ -182,7 +182,8 @@ def denoiser_lines(check: dict | None, tuning: dict | None) -> list[str]:
         f"original direction than to the target's by more than {check['margin']}.",
     ]
     if tuning:
-        lines[-1] += f" The margin: {tuning['note']} (`{tuning['file']}`)."
+        files = ", ".join(f"`{f}`" for f in tuning.get("files", [tuning.get("file")]))
+        lines[-1] += f" How they were chosen: {tuning['note']} ({files})."
     return lines
 
 
