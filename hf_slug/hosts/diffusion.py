@@ -268,9 +268,10 @@ class PipelineOptions:
             (SLUG's held-out CLIP criterion on the pooled text embedding; the default
             elsewhere, with a warning) or "generation" (each trial drawn by the pipeline and
             named by an unedited judge, `hf_slug.hosts.diffusion_criterion`). On the embedded
-            pipeline's three benchmark targets (test generations): denoiser 25 / 0 / 0 %,
-            clip 100 / 0 / 0 %, generation 12.5 / 0 / 25 %, the others kept by all three;
-            the denoiser search takes 11–22× CLIP's (benchmarks/generative_pipeline.md).
+            pipeline's three benchmark targets (test generations, identity phrasings):
+            denoiser 25 / 0 / 0 %, clip 100 / 0 / 12.5 %, the others kept by both; the
+            denoiser search takes 3.8–7.0× CLIP's (benchmarks/generative_pipeline.md,
+            benchmarks/denoiser_cost.json).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
         denoiser: what the denoiser criterion asks the UNet (`DenoiserCheck`: phrasings,
