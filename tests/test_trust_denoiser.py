@@ -65,19 +65,53 @@ def test_clip_skip_is_honoured(tiny):
     assert skipped(clip)["forget_acc"] == 1.0
 
 
-@pytest.mark.parametrize("clip_skip", [None, 1])
-def test_the_empty_prompt_is_the_pipelines_negative_prompt(tiny, clip_skip):
-    """diffusers applies clip_skip to the prompt alone: its negative prompt is the encoder's
-    last hidden state either way, and so is the criterion's empty prompt."""
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("clip_skip", [None, 1, 2])
+def test_the_conditioning_is_the_pipelines_own(tiny, clip_skip, masked):
+    """Prompts and the empty prompt as the pipeline conditions its UNet: diffusers applies
+    clip_skip to the prompt alone, its negative prompt is the encoder's last hidden state."""
     clip, pipe = tiny
     config = SLUGConfig(PEOPLE[0], towers=("text",), candidate_labels=PEOPLE)
     options = PipelineOptions(clip_skip=clip_skip, denoiser=SMALL)
     evaluator = pipeline_evaluator(options, pipe, clip, None, config)
     prompts = ["a photo of Clara Alderwick.", "an image of Ewan Greywell."]
-    states, empty = evaluator._conditioning(prompts)
-    own, negative = pipe.encode_prompt(prompts, "cpu", 1, True)  # without clip_skip
+    encoder = pipe.text_encoder
+    encoder.config.use_attention_mask = masked  # an encoder that reads its padding mask
+    try:
+        states, empty = evaluator._conditioning(prompts)
+        own, negative = pipeline_conditioning(pipe, prompts, clip_skip)
+    finally:
+        del encoder.config.use_attention_mask
+    torch.testing.assert_close(states, own)
     torch.testing.assert_close(empty.expand_as(negative), negative)
-    assert torch.allclose(states, own) == (clip_skip is None)
+
+
+def pipeline_conditioning(pipe, prompts: list[str], clip_skip: int | None):
+    """What `pipe.encode_prompt` feeds the UNet (prompts, negative prompts)."""
+    encoder = pipe.text_encoder
+    # diffusers' clip_skip path reads `text_model.final_layer_norm`, which transformers 5 folds
+    # into the model itself: an unregistered alias lets the pipeline's own code run
+    object.__setattr__(encoder, "text_model", encoder)
+    try:
+        return pipe.encode_prompt(prompts, "cpu", 1, True, clip_skip=clip_skip)
+    finally:
+        del encoder.__dict__["text_model"]
+
+
+def test_the_unet_is_never_asked_for_more_than_batch_samples(tiny):
+    clip, pipe = tiny
+    check = replace(SMALL, timesteps=(0.3, 0.7), noises=3)  # 6 (timestep, noise) pairs
+    small = DenoiserEvaluator(pipe, clip, PEOPLE[0], PEOPLE, check, batch=4)
+    large = DenoiserEvaluator(pipe, clip, PEOPLE[0], PEOPLE, check)
+    prompts = [f"a photo of {name}." for name in PEOPLE] + ["an image of Clara Alderwick."]
+    sizes: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _, args: sizes.append(len(args[0])))
+    try:
+        directions = small._directions(prompts)
+    finally:
+        hook.remove()
+    assert sizes and max(sizes) <= 4
+    torch.testing.assert_close(directions, large._directions(prompts), atol=1e-5, rtol=0)
 
 
 def test_a_name_part_every_other_candidate_shares_is_not_asked(tiny):

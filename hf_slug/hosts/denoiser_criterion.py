@@ -337,11 +337,18 @@ class DenoiserEvaluator(Evaluator):
         # the final layer norm (as StableDiffusionPipeline.encode_prompt computes it)
         tokenizer = self.pipe.tokenizer
         encoder = pipeline_components(self.pipe)[self.component]
-        ids = tokenizer(
-            ["", *prompts], padding="max_length", max_length=tokenizer.model_max_length,
+        convert = getattr(self.pipe, "maybe_convert_prompt", None)  # textual inversion tokens
+        texts = ["", *(convert(list(prompts), tokenizer) if callable(convert) else prompts)]
+        tokens = tokenizer(
+            texts, padding="max_length", max_length=tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
-        ).input_ids.to(next(encoder.parameters()).device)  # fmt: skip
-        outputs = encoder(ids, output_hidden_states=True)
+        )  # fmt: skip
+        device = next(encoder.parameters()).device
+        masked = getattr(encoder.config, "use_attention_mask", False)
+        mask = tokens.attention_mask.to(device) if masked else None
+        outputs = encoder(
+            tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True
+        )
         hidden = outputs.hidden_states[-(self.clip_skip + 1)][1:]
         states = tower_of(encoder, "text").module.final_layer_norm(hidden)
         empty = outputs[0][:1]  # the last hidden state, as the negative prompt's
@@ -354,26 +361,22 @@ class DenoiserEvaluator(Evaluator):
     def _directions(self, prompts: Sequence[str]) -> torch.Tensor:
         """Unit guidance directions, one row per prompt: every (timestep, noise) concatenated.
 
-        Each UNet call takes every (timestep, noise) pair of a chunk of prompts at once (a
-        timestep per sample), so a trial costs two calls rather than two per pair."""
+        The UNet is called on up to `batch` samples at once, every sample a (timestep, noise,
+        prompt) with its own timestep: a trial takes as few calls as `batch` allows."""
         parameter = next(self.unet.parameters())
         embeds, empty = self._conditioning(prompts)
         noise = self._noise.to(parameter.device, parameter.dtype)
         pairs = len(self._times) * len(noise)  # (timestep, noise), timestep-major
         latents = noise.repeat(len(self._times), 1, 1, 1)  # pair x latent
         times = self._times.repeat_interleave(len(noise)).to(parameter.device)  # pair
-        base = self.unet(latents, times, encoder_hidden_states=empty.expand(pairs, -1, -1)).sample
-        chunk, rows = max(1, self.batch // pairs), []
-        for start in range(0, len(prompts), chunk):
-            states = embeds[start : start + chunk]  # prompt x token x width
-            count = len(states)
-            predicted = self.unet(
-                latents.repeat_interleave(count, 0),
-                times.repeat_interleave(count),
-                encoder_hidden_states=states.repeat(pairs, 1, 1),
-            ).sample.view(pairs, count, -1)
-            rows.append((predicted - base.flatten(1)[:, None]).transpose(0, 1).flatten(1))
-        found = torch.cat(rows).float().cpu()
+        pair_of = torch.arange(pairs).repeat_interleave(len(prompts))  # sample -> pair
+        prompt_of = torch.arange(len(prompts)).repeat(pairs)  # sample -> prompt
+        base = self._predict(
+            latents, times, empty, torch.arange(pairs), torch.zeros(pairs, dtype=torch.long)
+        )
+        predicted = self._predict(latents, times, embeds, pair_of, prompt_of)
+        predicted = predicted.view(pairs, len(prompts), -1) - base[:, None]
+        found = predicted.transpose(0, 1).flatten(1).float().cpu()
         if not torch.isfinite(found).all():
             raise NonFiniteOutputError(
                 "the pipeline's UNet gives NaN or inf guidance directions: the text encoder's "
@@ -381,6 +384,23 @@ class DenoiserEvaluator(Evaluator):
                 "or lower the step."
             )
         return F.normalize(found, dim=-1)
+
+    def _predict(
+        self,
+        latents: torch.Tensor,
+        times: torch.Tensor,
+        states: torch.Tensor,
+        pair_of: torch.Tensor,
+        state_of: torch.Tensor,
+    ) -> torch.Tensor:
+        """The UNet's flattened noise predictions for samples (latents[pair_of[i]],
+        times[pair_of[i]], states[state_of[i]]), at most `batch` samples per call."""
+        found = []
+        for start in range(0, len(pair_of), self.batch):
+            pair, state = pair_of[start : start + self.batch], state_of[start : start + self.batch]
+            out = self.unet(latents[pair], times[pair], encoder_hidden_states=states[state])
+            found.append(out.sample.flatten(1))
+        return torch.cat(found)
 
 
 def plain_unet(pipe: Any) -> nn.Module:
