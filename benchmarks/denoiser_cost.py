@@ -4,8 +4,9 @@ denoiser criterion against CLIP's criterion, the same target, data and process, 
 For each target and repeat it times the whole call (evaluator construction, gradients, step
 search) for `criterion="denoiser"` with each `DenoiserCheck` setting given and for
 `criterion="clip"`, with caches off (every call a first call), and splits the denoiser's time
-into building its reference directions and the trials. Run it with nothing else on the
-machine: the ratio is what it reports.
+into building its reference directions and the trials. CLIP's call runs first in each repeat
+(a first call's warm-up lands on CLIP's side). Run it with nothing else on the machine: the
+ratio is what it reports.
 
     python benchmarks/denoiser_cost.py --out benchmarks/denoiser_cost.json
     python benchmarks/denoiser_cost.py --checks "0.5:1" "0.8,0.5,0.2:2" --repeats 1 --out /tmp/c.json
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         for text in args.checks
     }
     record = {
-        "command": "python benchmarks/denoiser_cost.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/denoiser_cost.py " + shlex.join(argv or sys.argv[1:]),
         "data": "the embedded pipeline; forget = 32 training views of the target, retain = the "
         "demo's retain pairs without it; candidates = the 26 identities; concept_kind identity",
         "threads": args.threads,

@@ -19,8 +19,9 @@ def write_markdown(path: Path, record: dict) -> None:
     path.write_text(markdown(record) + kept)
 
 
-def stack_lines(s: dict | None) -> list[str]:
-    """The stack-of-2 sentence (targets after, others kept), or nothing without a stack."""
+def stack_lines(s: dict | None, grid: bool = True) -> list[str]:
+    """The stack-of-2 sentence (targets after, others kept), or nothing without a stack;
+    `grid`: name the stack's image grid (the main run's; a variant's was overwritten)."""
     if not s:
         return []
     return [
@@ -29,7 +30,8 @@ def stack_lines(s: dict | None) -> list[str]:
         "targets after "
         + ", ".join(f"{t} {pct(v)}" for t, v in s["target_after"].items())
         + f"; others {pct(s['others_before'])} → {pct(s['others_after'])} "
-        f"({pct(s['others_relative'])} of before). Grid: `generative_pipeline/stack.png`.",
+        f"({pct(s['others_relative'])} of before)."
+        + (" Grid: `generative_pipeline/stack.png`." if grid else ""),
     ]
 
 
@@ -225,7 +227,7 @@ def markdown(r: dict) -> str:
             f"{pct(variant['before_mean'])}).",
             "",
             *unlearned_lines(variant["unlearned"]),
-            *stack_lines(variant.get("stack")),
+            *stack_lines(variant.get("stack"), grid=False),
         ]
     lines += [
         "",

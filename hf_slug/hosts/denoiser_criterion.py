@@ -73,8 +73,9 @@ class DenoiserCheck:
         noises: fixed noise latents per timestep (seeded `seed`, `seed + 1`, ...). The default,
             one latent at timestep 0.5 (one UNet evaluation per prompt), chose the same kind of
             layer as three timesteps × two latents for each of the four tuning identities, forgetting
-            all four with the others at 94.8-100.7 % of their generations, at about a third of
-            the search's time (`benchmarks/generative_pipeline_denoiser_check.json`).
+            all four with the others at 94.8-100.7 % of their generations
+            (`benchmarks/generative_pipeline_denoiser_check.json`); timed alone, its search takes
+            3.8-7.0x CLIP's, the previous check's 12.9-24.2x (`benchmarks/denoiser_cost.json`).
         seed: the first noise seed.
         name_parts: also ask with the target's first and last word alone ("Clara", "Alderwick"),
             each compared with the other candidates' own first / last word; None: the config's
