@@ -112,3 +112,22 @@ def test_run_isolated_runs_in_another_process() -> None:
     # a child that dies without answering (killed, or os._exit) is reported, not waited on
     with pytest.raises(RuntimeError, match="gave no answer .*died"):
         run_isolated(os._exit, 3)
+
+
+@pytest.mark.slow
+def test_denoiser_cost_times_both_criteria_in_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    command = [sys.executable, str(BENCHMARKS / "denoiser_cost.py"), "--out", str(out)]
+    options = ["--targets", "Clara Alderwick", "--repeats", "1", "--checks", "0.5:1"]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [*command, *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    record = json.loads(out.read_text())
+    (row,) = record["rows"]
+    timed = row["0.5:1"]
+    assert row["clip_seconds"] > 0 and timed["seconds"] > timed["reference_seconds"] > 0
+    assert timed["ratio_to_clip"] == pytest.approx(timed["seconds"] / row["clip_seconds"], 0.01)
+    assert timed["layer"] and row["clip_layer"] and timed["trials"] > 0
+    assert record["summary"]["0.5:1"]["median_ratio"] == timed["ratio_to_clip"]
