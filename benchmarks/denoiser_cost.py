@@ -10,6 +10,11 @@ ratio is what it reports.
 
     python benchmarks/denoiser_cost.py --out benchmarks/denoiser_cost.json
     python benchmarks/denoiser_cost.py --checks "0.5:1" "0.8,0.5,0.2:2" --repeats 1 --out /tmp/c.json
+    python benchmarks/denoiser_cost.py --remember --checks "0.5:1" --out benchmarks/denoiser_cost_remembered.json
+
+`--remember`: caches on (both criteria), and before each timed pair a denoiser call for another
+identity among the same candidates fills the denoiser's memory of unedited directions
+(`hf_slug.hosts.denoiser_memory`): the cost of a second concept on the same pipeline.
 
 Target (issue 19): the host-aware search within 3× the CLIP-only search.
 """
@@ -83,7 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--remember",
+        action="store_true",
+        help="caches on; each target timed after another identity's denoiser call",
+    )
     args = parser.parse_args(argv)
+    if args.remember:
+        os.environ[DISABLE_VARIABLE] = "0"
     torch.set_num_threads(args.threads)
     world = World(seed=0)
     names = list(world.identities)
@@ -99,6 +111,13 @@ def main(argv: list[str] | None = None) -> None:
             row = {"target": target, "repeat": repeat, "clip_seconds": round(clip_seconds, 2)}
             row["clip_layer"] = list(clip_out.result.chosen_names)
             for text in args.checks:
+                if args.remember:  # another concept among the same names, same pipeline
+                    other = next(n for n in names if n != target)
+                    unlearn_text_encoder(
+                        pipe, clips, other, retain_pairs(world, exclude=[other]),
+                        forget_pairs(world, other, 32), names, kind="identity",
+                        criterion="denoiser", denoiser=parse_check(text),
+                    )  # fmt: skip
                 with ReferenceClock() as clock:
                     out, seconds = unlearn_text_encoder(
                         pipe, clips, target, retain, forget, names, kind="identity",
@@ -129,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         "data": "the embedded pipeline; forget = 32 training views of the target, retain = the "
         "demo's retain pairs without it; candidates = the 26 identities; concept_kind identity",
         "threads": args.threads,
+        "remembered": args.remember,
         "machine": platform.processor() or platform.machine(),
         "summary": summary,
         "rows": rows,

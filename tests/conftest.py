@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
+from hf_slug.hosts.denoiser_memory import forget_all as forget_directions
 from hf_slug.testing import (
     IMAGE_SIZE,
     TOKENIZER_DIR,
@@ -65,7 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def fresh_gradient_cache(
     monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """An empty per-user cache for each test, so no test reuses another's retain gradients."""
+    """An empty per-user cache for each test, so no test reuses another's retain gradients (nor
+    the denoiser criterion's remembered directions)."""
+    forget_directions()
     folder = tmp_path_factory.mktemp("hf_slug_cache")
     monkeypatch.setenv("HF_SLUG_CACHE", str(folder))
     # importing benchmarks/common.py (benchmark tests do) turns the cache off process-wide

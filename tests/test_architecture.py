@@ -72,6 +72,7 @@ LAYER = {
     "hf_slug.hosts.diffusion": "hosts",
     "hf_slug.hosts.diffusion_criterion": "hosts",
     "hf_slug.hosts.denoiser_criterion": "hosts",
+    "hf_slug.hosts.denoiser_memory": "hosts",
     "hf_slug.hosts.pipeline_criteria": "hosts",
     "hf_slug.hosts.diffusion_export": "hosts",
     "hf_slug.hosts.generation": "hosts",

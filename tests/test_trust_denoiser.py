@@ -193,3 +193,37 @@ def test_config_misspellings_are_asked_too(tiny):
     assert other[2] == "a photo of Ronan Kestrelle."  # the others keep their spelling
     with pytest.raises(ConfigError, match="misspellings"):
         DenoiserCheck(misspellings=-1)
+
+
+def test_a_second_concept_reuses_the_unedited_directions_only_on_the_same_weights(
+    tiny, monkeypatch
+):
+    """The reference is remembered per prompt under a digest of the weights: a second concept
+    among the same names asks the UNet nothing new; an edited pipeline asks everything again,
+    and with the caches turned off nothing is remembered."""
+    from hf_slug.cache import DISABLE_VARIABLE
+    from hf_slug.hosts.denoiser_memory import forget_all
+
+    clip, pipe = tiny
+    monkeypatch.delenv(DISABLE_VARIABLE, raising=False)
+    forget_all()
+    calls: list[int] = []
+    hook = pipe.unet.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
+    try:
+        first = DenoiserEvaluator(pipe, clip, PEOPLE[0], PEOPLE, SMALL)
+        asked = sum(calls)
+        second = DenoiserEvaluator(pipe, clip, PEOPLE[1], PEOPLE, SMALL)
+        assert sum(calls) == asked  # every prompt remembered
+        torch.testing.assert_close(second._reference, first._reference, rtol=0, atol=0)
+        delta = torch.randn(dict(clip.named_parameters())[FC1].shape) * 0.5
+        own = FC1.replace("text_model.", "")  # the same tensor in the pipeline's encoder
+        with edited(clip, {FC1: delta}), edited(pipe.text_encoder, {own: delta}):
+            edited_pipe = DenoiserEvaluator(pipe, clip, PEOPLE[1], PEOPLE, SMALL)
+        assert sum(calls) == 2 * asked  # a new digest: all asked again
+        assert not torch.allclose(edited_pipe._reference, first._reference)
+        monkeypatch.setenv(DISABLE_VARIABLE, "1")
+        DenoiserEvaluator(pipe, clip, PEOPLE[1], PEOPLE, SMALL)
+        assert sum(calls) == 3 * asked
+    finally:
+        hook.remove()
+        forget_all()

@@ -11,10 +11,11 @@ Before any trial, with the unedited encoder, it records the guidance direction o
 candidate name under each validation phrasing (for identities also with each name's first and
 last word alone, as CLIP's criterion does). A trial's target prompt counts as the target
 when its direction (all timesteps and noises concatenated) is at least as close, by cosine, to
-the target's original direction as to any other name's, less `margin`. Metrics: `forget_acc`
-(share of the target's phrasings that still point to the target), `others_acc` (share of the
-other names whose direction still points to themselves) and `utility` (mean cosine between each
-other name's direction and its original: 1.0 untouched).
+the target's original direction as to any other name's, less `margin`. The unedited directions
+are remembered for the next concept on the same weights (`hf_slug.hosts.denoiser_memory`).
+Metrics: `forget_acc` (share of the target's phrasings that still point to the target),
+`others_acc` (share of the other names whose direction still points to themselves) and
+`utility` (mean cosine between each other name's direction and its original: 1.0 untouched).
 
 On the embedded pipeline this agrees with generation where CLIP's criterion does not: at the
 step CLIP's criterion chose for Eileen Collins (and at 2×) every phrasing still points to her,
@@ -45,6 +46,7 @@ from ..towers import tower_of
 from ..validation import EvaluationData, criterion_prompts
 from ..weights import mirrored
 from .base import check_tower
+from .denoiser_memory import memory_enabled, remembered, weights_digest
 from .diffusion_criterion import FORGET_ACC, OTHERS_ACC, UTILITY, shared_text_tensors
 from .generation import pipeline_components
 
@@ -232,8 +234,10 @@ class DenoiserEvaluator(Evaluator):
             unit="prompts (the UNet's guidance directions, no sampling)",
         )
         self._noise, self._times = self._latents()
-        reference = self._directions(
-            [self.prompts[n][j] for j in range(positions) for n in self.labels]
+        reference = remembered(
+            self._memory_key(),
+            [self.prompts[n][j] for j in range(positions) for n in self.labels],
+            self._directions,
         ).view(positions, len(self.labels), -1)
         self._reference = reference  # position x label x direction, unit length
         self._own = torch.stack(
@@ -291,6 +295,28 @@ class DenoiserEvaluator(Evaluator):
         return self(model)
 
     # -- the denoiser ---------------------------------------------------------------------------
+    def _memory_key(self) -> tuple | None:
+        """What the unedited directions depend on (`hosts.denoiser_memory`), or None when the
+        memory is off: the weights' digest, the conditioning path, the latents and timesteps."""
+        if not memory_enabled():
+            return None
+        encoder = pipeline_components(self.pipe)[self.component]
+        parameter = next(self.unet.parameters())
+        tokenizer = self.pipe.tokenizer
+        return (
+            weights_digest(encoder, self.unet),
+            self.component,
+            self.clip_skip,
+            tuple(self._times.tolist()),
+            self.check.seed,
+            tuple(self._noise.shape),
+            str(parameter.dtype),
+            str(parameter.device),
+            type(tokenizer).__name__,
+            len(tokenizer),
+            getattr(tokenizer, "model_max_length", None),
+        )
+
     def _forget_acc(self) -> float:
         return float(self._named(slice(None)).sum()) / self._asked_count
 

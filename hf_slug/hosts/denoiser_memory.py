@@ -1,0 +1,74 @@
+"""Remember the denoiser criterion's unedited guidance directions for the next concept.
+
+Building the reference — every candidate name under every phrasing, asked of the unedited
+pipeline — is a third of a denoiser search on the embedded pipeline. A second concept among the
+same candidates, on the same unchanged pipeline, asks the same prompts. `remembered` keeps each
+prompt's direction in memory under a key holding a SHA-256 digest of the text encoder's and the
+UNet's weights and every setting the directions depend on, so a direction is reused only for
+the very same weights (an applied adapter, a merged delta or a stack on top changes the digest).
+One pipeline state is kept at a time. `HF_SLUG_DISABLE_GRADIENT_CACHE=1` (`hf_slug.cache`), which
+turns hf_slug's caches off, turns this off too.
+
+Example:
+    >>> from torch import nn
+    >>> len(weights_digest(nn.Linear(2, 2)))
+    64
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+from torch import nn
+
+from ..cache import gradient_cache_enabled
+
+MAX_PROMPTS = 8192  # directions kept for one pipeline state, at most
+
+_memory: dict[Hashable, dict[str, torch.Tensor]] = {}
+
+
+def weights_digest(*modules: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer of `modules`: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+            flat = tensor.detach().contiguous().reshape(-1)
+            digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def memory_enabled() -> bool:
+    """False when `HF_SLUG_DISABLE_GRADIENT_CACHE` turns hf_slug's caches off."""
+    return gradient_cache_enabled()
+
+
+def remembered(
+    key: Hashable | None, prompts: Sequence[str], compute: Callable[[list[str]], torch.Tensor]
+) -> torch.Tensor:
+    """Each prompt's row, `compute(missing)` asked only for prompts not remembered under `key`
+    (None, or the memory turned off: every prompt computed, nothing kept)."""
+    if key is None or not memory_enabled():
+        return compute(list(prompts))
+    if key not in _memory:
+        _memory.clear()  # one pipeline state at a time
+    memory = _memory.setdefault(key, {})
+    missing = list(dict.fromkeys(p for p in prompts if p not in memory))
+    found = {p: memory[p] for p in prompts if p in memory}
+    if missing:
+        found.update(zip(missing, compute(missing)))
+        if len(memory) + len(missing) > MAX_PROMPTS:
+            memory.clear()
+        memory.update((p, found[p]) for p in missing)
+    return torch.stack([found[p] for p in prompts])
+
+
+def forget_all() -> None:
+    """Drop every remembered direction."""
+    _memory.clear()
+
+
+__all__ = ["MAX_PROMPTS", "forget_all", "memory_enabled", "remembered", "weights_digest"]
