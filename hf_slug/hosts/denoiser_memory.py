@@ -6,7 +6,7 @@ same candidates, on the same unchanged pipeline, asks the same prompts. `remembe
 prompt's direction in memory under a key holding a SHA-256 digest of the text encoder's and the
 UNet's weights and every setting the directions depend on, so a direction is reused only for
 the very same weights (an applied adapter, a merged delta or a stack on top changes the digest).
-One pipeline state is kept at a time. `HF_SLUG_DISABLE_GRADIENT_CACHE=1` (`hf_slug.cache`), which
+One pipeline state is kept at a time, up to `MAX_BYTES`. `HF_SLUG_DISABLE_GRADIENT_CACHE=1`, which
 turns hf_slug's caches off, turns this off too.
 
 Example:
@@ -25,7 +25,7 @@ from torch import nn
 
 from ..cache import gradient_cache_enabled
 
-MAX_PROMPTS = 8192  # directions kept for one pipeline state, at most
+MAX_BYTES = 256 * 2**20  # directions kept for one pipeline state, at most (then started anew)
 
 _memory: dict[Hashable, dict[str, torch.Tensor]] = {}
 
@@ -60,10 +60,14 @@ def remembered(
     found = {p: memory[p] for p in prompts if p in memory}
     if missing:
         found.update(zip(missing, compute(missing)))
-        if len(memory) + len(missing) > MAX_PROMPTS:
+        if sum(_bytes(t) for t in (*memory.values(), *found.values())) > MAX_BYTES:
             memory.clear()
         memory.update((p, found[p]) for p in missing)
     return torch.stack([found[p] for p in prompts])
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def forget_all() -> None:
@@ -71,4 +75,4 @@ def forget_all() -> None:
     _memory.clear()
 
 
-__all__ = ["MAX_PROMPTS", "forget_all", "memory_enabled", "remembered", "weights_digest"]
+__all__ = ["MAX_BYTES", "forget_all", "memory_enabled", "remembered", "weights_digest"]
