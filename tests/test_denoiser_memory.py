@@ -8,7 +8,7 @@ from torch import nn
 
 from hf_slug.cache import DISABLE_VARIABLE
 from hf_slug.hosts import denoiser_memory
-from hf_slug.hosts.denoiser_memory import remembered, weights_digest
+from hf_slug.hosts.denoiser_memory import remembered, weights_digest, weights_key
 
 
 class Counting:
@@ -59,3 +59,50 @@ def test_the_digest_sees_any_change_of_a_weight() -> None:
     with torch.no_grad():
         layer.weight[1, 2] += 1e-6
     assert weights_digest(layer) != before
+
+
+@pytest.fixture
+def unet() -> nn.Module:
+    pytest.importorskip("diffusers")
+    from hf_slug.testing import tiny_clip, tiny_sd_pipeline
+
+    return tiny_sd_pipeline(tiny_clip()).unet
+
+
+class Processor:
+    """An attention processor of the user's own (attention control, token merging, ...)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, **kwargs):
+        from diffusers.models.attention_processor import AttnProcessor
+
+        return AttnProcessor()(attn, hidden_states, encoder_hidden_states, **kwargs)
+
+
+def with_lora(model: nn.Module) -> None:
+    """A PEFT LoRA adapter: `set_adapters` scales and on/off change no stored tensor."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=2, target_modules=["to_k"], init_lora_weights=False)
+    model.add_adapter(config, adapter_name="a")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda m: m.register_forward_hook(lambda *a: None), id="forward-hook"),
+        pytest.param(lambda m: m.conv_in.register_forward_pre_hook(lambda *a: None), id="pre-hook"),
+        pytest.param(with_lora, id="peft-lora"),
+        pytest.param(lambda m: m.set_attn_processor(Processor()), id="attention-processor"),
+        pytest.param(lambda m: m.to_empty(device="meta"), id="meta-tensors"),
+    ],
+)
+def test_no_key_for_a_model_whose_output_is_not_its_stored_tensors(unet, change) -> None:
+    assert weights_key(unet) is not None  # diffusers' own processors, no hooks
+    change(unet)
+    assert weights_key(unet) is None
+
+
+def test_no_key_for_a_model_too_large_to_hash_cheaply(monkeypatch) -> None:
+    layer = nn.Linear(4, 4)  # 80 bytes
+    assert weights_key(layer) == weights_digest(layer)
+    monkeypatch.setattr(denoiser_memory, "MAX_DIGEST_BYTES", 64)
+    assert weights_key(layer) is None

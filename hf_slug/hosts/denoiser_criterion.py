@@ -46,7 +46,7 @@ from ..towers import tower_of
 from ..validation import EvaluationData, criterion_prompts
 from ..weights import mirrored
 from .base import check_tower
-from .denoiser_memory import memory_enabled, remembered, weights_digest
+from .denoiser_memory import memory_enabled, remembered, weights_key
 from .diffusion_criterion import FORGET_ACC, OTHERS_ACC, UTILITY, shared_text_tensors
 from .generation import pipeline_components
 
@@ -296,15 +296,16 @@ class DenoiserEvaluator(Evaluator):
 
     # -- the denoiser ---------------------------------------------------------------------------
     def _memory_key(self) -> tuple | None:
-        """What the unedited directions depend on (`hosts.denoiser_memory`), or None when the
-        memory is off: the weights' digest, the conditioning path, the latents and timesteps."""
-        if not memory_enabled():
-            return None
+        """What the unedited directions depend on (`hosts.denoiser_memory`), or None when they
+        are not to be remembered: the weights' digest, the conditioning path, the latents."""
         encoder = pipeline_components(self.pipe)[self.component]
+        digest = weights_key(encoder, self.unet) if memory_enabled() else None
+        if digest is None:
+            return None
         parameter = next(self.unet.parameters())
         tokenizer = self.pipe.tokenizer
         return (
-            weights_digest(encoder, self.unet),
+            digest,
             self.component,
             self.clip_skip,
             tuple(self._times.tolist()),

@@ -6,7 +6,11 @@ same candidates, on the same unchanged pipeline, asks the same prompts. `remembe
 prompt's direction in memory under a key holding a SHA-256 digest of the text encoder's and the
 UNet's weights and every setting the directions depend on, so a direction is reused only for
 the very same weights (an applied adapter, a merged delta or a stack on top changes the digest).
-One pipeline state is kept at a time, up to `MAX_BYTES`. `HF_SLUG_DISABLE_GRADIENT_CACHE=1`, which
+One pipeline state is kept at a time, up to `MAX_BYTES`. Nothing is remembered for models whose
+output does not follow from their stored tensors alone — forward hooks (hf_slug's unmerged
+adapters), PEFT adapter layers (their scale and on/off state are not weights), attention
+processors other than diffusers' own, tensors on the meta device — nor for models above
+`MAX_DIGEST_BYTES` (hashing them would cost seconds). `HF_SLUG_DISABLE_GRADIENT_CACHE=1`, which
 turns hf_slug's caches off, turns this off too.
 
 Example:
@@ -26,6 +30,8 @@ from torch import nn
 from ..cache import gradient_cache_enabled
 
 MAX_BYTES = 256 * 2**20  # directions kept for one pipeline state, at most (then started anew)
+MAX_DIGEST_BYTES = 512 * 2**20  # weights hashed for a key, at most (~1.5 s on one CPU core)
+STOCK_PROCESSORS = "diffusers.models.attention_processor"
 
 _memory: dict[Hashable, dict[str, torch.Tensor]] = {}
 
@@ -39,6 +45,33 @@ def weights_digest(*modules: nn.Module) -> str:
             digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(flat.view(torch.uint8).cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def weights_key(*modules: nn.Module) -> str | None:
+    """`weights_digest(*modules)`, or None when their output may change without their stored
+    tensors changing (hooks, PEFT layers, custom attention processors, meta tensors) or when
+    they are too large to hash cheaply."""
+    if torch.nn.modules.module._global_forward_hooks or (
+        torch.nn.modules.module._global_forward_pre_hooks
+    ):
+        return None
+    size = 0
+    for module in modules:
+        for part in module.modules():
+            if part._forward_hooks or part._forward_pre_hooks:
+                return None
+            if type(part).__module__.startswith("peft."):
+                return None
+        processors = getattr(module, "attn_processors", None)
+        if isinstance(processors, dict) and any(
+            not type(p).__module__.startswith(STOCK_PROCESSORS) for p in processors.values()
+        ):
+            return None
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.is_meta:
+                return None
+            size += tensor.numel() * tensor.element_size()
+    return weights_digest(*modules) if size <= MAX_DIGEST_BYTES else None
 
 
 def memory_enabled() -> bool:
@@ -75,4 +108,12 @@ def forget_all() -> None:
     _memory.clear()
 
 
-__all__ = ["MAX_BYTES", "forget_all", "memory_enabled", "remembered", "weights_digest"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DIGEST_BYTES",
+    "forget_all",
+    "memory_enabled",
+    "remembered",
+    "weights_digest",
+    "weights_key",
+]
