@@ -73,8 +73,8 @@ class DenoiserCheck:
             of the concept's kind (`hf_slug.phrasings`). Keep them apart from test prompts.
         timesteps: where to ask, as fractions of the scheduler's training timesteps.
         noises: fixed noise latents per timestep (seeded `seed`, `seed + 1`, ...). The default,
-            one latent at timestep 0.5 (one UNet evaluation per prompt), chose the same kind of
-            layer as three timesteps × two latents for each of the four tuning identities, forgetting
+            one latent at timestep 0.5 (one UNet evaluation per prompt), chose the same layer
+            as three timesteps × two latents for each of the four tuning identities, forgetting
             all four with the others at 94.8-100.7 % of their generations
             (`benchmarks/generative_pipeline_denoiser_check.json`); timed alone, its search takes
             3.8-7.0x CLIP's, the previous check's 12.9-24.2x (`benchmarks/denoiser_cost.json`).
