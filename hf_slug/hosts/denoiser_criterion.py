@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import gradient_cache_enabled
 from ..checks import finite_real, positive_int
 from ..errors import ConfigError, NonFiniteOutputError
 from ..evaluation import Evaluator, Metrics
@@ -46,7 +47,7 @@ from ..towers import tower_of
 from ..validation import EvaluationData, criterion_prompts
 from ..weights import mirrored
 from .base import check_tower
-from .denoiser_memory import memory_enabled, remembered, weights_key
+from .denoiser_memory import remembered, weights_key
 from .diffusion_criterion import FORGET_ACC, OTHERS_ACC, UTILITY, shared_text_tensors
 from .generation import pipeline_components
 
@@ -299,7 +300,7 @@ class DenoiserEvaluator(Evaluator):
         """What the unedited directions depend on (`hosts.denoiser_memory`), or None when they
         are not to be remembered: the weights' digest, the conditioning path, the latents."""
         encoder = pipeline_components(self.pipe)[self.component]
-        digest = weights_key(encoder, self.unet) if memory_enabled() else None
+        digest = weights_key(encoder, self.unet) if gradient_cache_enabled() else None
         if digest is None:
             return None
         parameter = next(self.unet.parameters())

@@ -74,17 +74,12 @@ def weights_key(*modules: nn.Module) -> str | None:
     return weights_digest(*modules) if size <= MAX_DIGEST_BYTES else None
 
 
-def memory_enabled() -> bool:
-    """False when `HF_SLUG_DISABLE_GRADIENT_CACHE` turns hf_slug's caches off."""
-    return gradient_cache_enabled()
-
-
 def remembered(
     key: Hashable | None, prompts: Sequence[str], compute: Callable[[list[str]], torch.Tensor]
 ) -> torch.Tensor:
     """Each prompt's row, `compute(missing)` asked only for prompts not remembered under `key`
     (None, or the memory turned off: every prompt computed, nothing kept)."""
-    if key is None or not memory_enabled():
+    if key is None or not gradient_cache_enabled():
         return compute(list(prompts))
     if key not in _memory:
         _memory.clear()  # one pipeline state at a time
@@ -112,7 +107,6 @@ __all__ = [
     "MAX_BYTES",
     "MAX_DIGEST_BYTES",
     "forget_all",
-    "memory_enabled",
     "remembered",
     "weights_digest",
     "weights_key",
