@@ -209,10 +209,12 @@ def search_step(
             if high is not None and (high - low) <= settings.rel_tolerance * high:
                 break
             step = step * 2 if high is None else (low + high) / 2
-        if result.metrics is not None and not set(before) <= set(result.metrics):
-            # only the kept step needs every metric (for the choice and the utility guard)
+        missing = set(before) - set(result.metrics or {})
+        if result.metrics is not None and missing:
+            # only the kept step needs every metric (for the choice and the utility guard); its
+            # trial passed, so the metrics it has are exact: ask for the rest
             with edited(model, update(model, names, forget_grads, high)):
-                result.metrics = evaluator(model)
+                result.metrics = {**result.metrics, **evaluator.evaluate_only(model, missing)}
             next(t for t in reversed(result.trials) if t.step == high).metrics = result.metrics
     finally:
         evaluator.end()

@@ -73,6 +73,7 @@ LAYER = {
     "hf_slug.hosts.diffusion_criterion": "hosts",
     "hf_slug.hosts.denoiser_criterion": "hosts",
     "hf_slug.hosts.denoiser_memory": "hosts",
+    "hf_slug.hosts.prompt_conditioning": "hosts",
     "hf_slug.hosts.pipeline_criteria": "hosts",
     "hf_slug.hosts.diffusion_export": "hosts",
     "hf_slug.hosts.generation": "hosts",

@@ -69,30 +69,40 @@ class _Record(nn.Module):
         return output
 
 
-def from_block(model: nn.Module, tower: Tower, first_block: int, hidden: Any) -> nn.Module:
+def from_block(
+    model: nn.Module, tower: Tower, first_block: int, hidden: Any, *, upto: int | None = None
+) -> nn.Module:
     """A view of `model` whose `tower` starts at block `first_block` from `hidden` (the cached
-    output of the block below, as `recording` kept it); `model` itself is left as it is.
+    output of the block below, as `recording` kept it) and ends below block `upto` (None: at
+    the last); `model` itself is left as it is.
 
     Example:
         >>> features = encode_images(from_block(model, tower, 2, hidden), pixels)  # doctest: +SKIP
     """
     blocks = list(tower.layers)
-    return with_blocks(model, tower, [_Replay(hidden), *blocks[first_block:]])
+    return with_blocks(model, tower, [_Replay(hidden), *blocks[first_block:upto]])
 
 
 def recording(
-    model: nn.Module, tower: Tower, first_block: int, into: list[Any], *, below: bool = False
+    model: nn.Module,
+    tower: Tower,
+    first_block: int,
+    into: list[Any],
+    *,
+    below: bool = False,
+    upto: int | None = None,
 ) -> nn.Module:
     """A view of `model` whose `tower` appends to `into` the output of block `first_block - 1`
     on each forward (`below`: and runs no block above it, so the features it returns are not the
-    model's). `first_block` must be at least 1; `model` itself is left as it is.
+    model's) and ends below block `upto` (None: at the last). `first_block` must be at least 1;
+    `model` itself is left as it is.
 
     Example:
         >>> hidden = []
         >>> _ = encode_images(recording(model, tower, 2, hidden), pixels)  # doctest: +SKIP
     """
     blocks = list(tower.layers)
-    above = [] if below else blocks[first_block:]
+    above = [] if below else blocks[first_block:upto]
     return with_blocks(
         model, tower, [*blocks[: first_block - 1], _Record(blocks[first_block - 1], into), *above]
     )

@@ -270,7 +270,7 @@ class PipelineOptions:
             named by an unedited judge, `hf_slug.hosts.diffusion_criterion`). On the embedded
             pipeline's three benchmark targets (test generations, identity phrasings):
             denoiser 25 / 0 / 0 %, clip 100 / 0 / 12.5 %, the others kept by both; the
-            denoiser search takes 3.8–7.0× CLIP's (benchmarks/generative_pipeline.md,
+            denoiser search takes 3.4–5.5× CLIP's (benchmarks/generative_pipeline.md,
             benchmarks/denoiser_cost.json).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
