@@ -146,3 +146,49 @@ def test_the_vlm_demo_runs_and_reports_both_criteria(tmp_path):
     assert report["runs"]["clip"]["after"][report["target"]] >= 75.0  # measured: 100 %
     assert (tmp_path / "vlm_demo_report.json").is_file()
     assert (tmp_path / "deltas" / "Clara_Alderwick" / "slug_config.json").is_file()
+
+
+def test_the_images_are_processed_once_and_answers_can_stop_after_a_batch(setup):
+    clip, _, vlm, processor, _, views, _ = setup
+    calls = []
+
+    class Counting:  # the processor, counting the images it processes
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+        def __call__(self, *args, **kwargs):
+            calls.append(len(kwargs["images"]))
+            return processor(*args, **kwargs)
+
+    counting = Counting()
+    settings = AskSettings(QUESTION, batch_size=3)
+    judge = VLMIdentityEvaluator(counting, views, [TARGET] * len(views), TARGET, settings=settings)
+    full = judge.answers(vlm)
+    assert calls == [3, 3, 2] and len(full) == len(views)
+    assert judge.answers(vlm) == full and calls == [3, 3, 2]  # processed once
+    stopped = judge.answers(vlm, until=lambda answers: len(answers) >= 4)
+    assert stopped == full[:6]  # the batch where `until` first held is the last one asked
+
+
+def test_an_early_exit_trial_makes_the_same_decision(setup):
+    """A trial that already names the target more often than the ceiling allows stops asking;
+    the forget metric is then a lower bound, marked inexact, that fails the same ceiling."""
+    clip, _, vlm, processor, _, views, _ = setup
+    settings = AskSettings(QUESTION, batch_size=2)
+    judge = VLMIdentityEvaluator(processor, views, [TARGET] * len(views), TARGET, settings=settings)
+    evaluator = VLMAnswerEvaluator(vlm, clip, judge)
+    asked = []
+    original = evaluator._target_only.answers
+
+    def answers(model, until=None):
+        found = original(model, until=until)
+        asked.append(len(found))
+        return found
+
+    evaluator._target_only.answers = answers
+    full = evaluator.evaluate_only(clip, ("forget_acc",))["forget_acc"]
+    assert full == 1.0  # unedited, the VLM names her on every view
+    metrics, exact = evaluator.evaluate_forget(clip, "forget_acc", 0.05)
+    assert not exact and asked[-1] == 2 and 0.05 < metrics["forget_acc"] <= full
+    metrics, exact = evaluator.evaluate_forget(clip, "forget_acc", 1.0)
+    assert exact and asked[-1] == len(views) and metrics["forget_acc"] == full

@@ -93,6 +93,23 @@ class VLMAnswerEvaluator(Evaluator):
                 return self._target_only(self.vlm)
         return self(model)
 
+    def evaluate_forget(
+        self, model: nn.Module, metric: str, ceiling: float
+    ) -> tuple[Metrics, bool]:
+        """The target's images batch by batch; stop once more are named than `ceiling` allows
+        (then `forget_acc` is a lower bound that already fails: the same decision)."""
+        if metric != "forget_acc":
+            return self.evaluate_only(model, (metric,)), True
+        judge = self._target_only
+        total, target = len(judge.images), judge.target.lower()
+
+        def named(answers: list[str]) -> int:
+            return sum(target in answer.lower() for answer in answers)
+
+        with self._synced():
+            answers = judge.answers(self.vlm, until=lambda a: named(a) > ceiling * total)
+        return {"forget_acc": named(answers) / total}, len(answers) == total
+
     def _synced(self) -> contextlib.AbstractContextManager[None]:
         """The VLM's tower holds the CLIPModel's current vision tensors (the trial's edit)."""
         return mirrored(self._pairs)

@@ -120,6 +120,7 @@ class VLMIdentityEvaluator:
         self.question, self.prompt_template = settings.question, settings.prompt_template
         self.max_new_tokens, self.batch_size = settings.max_new_tokens, settings.batch_size
         self.capability_probe = capability_probe
+        self._processed: tuple[Any, list[dict[str, torch.Tensor]]] | None = None
 
     @property
     def prompt(self) -> str:
@@ -144,11 +145,11 @@ class VLMIdentityEvaluator:
             )
         return DEFAULT_TEMPLATE.replace("<image>", image_token).format(question=self.question)
 
-    def answers(self, vlm: Any) -> list[str]:
-        """The VLM's greedy answer for every image (a `SLUGModel` answers with its deltas)."""
+    def answers(self, vlm: Any, until: Callable[[list[str]], bool] | None = None) -> list[str]:
+        """The VLM's greedy answer for every image (a `SLUGModel` answers with its deltas); with
+        `until`, only up to the first batch after which `until(answers so far)` holds."""
         model = _unwrap(vlm)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        prompt = self.prompt
         parameter = next(model.parameters())
         answers: list[str] = []
         previous_side = getattr(tokenizer, "padding_side", None)
@@ -157,11 +158,7 @@ class VLMIdentityEvaluator:
         try:
             if previous_side is not None:
                 tokenizer.padding_side = "left"  # decoder-only batches pad on the left
-            for start in range(0, len(self.images), self.batch_size):
-                images = self.images[start : start + self.batch_size]
-                inputs = self.processor(
-                    images=images, text=[prompt] * len(images), return_tensors="pt", padding=True
-                )
+            for inputs in self._batches():
                 inputs = {
                     k: v.to(device=parameter.device, dtype=parameter.dtype)
                     if v.is_floating_point()
@@ -180,11 +177,31 @@ class VLMIdentityEvaluator:
                 answers += [
                     a.strip() for a in tokenizer.batch_decode(new, skip_special_tokens=True)
                 ]
+                if until is not None and until(answers):
+                    break
         finally:
             if previous_side is not None:
                 tokenizer.padding_side = previous_side
             model.train(was_training)
         return answers
+
+    def _batches(self) -> list[dict[str, torch.Tensor]]:
+        """The processor's inputs for each batch of images with the prompt, made once per prompt
+        and image list (the step search asks the same images at every trial)."""
+        prompt = self.prompt
+        key = (prompt, self.batch_size, tuple(id(image) for image in self.images))
+        if self._processed is None or self._processed[0] != key:
+            batches = [
+                self.processor(
+                    images=images, text=[prompt] * len(images), return_tensors="pt", padding=True
+                )
+                for images in (
+                    self.images[start : start + self.batch_size]
+                    for start in range(0, len(self.images), self.batch_size)
+                )
+            ]
+            self._processed = (key, [dict(batch) for batch in batches])
+        return self._processed[1]
 
     def evaluate(self, vlm: Any) -> tuple[Metrics, list[str]]:
         """Metrics (`forget_acc`, `retain_acc`, probe metrics) and the answers behind them."""
