@@ -58,6 +58,8 @@ def main() -> None:
             f"{accelerator.num_processes} process(es) to {args.out}"
         )
     accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():  # gloo's threads stopped before exit, not torn down
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
