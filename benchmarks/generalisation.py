@@ -69,7 +69,8 @@ WORLDS = {
     "embedded": REPO / "hf_slug" / "demo" / "embedded_clip",
     "b": REPO / "benchmarks" / "world_b" / "clip",
 }
-RULES = ("validation utility", "importance", "alignment", "shallowest", "smallest step")
+SHIPPED = "projected first, then validation utility"
+RULES = (SHIPPED, "validation utility", "importance", "alignment", "shallowest", "smallest step")
 # cheaper searches (issue 16): the default rule, searching only the k most important front
 # layers per tower (SLUGConfig(top_k=k)); read off the same searches, no new run
 TOP_K_RULES = {"validation utility, top_k=2": 2, "validation utility, top_k=3": 3}
@@ -255,7 +256,9 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
     for rule, k in TOP_K_RULES.items():
         kept = [x for x in most_important(layers, k) if x["status"] == "met"]
         top_k[rule] = max(kept, key=_by_utility)["layer"] if kept else None
+    projected = [x for x in met if x.get("projected")] or met
     return {
+        SHIPPED: max(projected, key=_by_utility)["layer"],
         "validation utility": max(met, key=_by_utility)["layer"],
         "importance": max(met, key=lambda x: x["importance"])["layer"],
         "alignment": min(met, key=lambda x: x["alignment"])["layer"],
@@ -266,7 +269,8 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
 
 
 def _by_utility(layer: dict) -> tuple[float, bool, float]:
-    """`unlearn`'s rule: validation utility; ties to a projected edit, then the smaller step."""
+    """Validation utility; ties to a projected edit, then the smaller step (`unlearn`'s rule
+    among projected edits, `SHIPPED`, and its rule before it put them first)."""
     return layer["validation"]["utility"], bool(layer.get("projected")), -layer["step"]
 
 

@@ -85,7 +85,9 @@ class SLUGConfig:
             (0.999 chosen on the embedded world: benchmarks/generalisation.md). None: SLUG's
             plain gradient.
         null_space_towers: the towers whose candidates are projected (default text only: image
-            inputs do not separate a concept from the rest the way a name's tokens do).
+            inputs do not separate a concept from the rest the way a name's tokens do). With a
+            null space, a projected edit that meets the criterion is chosen over any plain one
+            (`hf_slug.null_space.PROJECTED_FIRST`).
 
     Search and data:
         initial_step, max_evaluations: the step search's start and budget per layer.

@@ -13,7 +13,9 @@ gradient.
 
 Text tokens are discrete, so a name's inputs are nearly orthogonal to the other captions' and
 the projection keeps most of the forget gradient; image patches are not (on the embedded VLM a
-projected vision gradient forgot far worse), hence the default towers `("text",)`.
+projected vision gradient forgot far worse), hence the default towers `("text",)`. With a null
+space, `unlearn` chooses among the projected edits that meet its criterion and falls back to
+plain ones only when none does (`choose_projected_first`).
 
 Example:
     >>> import torch
@@ -38,10 +40,14 @@ from .errors import NonFiniteOutputError
 from .search import Criterion, LayerSearch, choose
 from .towers import PROJECTIONS, tower_kinds
 
-PROJECTED_FIRST = "an edit along the retain null space, then the smaller step"
-"""How `unlearn` breaks utility ties with a null space: a projected edit leaves the retain
-inputs' outputs alone, a plain one does not; among edits of one kind the smaller step changes
-what no retain input covers least."""
+PROJECTED_FIRST = (
+    "edits along the retain null space first (plain ones only if none of them is usable)"
+)
+"""How `unlearn` chooses with a null space: a projected edit leaves the retain inputs' outputs
+alone, a plain one (a vision tensor's, by default) does not — on the embedded world the plain
+vision edits that passed the validation guard cost the test retain set most of what stacks of
+them lost (`benchmarks/stacking.md`); among edits of one kind the smaller step changes what no
+retain input covers least."""
 
 
 def input_covariances(
@@ -214,12 +220,13 @@ def choose_projected_first(
     criterion: Criterion,
     covariances: Mapping[str, torch.Tensor] | None,
 ) -> tuple[LayerSearch | None, str]:
-    """`search.choose`, utility ties going to edits whose every tensor was projected (then to
-    the smaller step) when there are covariances."""
+    """`search.choose` among the usable edits whose every tensor was projected when there are
+    covariances and any of them met the criterion (the others only when none did); ties go to
+    the smaller step."""
     if covariances is None:
         return choose(searches, criterion)
-
-    def plain(search: LayerSearch) -> float:
-        return 0.0 if all(name in covariances for name in search.names) else 1.0
-
-    return choose(searches, criterion, plain, PROJECTED_FIRST)
+    projected = [s for s in searches if all(name in covariances for name in s.names)]
+    if any(s.usable for s in projected):
+        searches = projected
+    chosen, rule = choose(searches, criterion)
+    return chosen, f"{PROJECTED_FIRST}; then {rule}"

@@ -108,13 +108,17 @@ def test_siblings_reading_one_input_share_its_covariance(model, processor):
 @pytest.mark.parametrize(
     ("covariances", "chosen"),
     [
-        (None, "plain, small step"),  # SLUG's rule: ties to the smaller step
-        ({"b": 1, "d": 1}, "projected, small step"),  # a projected edit first, then the step
+        (None, "plain, best utility"),  # SLUG's rule: the best utility, ties to the smaller step
+        ({"b": 1, "d": 1}, "projected, small step"),  # projected edits first, then the rule
+        ({"b": 1, "d": 1, "c": 1}, "projected, small step"),  # a lower utility stays lower
+        ({"e": 1}, "plain, best utility"),  # no projected edit is usable: the plain ones
     ],
 )
-def test_utility_ties_go_to_projected_edits_then_the_smaller_step(covariances, chosen):
+def test_projected_edits_come_first_then_utility_then_the_smaller_step(covariances, chosen):
     searches = {
-        "plain, small step": LayerSearch(("a",), step=0.2, metrics={"utility": 0.9}, status="met"),
+        "plain, best utility": LayerSearch(
+            ("a",), step=0.2, metrics={"utility": 0.95}, status="met"
+        ),
         "projected, small step": LayerSearch(
             ("b",), step=2.0, metrics={"utility": 0.9}, status="met"
         ),
@@ -122,11 +126,13 @@ def test_utility_ties_go_to_projected_edits_then_the_smaller_step(covariances, c
         "projected, large step": LayerSearch(
             ("d",), step=5.0, metrics={"utility": 0.9}, status="met"
         ),
+        "projected, not met": LayerSearch(("e",), step=1.0, metrics={"utility": 1.0}, status="no"),
     }
     covs = None if covariances is None else {k: torch.eye(2) for k in covariances}
     best, rule = choose_projected_first(list(searches.values()), Criterion(), covs)
     assert best is searches[chosen]
-    assert rule.endswith(SMALLER_STEP if covs is None else PROJECTED_FIRST)
+    assert rule.endswith(SMALLER_STEP)
+    assert rule.startswith(PROJECTED_FIRST) == (covs is not None)
 
 
 def _retain_and_forget_outputs(model, processor, delta, retain, forget):
