@@ -170,6 +170,7 @@ def test_the_images_are_processed_once_and_answers_can_stop_after_a_batch(setup)
     assert stopped == full[:6]  # the batch where `until` first held is the last one asked
 
 
+@pytest.mark.numerics
 def test_an_early_exit_trial_makes_the_same_decision(setup):
     """A trial that already names the target more often than the ceiling allows stops asking;
     the forget metric is then a lower bound, marked inexact, that fails the same ceiling."""

@@ -33,7 +33,7 @@ from ..towers import tower_of
 from ..validation import EvaluationData, named_label
 from ..weights import mirrored
 from .vlm import vision_tower_of
-from .vlm_evaluation import AskSettings, VLMIdentityEvaluator
+from .vlm_evaluation import AskSettings, VLMIdentityEvaluator, answer_names
 
 CRITERIA = ("vlm", "clip")
 KEPT_QUESTION = "What is shown in this image?"
@@ -101,10 +101,10 @@ class VLMAnswerEvaluator(Evaluator):
         if metric != "forget_acc":
             return self.evaluate_only(model, (metric,)), True
         judge = self._target_only
-        total, target = len(judge.images), judge.target.lower()
+        total = len(judge.images)
 
         def named(answers: list[str]) -> int:
-            return sum(target in answer.lower() for answer in answers)
+            return sum(answer_names(answer, judge.target) for answer in answers)
 
         with self._synced():
             answers = judge.answers(self.vlm, until=lambda a: named(a) > ceiling * total)

@@ -26,6 +26,16 @@ DEFAULT_QUESTION = "Who is in this image?"
 DEFAULT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
 
 
+def answer_names(answer: str, name: str) -> bool:
+    """Whether `answer` names `name` (case-insensitive substring, as `score_answers` counts).
+
+    Example:
+        >>> answer_names("It is Ada Byron.", "ada byron")
+        True
+    """
+    return name.lower() in answer.lower()
+
+
 def score_answers(answers: Sequence[str], names: Sequence[str], target: str) -> Metrics:
     """Name-in-answer accuracy (case-insensitive substring).
 
@@ -39,7 +49,7 @@ def score_answers(answers: Sequence[str], names: Sequence[str], target: str) -> 
     """
     if len(answers) != len(names):
         raise ValueError(f"{len(answers)} answers for {len(names)} images.")
-    hits = [name.lower() in answer.lower() for answer, name in zip(answers, names)]
+    hits = [answer_names(answer, name) for answer, name in zip(answers, names)]
     forget = [hit for hit, name in zip(hits, names) if name == target]
     retain = [hit for hit, name in zip(hits, names) if name != target]
     if not forget:
@@ -245,5 +255,6 @@ __all__ = [
     "DEFAULT_TEMPLATE",
     "VLMComparison",
     "VLMIdentityEvaluator",
+    "answer_names",
     "score_answers",
 ]
