@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hf_slug import ConfigError
 from hf_slug.hosts.denoiser_criterion import DenoiserCheck, DenoiserEvaluator
 from hf_slug.hosts.diffusion_criterion import shared_text_tensors
 from hf_slug.hosts.prompt_conditioning import PromptConditioning, first_text_block
@@ -155,3 +156,14 @@ def test_the_spelling_that_last_failed_a_trial_is_asked_first(tiny, monkeypatch)
     asked.clear()
     second = evaluator.evaluate_forget(clip, "forget_acc", 0.0)
     assert asked == [4] and second == ({"forget_acc": 1 / 6}, False)
+
+
+@pytest.mark.parametrize("clip_skip", [-1, 4, 1.5, True, "1"])
+def test_a_clip_skip_the_encoder_cannot_honour_is_a_typed_error(tiny, clip_skip):
+    """A negative skip, more blocks than the encoder has, or a non-integer: a ConfigError that
+    names the range, never conditioning silently taken from another block."""
+    _, pipe = tiny
+    with pytest.raises(ConfigError, match="clip_skip"):
+        PromptConditioning(pipe, clip_skip=clip_skip)
+    with pytest.raises(ConfigError, match="clip_skip"):
+        DenoiserEvaluator(pipe, tiny[0], PEOPLE[0], PEOPLE, DenoiserCheck(), clip_skip=clip_skip)

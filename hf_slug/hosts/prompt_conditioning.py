@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnknownLayerError
+from ..errors import ConfigError, UnknownLayerError
 from ..evaluation.prefix_cache import from_block, recording, with_blocks
 from ..towers import block_index, tower_kinds, tower_of
 from .generation import pipeline_components
@@ -43,6 +43,16 @@ class PromptConditioning:
         self.pipe, self.clip_skip = pipe, clip_skip
         self.encoder: nn.Module = pipeline_components(pipe)[component]
         self.tower = tower_of(self.encoder, "text")
+        blocks = len(self.tower.layers)
+        if clip_skip is not None and (
+            isinstance(clip_skip, bool)
+            or not isinstance(clip_skip, int)
+            or not 0 <= clip_skip <= blocks
+        ):
+            raise ConfigError(
+                f"clip_skip={clip_skip!r} must be None or an int from 0 to {blocks} (the blocks of "
+                f"the pipeline's {component}): pass e.g. clip_skip=1."
+            )
         self._first_block = 0
         self._replay: dict[tuple, Any] = {}  # (upto, token ids) -> hidden states at the edit
 

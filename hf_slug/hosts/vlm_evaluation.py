@@ -196,10 +196,12 @@ class VLMIdentityEvaluator:
         return answers
 
     def _batches(self) -> list[dict[str, torch.Tensor]]:
-        """The processor's inputs for each batch of images with the prompt, made once per prompt
-        and image list (the step search asks the same images at every trial)."""
+        """The processor's inputs for each batch of images with the prompt, made once per
+        processor, prompt and image list (the step search asks the same images at every trial;
+        an image changed in place is not seen: give a new image object instead)."""
         prompt = self.prompt
-        key = (prompt, self.batch_size, tuple(id(image) for image in self.images))
+        images = tuple(id(image) for image in self.images)
+        key = (id(self.processor), prompt, self.batch_size, images)
         if self._processed is None or self._processed[0] != key:
             batches = [
                 self.processor(
