@@ -92,6 +92,34 @@ def test_search_meets_a_monotone_criterion_within_ten_evaluations(model, thresho
     assert torch.equal(dict(model.named_parameters())[name], original)  # trials never accumulate
 
 
+def test_the_kept_step_is_asked_only_for_the_metrics_its_trial_lacks(model):
+    """A passing trial's forget metric is exact: the kept step asks the evaluator for the rest
+    (`evaluate_only(missing)`), and its metrics are the trial's plus those."""
+    name = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    original = dict(model.named_parameters())[name].detach().clone()
+    asked: list[set[str]] = []
+
+    class Forgetful(CallableEvaluator):
+        def evaluate_only(self, m, metrics):
+            asked.append(set(metrics))
+            s = step_of(m, name, original)
+            every = {"forget_acc": 1.0 if s < 0.37 else 0.0, "utility": 1.0 - s}
+            return {k: v for k, v in every.items() if k in metrics}
+
+    search = search_step(
+        model,
+        (name,),
+        {name: torch.randn_like(original)},
+        Forgetful(lambda m: {}),
+        Criterion(),
+        {"forget_acc": 1.0, "utility": 1.0},
+    )
+    assert search.usable and asked[-1] == {"utility"}
+    assert all(metrics == {"forget_acc"} for metrics in asked[:-1])
+    assert search.metrics["forget_acc"] == 0.0
+    assert search.metrics["utility"] == pytest.approx(1.0 - search.step, rel=1e-3)
+
+
 def test_search_says_clearly_when_it_cannot(model):
     name = "text_model.encoder.layers.0.mlp.fc2.weight"
     grads = {name: torch.randn_like(dict(model.named_parameters())[name])}
