@@ -258,8 +258,7 @@ class DenoiserEvaluator(Evaluator):
         return self
 
     def __call__(self, model: nn.Module) -> Metrics:
-        with mirrored(self._pairs):
-            return {FORGET_ACC: self._forget_acc(), **self._others()}
+        return self.evaluate_only(model, (FORGET_ACC, OTHERS_ACC, UTILITY))
 
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
         """Trials that edit only `names` follow: the encoder's blocks below them run once per
@@ -294,12 +293,12 @@ class DenoiserEvaluator(Evaluator):
     def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
         """Only the target's prompts when only `forget_acc` is asked for (most trials), only the
         other names' when it is not (the kept step's remaining metrics)."""
+        wanted = set(metrics)
         with mirrored(self._pairs):
-            if set(metrics) <= {FORGET_ACC}:
-                return {FORGET_ACC: self._forget_acc()}
-            if FORGET_ACC not in metrics:
-                return self._others()
-            return {FORGET_ACC: self._forget_acc(), **self._others()}
+            found = {FORGET_ACC: self._forget_acc()} if FORGET_ACC in wanted or not wanted else {}
+            if wanted - {FORGET_ACC}:
+                found.update(self._others())
+        return found
 
     def _others(self) -> Metrics:
         """`others_acc` and `utility`: each other name at its own phrasing, against the unedited
@@ -321,7 +320,7 @@ class DenoiserEvaluator(Evaluator):
     def _memory_key(self) -> tuple | None:
         """What the unedited directions depend on (`hosts.denoiser_memory`), or None when they
         are not to be remembered: the weights' digest, the conditioning path, the latents."""
-        encoder = pipeline_components(self.pipe)[self.component]
+        encoder = self._prompt_states.encoder
         digest = weights_key(encoder, self.unet) if gradient_cache_enabled() else None
         if digest is None:
             return None

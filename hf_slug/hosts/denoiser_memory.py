@@ -70,7 +70,7 @@ def weights_key(*modules: nn.Module) -> str | None:
         for tensor in (*module.parameters(), *module.buffers()):
             if tensor.is_meta:
                 return None
-            size += tensor.numel() * tensor.element_size()
+            size += _bytes(tensor)
     return weights_digest(*modules) if size <= MAX_DIGEST_BYTES else None
 
 
