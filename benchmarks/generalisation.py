@@ -58,6 +58,7 @@ from hf_slug.demo.protocol import (  # noqa: E402
     identity_report,
     retain_pairs,
 )
+from hf_slug.evaluation import PROMPT_DRIFT  # noqa: E402
 from hf_slug.gradients import compute_gradients  # noqa: E402
 from hf_slug.null_space import null_space_gradients  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
@@ -69,8 +70,17 @@ WORLDS = {
     "embedded": REPO / "hf_slug" / "demo" / "embedded_clip",
     "b": REPO / "benchmarks" / "world_b" / "clip",
 }
-SHIPPED = "projected first, then validation utility"
-RULES = (SHIPPED, "validation utility", "importance", "alignment", "shallowest", "smallest step")
+SHIPPED = "projected first, then least prompt drift"
+PREVIOUS = "projected first, then validation utility"  # the default before prompt drift
+RULES = (
+    SHIPPED,
+    PREVIOUS,
+    "validation utility",
+    "importance",
+    "alignment",
+    "shallowest",
+    "smallest step",
+)
 # cheaper searches (issue 16): the default rule, searching only the k most important front
 # layers per tower (SLUGConfig(top_k=k)); read off the same searches, no new run
 TOP_K_RULES = {"validation utility, top_k=2": 2, "validation utility, top_k=3": 3}
@@ -257,8 +267,10 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
         kept = [x for x in most_important(layers, k) if x["status"] == "met"]
         top_k[rule] = max(kept, key=_by_utility)["layer"] if kept else None
     projected = [x for x in met if x.get("projected")] or met
+    drifts = all(PROMPT_DRIFT in x["validation"] for x in projected)
     return {
-        SHIPPED: max(projected, key=_by_utility)["layer"],
+        SHIPPED: min(projected, key=_by_drift)["layer"] if drifts else None,
+        PREVIOUS: max(projected, key=_by_utility)["layer"],
         "validation utility": max(met, key=_by_utility)["layer"],
         "importance": max(met, key=lambda x: x["importance"])["layer"],
         "alignment": min(met, key=lambda x: x["alignment"])["layer"],
@@ -270,8 +282,15 @@ def picks(layers: list[dict]) -> dict[str, str | None]:
 
 def _by_utility(layer: dict) -> tuple[float, bool, float]:
     """Validation utility; ties to a projected edit, then the smaller step (`unlearn`'s rule
-    among projected edits, `SHIPPED`, and its rule before it put them first)."""
+    among projected edits before prompt drift, `PREVIOUS`, and its rule before that)."""
     return layer["validation"]["utility"], bool(layer.get("projected")), -layer["step"]
+
+
+def _by_drift(layer: dict) -> tuple[float, float, float]:
+    """`unlearn`'s rule among projected edits (`SHIPPED`): the least prompt drift, ties to the
+    higher validation utility, then the smaller step."""
+    v = layer["validation"]
+    return v[PROMPT_DRIFT], -v["utility"], layer["step"]
 
 
 def most_important(layers: list[dict], k: int) -> list[dict]:

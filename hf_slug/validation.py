@@ -135,8 +135,9 @@ def default_evaluator(
     `forget_acc@5` (recognised under *any* phrasing, within the margin), `retain_acc` (caption
     retrieval among the retain captions), `others_acc` (retain images whose caption names
     another candidate label, recognised among the candidates) and `utility`, the mean of the
-    retain tasks (`hf_slug.evaluation.accuracy_key`, `UTILITY`). Give it data the gradients
-    never saw.
+    retain tasks (`hf_slug.evaluation.accuracy_key`, `UTILITY`); during a text-tower search also
+    `PROMPT_DRIFT`, how far the edit moves the other labels' forget prompts. Give it data the
+    gradients never saw.
     """
     labels = check_labels(config)
     templates = criterion_templates(config.concept_kind, config.templates)
@@ -158,6 +159,7 @@ def default_evaluator(
             counts_for_utility=False,
             scoring="any",
             margin=float(config.margin),
+            track_drift=True,
         ),
         ZeroShotTask(
             RETAIN_TASK,

@@ -3,7 +3,7 @@
 An evaluator is called with the model and returns named metrics. Modules:
 
 - `base`: `Evaluator`, `CallableEvaluator`, `as_evaluator`, `Metrics` and the metric keys
-  (`accuracy_key`, `top5_key`, `UTILITY`, `FORGET_TASK`, `FORGET_ACC`);
+  (`accuracy_key`, `top5_key`, `UTILITY`, `PROMPT_DRIFT`, `FORGET_TASK`, `FORGET_ACC`);
 - `tasks`: `ZeroShotTask` and how its images are scored;
 - `zero_shot`: `ZeroShotEvaluator`, cheap for the search (kept features, early exit);
 - `prefix_cache`: the blocks below an edit, recorded once and replayed through views of the
@@ -22,6 +22,7 @@ from __future__ import annotations
 from .base import (
     FORGET_ACC,
     FORGET_TASK,
+    PROMPT_DRIFT,
     RETAIN_TASK,
     UTILITY,
     CallableEvaluator,
@@ -46,6 +47,7 @@ from .zero_shot import ZeroShotEvaluator
 __all__ = [
     "FORGET_ACC",
     "FORGET_TASK",
+    "PROMPT_DRIFT",
     "RETAIN_TASK",
     "SCORINGS",
     "UTILITY",

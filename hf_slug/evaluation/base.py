@@ -3,7 +3,8 @@
 An evaluator is called with the model and returns named metrics (`Metrics`: name -> float).
 The zero-shot evaluators' keys are made by functions and never parsed back: a task named `t`
 gives `accuracy_key(t)` (top-1, `"{t}_acc"`) and `top5_key(t)` (`"{t}_acc@5"`), and `UTILITY`
-is the mean top-1 of the tasks that count for utility. `FORGET_TASK` names the forget set's
+is the mean top-1 of the tasks that count for utility; `PROMPT_DRIFT` is how far a text edit moves
+the other labels' prompts during a search. `FORGET_TASK` names the forget set's
 task (the default criterion reads `FORGET_ACC`); it never counts for utility.
 
 Example:
@@ -29,6 +30,11 @@ RETAIN_TASK = "retain"
 """The name of the retain set's zero-shot task in the default and identity evaluators."""
 UTILITY = "utility"
 """The mean top-1 accuracy of the tasks that count for utility (every task evaluated)."""
+PROMPT_DRIFT = "prompt_drift"
+"""During a text-tower search (between `begin` and `end`): how far the edit moves the prompts of
+the labels that no image of a drift-tracking task has — mean cosine distance of their text
+features from where the unit's search began. A retain null space hides an edit from the retain
+captions; this sees what it does to phrasings they do not hold. Lower is less collateral."""
 
 
 def accuracy_key(task: str) -> str:

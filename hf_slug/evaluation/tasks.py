@@ -37,6 +37,10 @@ class ZeroShotTask:
     first (every label needs the same number of prompts, aligned by position) — a forget
     criterion that each phrasing must fail. With `margin` > 0 an image also counts as recognised
     while its label's cosine trails the best other label's by less than `margin`.
+
+    `track_drift=True` adds the task to `PROMPT_DRIFT`: during a text-tower search, how far the
+    edit moves the prompts of the labels none of its images has (the other names, for a forget
+    task) from where the unit's search began.
     """
 
     name: str
@@ -48,6 +52,7 @@ class ZeroShotTask:
     counts_for_utility: bool = True
     scoring: str = "mean"
     margin: float = 0.0
+    track_drift: bool = False
 
     def __post_init__(self) -> None:
         if self.scoring not in SCORINGS:
@@ -83,6 +88,12 @@ class ZeroShotTask:
         return list(
             self.prompts[label] if self.prompts else [t.format(label) for t in self.templates]
         )
+
+    def bystanders(self) -> list[int]:
+        """Indices into `label_names` of the labels that no image has (their prompts' drift is
+        what `track_drift` measures)."""
+        own = set(self.labels)
+        return [i for i, label in enumerate(self.label_names) if label not in own]
 
     def texts(self) -> tuple[list[str], list[int]]:
         """Every prompt, and the label index each belongs to."""

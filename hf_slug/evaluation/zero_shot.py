@@ -26,7 +26,7 @@ from torch import nn
 from ..data import PROCESSOR_KWARGS
 from ..errors import NonFiniteOutputError
 from ..towers import Tower, block_index, encode_images, encode_texts, find_towers
-from .base import UTILITY, Evaluator, Metrics, accuracy_key, top5_key
+from .base import PROMPT_DRIFT, UTILITY, Evaluator, Metrics, accuracy_key, top5_key
 from .prefix_cache import _Inputs, _weights_key, from_block, recording
 from .tasks import ZeroShotTask, _accuracy, _label_embeddings, _rate
 
@@ -37,7 +37,8 @@ class ZeroShotEvaluator(Evaluator):
     """Top-1/top-5 zero-shot accuracy per task, plus `utility`: the mean top-1 of utility tasks.
 
     Keys: `accuracy_key(task.name)`, `top5_key(task.name)` and `UTILITY`, which averages the
-    tasks whose `in_utility` holds (by default all but the one named `FORGET_TASK`).
+    tasks whose `in_utility` holds (by default all but the one named `FORGET_TASK`); during a
+    text-tower search (`begin` .. `end`) with a task that has `track_drift`, `PROMPT_DRIFT`.
     """
 
     def __init__(self, processor: Any, tasks: Sequence[ZeroShotTask], batch_size: int = 64):
@@ -51,6 +52,7 @@ class ZeroShotEvaluator(Evaluator):
         self._owners: list[torch.Tensor] = []
         self._truth: list[torch.Tensor] = []
         self._rows_of: list[torch.Tensor] = []  # each task's prompts, as rows of its `_texts`
+        self._bystander_rows: list[torch.Tensor] = []  # of those, the drift-tracked ones
         hosts: list[tuple[dict[str, int], _Inputs]] = []  # a task's prompts, once each
         for task in self.tasks:
             images = [
@@ -72,6 +74,12 @@ class ZeroShotEvaluator(Evaluator):
             self._texts.append(host[1])
             self._rows_of.append(torch.tensor([host[0][t] for t in texts]))
             self._owners.append(torch.tensor(owners))
+            bystanders = set(task.bystanders()) if task.track_drift else set()
+            self._bystander_rows.append(
+                torch.tensor(
+                    [k for k, owner in enumerate(owners) if owner in bystanders], dtype=torch.long
+                )
+            )
             index = {n: i for i, n in enumerate(task.label_names)}
             self._truth.append(torch.tensor([index[label] for label in task.labels]))
         self._keys = [(accuracy_key(t.name), top5_key(t.name)) for t in self.tasks]
@@ -80,6 +88,7 @@ class ZeroShotEvaluator(Evaluator):
         self._early: dict[int, Any] = {}  # per task: what early-exit trials learnt (search)
         self._kept_features: dict[int, tuple[Any, Any, torch.Tensor]] = {}
         self._towers: tuple[Any, list[Tower]] | None = None
+        self._drift_from: dict[int, torch.Tensor] = {}  # task -> its bystanders' unedited features
 
     # -- the search protocol -------------------------------------------------------------
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -89,29 +98,41 @@ class ZeroShotEvaluator(Evaluator):
         for inputs in self._images + self._texts:
             inputs.base, inputs.replay = None, []  # filled by the first trial that needs them
         self._early = {}
+        self._drift_from = {}
+        if tower.kind == "text":
+            with _evaluating(model), torch.no_grad():
+                for i, rows in enumerate(self._bystander_rows):
+                    if len(rows):
+                        unedited = self._kept(model, self._texts[i])[self._rows_of[i]]
+                        self._drift_from[i] = unedited[rows]
 
     def end(self) -> None:
         self._edit = None
         for inputs in self._images + self._texts:
             inputs.base, inputs.replay = None, []
         self._early = {}
+        self._drift_from = {}
 
     def __call__(self, model: nn.Module) -> Metrics:
         return self._evaluate(model, range(len(self.tasks)))
 
     def evaluate_only(self, model: nn.Module, metrics: Collection[str]) -> Metrics:
-        """Only the tasks whose keys `metrics` names; every task when it names `UTILITY` or a
-        key no task returns."""
+        """Only the tasks whose keys `metrics` names (`PROMPT_DRIFT`: the drift-tracking ones);
+        every task when it names `UTILITY` or a key no task returns."""
         wanted = set(metrics)
-        indices = [i for i, keys in enumerate(self._keys) if wanted.intersection(keys)]
-        known = {key for keys in self._keys for key in keys}
+        indices = [
+            i
+            for i, keys in enumerate(self._keys)
+            if wanted.intersection(keys) or (PROMPT_DRIFT in wanted and i in self._drift_from)
+        ]
+        known = {key for keys in self._keys for key in keys} | {PROMPT_DRIFT}
         if UTILITY in wanted or not indices or not wanted <= known:
             return self(model)
         return self._evaluate(model, indices)
 
     def _evaluate(self, model: nn.Module, indices: Sequence[int]) -> Metrics:
         metrics: Metrics = {}
-        utility = []
+        utility, drift = [], []
         with _evaluating(model), torch.no_grad():
             done: dict[int, torch.Tensor] = {}  # tasks sharing prompts encode them once
             for i in indices:
@@ -125,8 +146,13 @@ class ZeroShotEvaluator(Evaluator):
                 metrics[self._keys[i][0]], metrics[self._keys[i][1]] = top1, top5
                 if task.in_utility:
                     utility.append(top1)
+                if i in self._drift_from:
+                    moved = text_f[self._bystander_rows[i]]
+                    drift.append((1 - (moved * self._drift_from[i]).sum(-1)).mean().item())
         if utility and len(indices) == len(self.tasks):  # utility needs every task
             metrics[UTILITY] = sum(utility) / len(utility)
+        if drift and len(drift) == len(self._drift_from):
+            metrics[PROMPT_DRIFT] = sum(drift) / len(drift)
         return metrics
 
     early_exit = True  # forget trials stop early (the decision never changes; benchmarks compare)
