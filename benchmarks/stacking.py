@@ -1,6 +1,7 @@
 """Stacking: deltas made one identity at a time, loaded together — what holds, what interferes.
 
-On the embedded model and world, for N = 2, 3, 5, 8 identities (seeded random draws), each
+On the embedded model and world (or world B and its CLIP, `--world b`: drawn for reports and
+never tuned on), for N = 2, 3, 5, 8 identities (seeded random draws), each
 identity is unlearned alone (its own val evaluator, the demo's settings), then the deltas are
 stacked with `SLUGModel` at weight 1.0 and judged on held-out **test** views:
 
@@ -16,6 +17,7 @@ in order, each with `unlearn(..., avoid=previous deltas)`: no tensor edited twic
 
     python benchmarks/stacking.py --out benchmarks/
     python benchmarks/stacking.py --sizes 2 --draws 1 --out /tmp/stack-smoke
+    python benchmarks/stacking.py --world b --sizes 3 5 --compositions default --out /tmp/stack-b
     python benchmarks/stacking.py --markdown benchmarks/stacking.json  # tables for stacking.md
 """
 
@@ -52,6 +54,7 @@ from hf_slug.demo.run import load_embedded  # noqa: E402
 from hf_slug.demo.world import World  # noqa: E402
 
 SIZE = dict(per_identity=24, per_concept=3)  # the demo's test protocol
+WORLD_B_MODEL = Path(__file__).resolve().parent / "world_b" / "clip"
 VAL = dict(per_identity=24, per_concept=3, forget_views=192)  # the demo's search protocol
 SETTINGS = dict(top_k=4, max_evaluations=10)
 COMPOSITIONS = ("independent", "guarded", "stacked", "default", "default-avoid")
@@ -302,9 +305,20 @@ def markdown(path: Path) -> str:
     return f"{stacks}\n\n{pairs}\n"
 
 
+def _world(name: str) -> tuple[Path, Any]:
+    """The CLIP's folder and the world of `--world`: the embedded one (the defaults were tuned
+    there) or world B (`benchmarks/world_b.py`, its seed as `generalisation.py` draws it)."""
+    if name == "embedded":
+        return Path(DEFAULT_MODEL), World(seed=0)
+    from world_b import world_b
+
+    return WORLD_B_MODEL, world_b(seed=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks"))
+    parser.add_argument("--world", choices=("embedded", "b"), default="embedded")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 5, 8])
     parser.add_argument("--draws", type=int, default=2)
     parser.add_argument("--compositions", nargs="+", default=list(COMPOSITIONS))
@@ -328,13 +342,15 @@ def main() -> None:
     }
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    model, processor = load_embedded(DEFAULT_MODEL)
-    world = World(seed=0)
+    model_path, world = _world(args.world)
+    model, processor = load_embedded(model_path)
+    cache = args.cache / args.world
     start = time.perf_counter()
     alone: dict[tuple[str, str], ConceptDelta] = {}
     report: dict[str, Any] = {
         "command": command_line(),
-        "model_sha256": model_sha256(DEFAULT_MODEL),
+        "world": args.world,
+        "model_sha256": model_sha256(str(model_path)),
         "protocol": {"test": SIZE, "val": VAL, "settings": SETTINGS, "weight": 1.0},
         "stacks": [],
         "pairs": [],
@@ -347,14 +363,14 @@ def main() -> None:
                 for t in targets:
                     if (composition, t) not in alone:
                         alone[composition, t] = make_delta(
-                            model, processor, world, t, args.cache, composition
+                            model, processor, world, t, cache, composition
                         )
                 deltas = {t: alone[composition, t] for t in targets}
             else:
                 deltas = {}
                 for t in targets:  # each searched on top of the ones before it
                     deltas[t] = make_delta(
-                        model, processor, world, t, args.cache, composition, deltas.values()
+                        model, processor, world, t, cache, composition, deltas.values()
                     )
             row = measure_stack(model, processor, world, targets, deltas)
             row.update(n=n, draw=d, composition=composition)

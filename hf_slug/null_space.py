@@ -39,7 +39,7 @@ from .config import SLUGConfig
 from .data import PROCESSOR_KWARGS, ImageTextPairs
 from .errors import NonFiniteOutputError
 from .evaluation import PROMPT_DRIFT
-from .search import Criterion, LayerSearch, choose
+from .search import Criterion, LayerSearch, choose, guard_clause
 from .towers import PROJECTIONS, tower_kinds
 
 PROJECTED_FIRST = (
@@ -51,9 +51,9 @@ vision edits that passed the validation guard cost the test retain set most of w
 them lost (`benchmarks/stacking.md`); among edits of one kind the smaller step changes what no
 retain input covers least."""
 LEAST_DRIFT = (
-    f"among those that met the forget criterion within the utility guard, the one that moves the "
-    f"other labels' prompts least ({PROMPT_DRIFT}); ties go to the higher {{utility}}, then the "
-    "smaller step"
+    "among those whose smallest passing step met the forget criterion{guard}, the one that moves "
+    f"the other labels' prompts least ({PROMPT_DRIFT}); ties go to the higher {{utility}}, then "
+    "the smaller step"
 )
 """The choice among usable projected edits (when the evaluator reports `PROMPT_DRIFT`): they all
 leave the retain captions' outputs alone, so validation retain and utility barely tell them
@@ -245,6 +245,7 @@ def choose_projected_first(
             usable,
             key=lambda s: (s.metrics[PROMPT_DRIFT], -s.metrics.get(utility, 0.0), s.step),
         )
-        return least, f"{PROJECTED_FIRST}; then {LEAST_DRIFT.format(utility=utility)}"
+        rule = LEAST_DRIFT.format(guard=guard_clause(criterion), utility=utility)
+        return least, f"{PROJECTED_FIRST}; then {rule}"
     chosen, rule = choose(projected if usable else searches, criterion)
     return chosen, f"{PROJECTED_FIRST}; then {rule}"

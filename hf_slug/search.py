@@ -254,6 +254,15 @@ def no_layer_message(concept: str, criterion: Criterion, searches: Sequence[Laye
     )
 
 
+def guard_clause(criterion: Criterion) -> str:
+    """How a choice rule says the utility guard in words ("" without a guard)."""
+    if criterion.utility_tolerance is None:
+        return ""
+    return (
+        f" and kept {criterion.utility_metric} within {criterion.utility_tolerance} of the original"
+    )
+
+
 def choose(
     searches: Sequence[LayerSearch],
     criterion: Criterion,
@@ -264,12 +273,9 @@ def choose(
 
     Among equal utilities the smallest `tie_break(search)` wins, then the smaller step
     (default: the step alone; `tie` says the rule in words)."""
-    guard = (
-        f" and kept {criterion.utility_metric} within {criterion.utility_tolerance} of the original"
-        if criterion.utility_tolerance is not None
-        else ""
+    rule = CHOICE_RULE.format(
+        guard=guard_clause(criterion), utility=criterion.utility_metric, tie=tie
     )
-    rule = CHOICE_RULE.format(guard=guard, utility=criterion.utility_metric, tie=tie)
     usable = [s for s in searches if s.usable]
     if not usable:
         return None, rule

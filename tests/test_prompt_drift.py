@@ -19,7 +19,7 @@ from hf_slug import SLUGConfig, UnlearnOptions, unlearn
 from hf_slug.data import PROCESSOR_KWARGS, ImageTextPairs
 from hf_slug.evaluation import FORGET_TASK, PROMPT_DRIFT, ZeroShotEvaluator, ZeroShotTask
 from hf_slug.null_space import LEAST_DRIFT, PROJECTED_FIRST, choose_projected_first
-from hf_slug.search import Criterion, LayerSearch, edited
+from hf_slug.search import Criterion, LayerSearch, edited, guard_clause
 from hf_slug.towers import encode_texts
 from hf_slug.validation import default_evaluator
 
@@ -116,12 +116,15 @@ def _search(name: str, step: float, utility: float, drift: float | None) -> Laye
 def test_projected_edits_are_chosen_by_least_drift(searches, chosen, by_drift):
     found = {name: _search(name, *rest) for name, *rest in searches}
     covariances = {name: torch.eye(2) for name in found if name.startswith("p")}
-    best, rule = choose_projected_first(list(found.values()), Criterion(), covariances)
+    criterion = Criterion(utility_tolerance=0.1)
+    best, rule = choose_projected_first(list(found.values()), criterion, covariances)
     assert best is found[chosen]
     assert rule.startswith(PROJECTED_FIRST)
     assert (PROMPT_DRIFT in rule) == by_drift
     if by_drift:
-        assert rule.endswith(LEAST_DRIFT.format(utility="utility"))
+        guard = guard_clause(criterion)
+        assert rule.endswith(LEAST_DRIFT.format(guard=guard, utility="utility"))
+        assert "within 0.1" in guard and guard in rule
 
 
 def test_unlearn_chooses_the_least_drift_among_projected_edits(processor):
