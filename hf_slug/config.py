@@ -35,6 +35,14 @@ WEIGHTS_NAME = "slug_model.safetensors"
 STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, active flags
 
 
+DEFAULT_MARGIN = 0.05
+DEFAULT_MARGINS: dict[str, float] = {"identity": 0.15}
+"""The criterion's margin per `concept_kind` when `SLUGConfig(margin=None)`; `DEFAULT_MARGIN` for
+the others. Identities: 0.15 (benchmarks/generalisation.md: on 24 embedded identities FA@5 29.0
+-> 2.1 % at the same retain and utility, and stacks of 5 kept every target forgotten); objects
+and styles keep 0.05 (0.15 cost the other kind up to 10.4 points)."""
+
+
 @dataclass
 class SLUGConfig:
     """What to forget and by which rule, for one concept (saved with its delta).
@@ -67,6 +75,10 @@ class SLUGConfig:
             world it closes typo leaks but costs retain and utility (benchmarks/robustness.md).
         margin: the default criterion counts an image as still recognised while, under any
             phrasing, the concept's cosine trails the best other label's by less than this.
+            None (the default): the kind's own, `DEFAULT_MARGINS` — 0.15 for identities, 0.05
+            otherwise (chosen on the embedded world: identities forgot deeper and stacked
+            better at no cost, objects and styles lost up to 10 points of the other kind at
+            0.15; benchmarks/generalisation.md). `criterion_margin` is the one in force.
         validation_share: without an evaluator, this share of the forget and of the retain pairs
             (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
             it. 0 scores on the gradient pairs themselves (reported as "in-sample").
@@ -95,8 +107,11 @@ class SLUGConfig:
         batch_size: batch size of the gradient passes.
 
     Example:
-        >>> SLUGConfig(concept="Ada Byron", candidate_labels=["Ada Byron", "Alan Kay"]).margin
-        0.05
+        >>> config = SLUGConfig(concept="Ada Byron", candidate_labels=["Ada Byron", "Alan Kay"])
+        >>> config.margin is None, config.criterion_margin
+        (True, 0.05)
+        >>> SLUGConfig(concept="Ada Byron", concept_kind="identity").criterion_margin
+        0.15
     """
 
     concept: str
@@ -107,7 +122,7 @@ class SLUGConfig:
     candidate_labels: list[str] | None = None
     concept_kind: str = "concept"
     templates: tuple[str, ...] = ()
-    margin: float = 0.05
+    margin: float | None = None
     name_parts: bool = True
     misspellings: int = 0
     validation_share: float = 0.25
@@ -216,11 +231,11 @@ class SLUGConfig:
             "a tuple of phrasings with one '{}', e.g. ('a photo of {}.',)",
         )
         criterion_templates(self.concept_kind, self.templates)
-        margin = finite_real(self.margin)
-        if margin is None or not 0 <= margin < 2:
+        margin = None if self.margin is None else finite_real(self.margin)
+        if self.margin is not None and (margin is None or not 0 <= margin < 2):
             raise ConfigError(
                 f"margin must be a cosine difference in [0, 2), got {self.margin!r}: pass e.g. "
-                "margin=0.05, or 0 for the plain top-1 criterion."
+                "margin=0.05, 0 for the plain top-1 criterion, or None for the kind's default."
             )
         if not isinstance(self.name_parts, bool):
             raise ConfigError(f"name_parts must be True or False, got {self.name_parts!r}.")
@@ -261,8 +276,17 @@ class SLUGConfig:
         """The step search's group of this config (`initial_step`, `max_evaluations`)."""
         return SearchSettings(self.initial_step, self.max_evaluations)
 
+    @property
+    def criterion_margin(self) -> float:
+        """The margin in force: `margin`, or the kind's `DEFAULT_MARGINS` entry when None."""
+        if self.margin is not None:
+            return float(self.margin)
+        return DEFAULT_MARGINS.get(self.concept_kind, DEFAULT_MARGIN)
+
     def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values, with the margin in force written out."""
         data = asdict(self)
+        data["margin"] = self.criterion_margin
         data["towers"] = list(self.towers)
         data["templates"] = list(self.templates)
         data["null_space_towers"] = list(self.null_space_towers)

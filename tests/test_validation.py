@@ -236,3 +236,18 @@ def test_own_evaluator_is_labelled_as_such(processor):
     )
     assert result.data.source == "evaluator"
     assert result.data.gradient_forget == 6  # the user's evaluator: nothing is held out
+
+
+@pytest.mark.parametrize(
+    ("kind", "margin", "expected"),
+    [("identity", None, 0.15), ("object", None, 0.05), ("style", None, 0.05),
+     ("concept", None, 0.05), ("identity", 0.0, 0.0), ("object", 0.2, 0.2)],
+)  # fmt: skip
+def test_the_margin_in_force_is_the_kinds_unless_given(processor, kind, margin, expected):
+    config = SLUGConfig(
+        concept="Ada Byron", candidate_labels=NAMES, concept_kind=kind, margin=margin
+    )
+    assert config.criterion_margin == expected
+    assert config.to_dict()["margin"] == expected  # saved settings carry the number used
+    forget = default_evaluator(processor, _pairs(4), _retain(8), config).tasks[0]
+    assert forget.margin == expected
