@@ -278,7 +278,9 @@ class SLUGConfig:
 
     @property
     def criterion_margin(self) -> float:
-        """The margin in force: `margin`, or the kind's `DEFAULT_MARGINS` entry when None."""
+        """The margin in force: `margin`, or the kind's `DEFAULT_MARGINS` entry when None (so a
+        `dataclasses.replace(config, concept_kind=...)` of a `margin=None` config follows the new
+        kind; `to_dict` pins the number)."""
         if self.margin is not None:
             return float(self.margin)
         return DEFAULT_MARGINS.get(self.concept_kind, DEFAULT_MARGIN)

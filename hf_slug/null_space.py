@@ -50,6 +50,9 @@ alone, a plain one (a vision tensor's, by default) does not — on the embedded 
 vision edits that passed the validation guard cost the test retain set most of what stacks of
 them lost (`benchmarks/stacking.md`); among edits of one kind the smaller step changes what no
 retain input covers least."""
+DRIFT_TIE = 1e-6
+"""Prompt drifts this close count as equal (float32 round-off of unit vectors is ~1e-7; the edits
+the choice separates differ by 1e-4 and more, `benchmarks/generalisation.md`)."""
 LEAST_DRIFT = (
     "among those whose smallest passing step met the forget criterion{guard}, the one that moves "
     f"the other labels' prompts least ({PROMPT_DRIFT}); ties go to the higher {{utility}}, then "
@@ -234,17 +237,19 @@ def choose_projected_first(
 ) -> tuple[LayerSearch | None, str]:
     """With covariances, the usable edits whose every tensor was projected come first (the others
     only when none is usable). Among them the one with the least `PROMPT_DRIFT` when each reports
-    it (ties to the higher utility, then the smaller step), else `search.choose`'s rule."""
+    it — drifts within `DRIFT_TIE` of the least tie, and ties go to the higher utility, then the
+    smaller step — else `search.choose`'s rule. (A projected vision edit reports no drift — it
+    moves no prompt — so with vision tensors in the null space, not the default, the choice
+    falls back to the utility rule; `result.rule` says which rule chose.)"""
     if covariances is None:
         return choose(searches, criterion)
     projected = [s for s in searches if all(name in covariances for name in s.names)]
     usable = [s for s in projected if s.usable]
     if usable and all(PROMPT_DRIFT in s.metrics for s in usable):
         utility = criterion.utility_metric
-        least = min(
-            usable,
-            key=lambda s: (s.metrics[PROMPT_DRIFT], -s.metrics.get(utility, 0.0), s.step),
-        )
+        floor = min(s.metrics[PROMPT_DRIFT] for s in usable) + DRIFT_TIE
+        tied = [s for s in usable if s.metrics[PROMPT_DRIFT] <= floor]
+        least = min(tied, key=lambda s: (-s.metrics.get(utility, 0.0), s.step))
         rule = LEAST_DRIFT.format(guard=guard_clause(criterion), utility=utility)
         return least, f"{PROJECTED_FIRST}; then {rule}"
     chosen, rule = choose(projected if usable else searches, criterion)

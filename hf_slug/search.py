@@ -190,8 +190,8 @@ def search_step(
     result = LayerSearch(names)
     low, high = 0.0, None  # the largest step known to fail, the smallest known to succeed
     step = settings.initial_step
-    evaluator.begin(model, names)
     try:
+        evaluator.begin(model, names)  # inside: a failing begin still ends the unit
         for _ in range(settings.max_evaluations):
             try:
                 with edited(model, update(model, names, forget_grads, step)):

@@ -9,7 +9,8 @@ user's own), or "in-sample" (`validation_share=0`: scored on the gradient pairs 
 
 The default forget criterion runs over a prompt ensemble — the built-in phrasings of the
 concept's kind (`hf_slug.phrasings`) plus the user's `templates` — and *each* phrasing must fail
-to rank the concept first, by `config.criterion_margin` (`ZeroShotTask(scoring="any", margin=...)`).
+to rank the concept first, by `config.criterion_margin`
+(`ZeroShotTask(scoring="any", margin=...)`).
 Utility is the mean of two retain tasks: retrieval of each held-out retain image's caption, and,
 for retain images whose caption names another candidate label, zero-shot recognition of that
 label (the concepts an edit is most likely to hurt).

@@ -89,6 +89,7 @@ class ZeroShotEvaluator(Evaluator):
         self._kept_features: dict[int, tuple[Any, Any, torch.Tensor]] = {}
         self._towers: tuple[Any, list[Tower]] | None = None
         self._drift_from: dict[int, torch.Tensor] = {}  # task -> its bystanders' unedited features
+        self._unit: tuple[Any, list[tuple[nn.Parameter, torch.Tensor]], dict] | None = None
 
     # -- the search protocol -------------------------------------------------------------
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
@@ -99,6 +100,11 @@ class ZeroShotEvaluator(Evaluator):
             inputs.base, inputs.replay = None, []  # filled by the first trial that needs them
         self._early = {}
         self._drift_from = {}
+        self._unit = (  # the model, copies of the unit's tensors, each tower's weights key
+            weakref.ref(model),
+            [(p, p.detach().clone()) for p in _parameters(model, names)],
+            {t.kind: _weights_key(model, t) for t in find_towers(model)},
+        )
         if tower.kind == "text":
             with _evaluating(model), torch.no_grad():
                 for i, rows in enumerate(self._bystander_rows):
@@ -112,6 +118,22 @@ class ZeroShotEvaluator(Evaluator):
             inputs.base, inputs.replay = None, []
         self._early = {}
         self._drift_from = {}
+        self._rekey_restored()
+
+    def _rekey_restored(self) -> None:
+        """After a unit whose tensors hold exactly what they held at `begin` (the search restores
+        them; writing bumps their version counters all the same), the features kept for the
+        towers as they were then stay valid: re-key them to the tensors' new versions, so the
+        next unit does not encode them again."""
+        unit, self._unit = self._unit, None
+        model = unit[0]() if unit else None
+        if model is None or not all(torch.equal(p, copy) for p, copy in unit[1]):
+            return
+        for kind, old in unit[2].items():
+            new = _weights_key(model, self._tower(model, kind))
+            for inputs_id, (owner, key, features) in list(self._kept_features.items()):
+                if owner() is model and key == old and old is not None:
+                    self._kept_features[inputs_id] = (owner, new, features)
 
     def __call__(self, model: nn.Module) -> Metrics:
         return self._evaluate(model, range(len(self.tasks)))
@@ -274,6 +296,12 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for module in training:
             module.training = True
+
+
+def _parameters(model: nn.Module, names: Sequence[str]) -> list[nn.Parameter]:
+    """The parameters named (those the model has)."""
+    own = dict(model.named_parameters())
+    return [own[n] for n in names if n in own]
 
 
 def _tower_for(model: nn.Module, name: str) -> Tower:
