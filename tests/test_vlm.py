@@ -26,8 +26,9 @@ from hf_slug import (
     ZeroShotTask,
     testing,
 )
-from hf_slug.hosts.base import before_after_table
+from hf_slug.hosts.base import before_after_table, host_config
 from hf_slug.hosts.vlm import (
+    LlavaHost,
     VLMOptions,
     check_same_tower,
     unlearn_vlm,
@@ -560,3 +561,12 @@ def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
         )
     assert again.result.before["forget_acc"] == pytest.approx(ada.after["forget_acc"])
     assert again.result.before["forget_acc"] < ada.before["forget_acc"]
+
+
+@pytest.mark.parametrize(("margin", "expected"), [(None, 0.05), (0.15, 0.15), (0.0, 0.0)])
+def test_a_vision_only_search_keeps_the_small_margin_unless_given(world, margin, expected):
+    """The identities' default margin (0.15) was chosen on text edits; on the embedded VLM
+    every vision block that met it lost more than the utility guard allows."""
+    config = SLUGConfig(concept="Ada Byron", concept_kind="identity", margin=margin)
+    host = LlavaHost(world["vlm"])
+    assert host_config(host, config).criterion_margin == expected

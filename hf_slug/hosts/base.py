@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..adapter_weights import require_no_active_adapters
-from ..config import SLUGConfig, TargetInfo
+from ..config import DEFAULT_MARGIN, SLUGConfig, TargetInfo
 from ..data import ImageTextPairs
 from ..delta import ConceptDelta
 from ..errors import AdapterError, ConfigError, FingerprintMismatchError, UnsupportedModelError
@@ -192,7 +192,10 @@ def first_blocks(reached: int, nothing_to_edit: str) -> list[int]:
 
 
 def host_config(host: Host, config: SLUGConfig) -> SLUGConfig:
-    """`config` restricted to the host's tower; an error when it does not include it.
+    """`config` restricted to the host's tower; an error when it does not include it. A search
+    of the vision tower alone keeps the margin `DEFAULT_MARGIN` unless one is given: the
+    identities' larger default (`DEFAULT_MARGINS`) was chosen on text edits, and on the embedded
+    VLM every vision block that met it lost more than the utility guard allows.
 
     Example:
         >>> host_config(LlavaHost(llava), SLUGConfig("Ada")).towers  # doctest: +SKIP
@@ -204,7 +207,8 @@ def host_config(host: Host, config: SLUGConfig) -> SLUGConfig:
             f"SLUG edits {host.label} through the CLIP model's {kind} tower only, but "
             f"config.towers is {config.towers}: use towers=({kind!r},)."
         )
-    return replace(config, towers=(kind,))
+    margin = DEFAULT_MARGIN if kind == "vision" and config.margin is None else config.margin
+    return replace(config, towers=(kind,), margin=margin)
 
 
 def host_candidates(host: Host, clip_model: nn.Module) -> list[str]:
