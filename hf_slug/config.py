@@ -37,10 +37,13 @@ STACK_NAME = "slug_stack.json"  # a saved SLUGModel: adapter names, weights, act
 
 DEFAULT_MARGIN = 0.05
 DEFAULT_MARGINS: dict[str, float] = {"identity": 0.15}
-"""The criterion's margin per `concept_kind` when `SLUGConfig(margin=None)`; `DEFAULT_MARGIN` for
-the others. Identities: 0.15 (benchmarks/generalisation.md: on 24 embedded identities FA@5 29.0
--> 2.1 % at the same retain and utility, and stacks of 5 kept every target forgotten); objects
-and styles keep 0.05 (0.15 cost the other kind up to 10.4 points)."""
+"""The criterion's margin per `concept_kind` when `SLUGConfig(margin=None)` and the text tower is
+searched; `DEFAULT_MARGIN` otherwise. Identities: 0.15 (benchmarks/generalisation.md: on 24
+embedded identities FA@5 29.0 -> 2.1 % at the same retain and utility, and the stack of 5 where a
+neighbour's delta had brought a target back kept it forgotten); objects and styles keep 0.05
+(0.15 cost the other kind up to 10.4 points). It was chosen on text edits: a search of the vision
+tower alone keeps 0.05 (on the embedded VLM every vision block meeting 0.15 lost more than the
+utility guard allows)."""
 
 
 @dataclass
@@ -76,9 +79,10 @@ class SLUGConfig:
         margin: the default criterion counts an image as still recognised while, under any
             phrasing, the concept's cosine trails the best other label's by less than this.
             None (the default): the kind's own, `DEFAULT_MARGINS` — 0.15 for identities, 0.05
-            otherwise (chosen on the embedded world: identities forgot deeper and stacked
-            better at no cost, objects and styles lost up to 10 points of the other kind at
-            0.15; benchmarks/generalisation.md). `criterion_margin` is the one in force.
+            otherwise and for a search of the vision tower alone (chosen on the embedded world:
+            identities forgot deeper and stacked better at no cost, objects and styles lost up
+            to 10 points of the other kind at 0.15; benchmarks/generalisation.md).
+            `criterion_margin` is the one in force.
         validation_share: without an evaluator, this share of the forget and of the retain pairs
             (drawn with `split_seed`) is held out: trials are scored on it, gradients never see
             it. 0 scores on the gradient pairs themselves (reported as "in-sample").
@@ -278,11 +282,13 @@ class SLUGConfig:
 
     @property
     def criterion_margin(self) -> float:
-        """The margin in force: `margin`, or the kind's `DEFAULT_MARGINS` entry when None (so a
-        `dataclasses.replace(config, concept_kind=...)` of a `margin=None` config follows the new
-        kind; `to_dict` pins the number)."""
+        """The margin in force: `margin`, or when None the kind's `DEFAULT_MARGINS` entry if the
+        text tower is searched, else `DEFAULT_MARGIN` (so a `dataclasses.replace` of a
+        `margin=None` config follows its new kind and towers; `to_dict` pins the number)."""
         if self.margin is not None:
             return float(self.margin)
+        if "text" not in self.towers:
+            return DEFAULT_MARGIN
         return DEFAULT_MARGINS.get(self.concept_kind, DEFAULT_MARGIN)
 
     def to_dict(self) -> dict[str, Any]:

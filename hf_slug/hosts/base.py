@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..adapter_weights import require_no_active_adapters
-from ..config import DEFAULT_MARGIN, SLUGConfig, TargetInfo
+from ..config import SLUGConfig, TargetInfo
 from ..data import ImageTextPairs
 from ..delta import ConceptDelta
 from ..errors import AdapterError, ConfigError, FingerprintMismatchError, UnsupportedModelError
@@ -192,10 +192,8 @@ def first_blocks(reached: int, nothing_to_edit: str) -> list[int]:
 
 
 def host_config(host: Host, config: SLUGConfig) -> SLUGConfig:
-    """`config` restricted to the host's tower; an error when it does not include it. A search
-    of the vision tower alone keeps the margin `DEFAULT_MARGIN` unless one is given: the
-    identities' larger default (`DEFAULT_MARGINS`) was chosen on text edits, and on the embedded
-    VLM every vision block that met it lost more than the utility guard allows.
+    """`config` restricted to the host's tower; an error when it does not include it (a vision
+    tower's search then keeps the small default margin, `SLUGConfig.criterion_margin`).
 
     Example:
         >>> host_config(LlavaHost(llava), SLUGConfig("Ada")).towers  # doctest: +SKIP
@@ -207,8 +205,7 @@ def host_config(host: Host, config: SLUGConfig) -> SLUGConfig:
             f"SLUG edits {host.label} through the CLIP model's {kind} tower only, but "
             f"config.towers is {config.towers}: use towers=({kind!r},)."
         )
-    margin = DEFAULT_MARGIN if kind == "vision" and config.margin is None else config.margin
-    return replace(config, towers=(kind,), margin=margin)
+    return replace(config, towers=(kind,))
 
 
 def host_candidates(host: Host, clip_model: nn.Module) -> list[str]:
