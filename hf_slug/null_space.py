@@ -246,10 +246,9 @@ def choose_projected_first(
     projected = [s for s in searches if all(name in covariances for name in s.names)]
     usable = [s for s in projected if s.usable]
     if usable and all(PROMPT_DRIFT in s.metrics for s in usable):
-        utility = criterion.utility_metric
         floor = min(s.metrics[PROMPT_DRIFT] for s in usable) + DRIFT_TIE
-        tied = [s for s in usable if s.metrics[PROMPT_DRIFT] <= floor]
-        least = min(tied, key=lambda s: (-s.metrics.get(utility, 0.0), s.step))
+        least, _ = choose([s for s in usable if s.metrics[PROMPT_DRIFT] <= floor], criterion)
+        utility = criterion.utility_metric  # the tied ones: `choose`'s utility, then step
         rule = LEAST_DRIFT.format(guard=guard_clause(criterion), utility=utility)
         return least, f"{PROJECTED_FIRST}; then {rule}"
     chosen, rule = choose(projected if usable else searches, criterion)
