@@ -62,7 +62,10 @@ class SLUGConfig:
         layer: "auto" to pick over the Pareto front, or layer name(s) to force (full parameter
             names or short labels such as "vision.L3.fc1").
         group: None, "qkv" (q/k/v share one step) or "mlp" (fc1/fc2 share one step).
-        top_k: search only the `top_k` most important front layers per tower (None: all).
+        top_k: search only the `top_k` most important front layers per tower (None: all, and
+            in the null-space towers every block's MLP output matrix `fc2` besides the front:
+            the projected gradient moves what the Pareto front measured, and on the embedded
+            world the front missed the `fc2` that kept the other styles, benchmarks/generalisation.md).
         include_projections: also consider the towers' projection matrices.
 
     Criterion (when a concept counts as forgotten, and what it may cost):

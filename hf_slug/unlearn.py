@@ -490,7 +490,18 @@ def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple
             (s for s in scores if s.tower == tower and s.on_front), key=lambda s: -s.importance
         )
         picked += [s.names for s in (front[: config.top_k] if config.top_k else front)]
+        if config.top_k is None and _projected(tower, config):
+            picked += [s.names for s in _mlp_outputs(scores, tower) if s.names not in picked]
     return picked
+
+
+def _projected(tower: str, config: SLUGConfig) -> bool:
+    return config.retain_null_space is not None and tower in config.null_space_towers
+
+
+def _mlp_outputs(scores: list[LayerScore], tower: str) -> list[LayerScore]:
+    """Every unit of `tower` ending in a block's MLP output matrix (`fc2`), in model order."""
+    return [s for s in scores if s.tower == tower and s.names[-1].endswith("mlp.fc2.weight")]
 
 
 __all__ = ["UnlearningResult", "unlearn", "default_evaluator", "edited"]

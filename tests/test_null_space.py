@@ -21,7 +21,10 @@ from hf_slug.null_space import (
     tensors_of,
 )
 from hf_slug.search import SMALLER_STEP, Criterion, LayerSearch
+from hf_slug.selection import LayerScore
 from hf_slug.testing import random_images
+from hf_slug.towers import short_name
+from hf_slug.unlearn import _units_to_search
 
 TEXT_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
 VISION_FC1 = "vision_model.encoder.layers.0.mlp.fc1.weight"
@@ -236,3 +239,43 @@ def test_a_vision_edit_reports_the_plain_gradient(model, processor):
         )
     assert result.chosen_names == (VISION_FC1,)
     assert result.direction == "the forget gradient (SLUG)"
+
+
+def _score(tower: str, block: int, kind: str, on_front: bool) -> LayerScore:
+    prefix = "text_model" if tower == "text" else "vision_model"
+    module = "mlp" if kind.startswith("fc") else "self_attn"
+    name = f"{prefix}.encoder.layers.{block}.{module}.{kind}.weight"
+    return LayerScore(
+        (name,), tower, importance=1.0 / (1 + block), alignment=0.1, on_front=on_front
+    )
+
+
+SCORES = [
+    _score("text", 0, "v_proj", True),
+    _score("text", 0, "fc2", False),
+    _score("text", 1, "fc2", True),
+    _score("text", 2, "fc2", False),
+    _score("vision", 0, "fc1", True),
+    _score("vision", 1, "fc2", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "searched"),
+    [
+        ({}, ["text.L0.v_proj", "text.L1.fc2", "text.L0.fc2", "text.L2.fc2", "vision.L0.fc1"]),
+        ({"top_k": 1}, ["text.L0.v_proj", "vision.L0.fc1"]),  # top_k bounds every tower
+        ({"retain_null_space": None}, ["text.L0.v_proj", "text.L1.fc2", "vision.L0.fc1"]),
+        (
+            {"null_space_towers": ("text", "vision")},
+            [
+                *("text.L0.v_proj", "text.L1.fc2", "text.L0.fc2", "text.L2.fc2"),
+                *("vision.L0.fc1", "vision.L1.fc2"),
+            ],
+        ),
+        ({"towers": ("vision",)}, ["vision.L0.fc1"]),
+    ],
+)
+def test_null_space_towers_search_every_mlp_output_besides_the_front(settings, searched):
+    config = SLUGConfig(concept="zorb", **{"towers": ("text", "vision"), **settings})
+    assert [short_name(u) for u in _units_to_search(SCORES, config)] == searched
