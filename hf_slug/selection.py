@@ -1,4 +1,4 @@
-"""Layer importance, gradient alignment and the Pareto front (SLUG.md §3).
+"""Layer importance, gradient alignment, the Pareto front (SLUG.md §3) and the units searched.
 
 Example:
     >>> front = pareto_front([(0.9, 0.1), (0.5, 0.5), (0.95, 0.4)])
@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .config import SLUGConfig
 from .towers import short_name, tower_kinds
 
 
@@ -73,3 +74,41 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         for i, (imp, ali) in enumerate(points)
         if not any(o_imp > imp and o_ali < ali for o_imp, o_ali in points)
     ]
+
+
+def units_to_search(
+    scores: list[LayerScore], config: SLUGConfig, every_mlp_output: bool = True
+) -> list[tuple[str, ...]]:
+    """The units `unlearn` searches: the Pareto front per tower (`top_k` of it); with
+    `every_mlp_output` and no `top_k`, also every block's `fc2` of the null-space towers.
+
+    Those extra candidates were measured with the least-prompt-drift choice, so an evaluator
+    without `PROMPT_DRIFT` keeps SLUG's front (benchmarks/generative.md: the pipeline's denoiser
+    criterion, choosing by utility among them, left one identity drawn on 25 % of her
+    generations instead of 0 %).
+
+    Example:
+        >>> unit = LayerScore(("text_model.encoder.layers.0.mlp.fc2.weight",), "text", 1.0, 0.1)
+        >>> units_to_search([unit], SLUGConfig("Ada", towers=("text",)))
+        [('text_model.encoder.layers.0.mlp.fc2.weight',)]
+    """
+    if config.layer != "auto":
+        return [s.names for s in scores]
+    picked = []
+    for tower in config.towers:
+        front = sorted(
+            (s for s in scores if s.tower == tower and s.on_front), key=lambda s: -s.importance
+        )
+        picked += [s.names for s in (front[: config.top_k] if config.top_k else front)]
+        if every_mlp_output and config.top_k is None and _projected(tower, config):
+            picked += [s.names for s in _mlp_outputs(scores, tower) if s.names not in picked]
+    return picked
+
+
+def _projected(tower: str, config: SLUGConfig) -> bool:
+    return config.retain_null_space is not None and tower in config.null_space_towers
+
+
+def _mlp_outputs(scores: list[LayerScore], tower: str) -> list[LayerScore]:
+    """Every unit of `tower` ending in a block's MLP output matrix (`fc2`), in model order."""
+    return [s for s in scores if s.tower == tower and s.names[-1].endswith("mlp.fc2.weight")]

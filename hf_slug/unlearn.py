@@ -42,7 +42,7 @@ from .search import (
     step_scales,
     update,
 )
-from .selection import LayerScore, score_layers
+from .selection import LayerScore, score_layers, units_to_search
 from .towers import candidate_names, group_layers, resolve_names
 from .validation import EvaluationData, default_evaluator, held_out_evaluator
 
@@ -361,7 +361,7 @@ def unlearn(
         )
     searches = search_layers(
         model,
-        _units_to_search(scores, config),
+        units_to_search(scores, config, every_mlp_output=evaluator.tracks_drift),
         direction,
         evaluator,
         criterion,
@@ -479,29 +479,6 @@ def _validation_pairs(validation: Any) -> tuple[Any, Any]:
         load_pairs(validation[0], name="validation forget set"),
         load_pairs(validation[1], name="validation retain set"),
     )
-
-
-def _units_to_search(scores: list[LayerScore], config: SLUGConfig) -> list[tuple[str, ...]]:
-    if config.layer != "auto":
-        return [s.names for s in scores]
-    picked = []
-    for tower in config.towers:
-        front = sorted(
-            (s for s in scores if s.tower == tower and s.on_front), key=lambda s: -s.importance
-        )
-        picked += [s.names for s in (front[: config.top_k] if config.top_k else front)]
-        if config.top_k is None and _projected(tower, config):
-            picked += [s.names for s in _mlp_outputs(scores, tower) if s.names not in picked]
-    return picked
-
-
-def _projected(tower: str, config: SLUGConfig) -> bool:
-    return config.retain_null_space is not None and tower in config.null_space_towers
-
-
-def _mlp_outputs(scores: list[LayerScore], tower: str) -> list[LayerScore]:
-    """Every unit of `tower` ending in a block's MLP output matrix (`fc2`), in model order."""
-    return [s for s in scores if s.tower == tower and s.names[-1].endswith("mlp.fc2.weight")]
 
 
 __all__ = ["UnlearningResult", "unlearn", "default_evaluator", "edited"]

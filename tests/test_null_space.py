@@ -11,6 +11,7 @@ from hf_slug import SLUGConfig, UnlearnOptions, unlearn
 from hf_slug.cli import main as cli_main
 from hf_slug.data import ImageTextPairs
 from hf_slug.errors import ConfigError
+from hf_slug.evaluation import StackedEvaluator, as_evaluator
 from hf_slug.hub import model_card
 from hf_slug.null_space import (
     PROJECTED_FIRST,
@@ -21,10 +22,10 @@ from hf_slug.null_space import (
     tensors_of,
 )
 from hf_slug.search import SMALLER_STEP, Criterion, LayerSearch
-from hf_slug.selection import LayerScore
+from hf_slug.selection import LayerScore, units_to_search
 from hf_slug.testing import random_images
 from hf_slug.towers import short_name
-from hf_slug.unlearn import _units_to_search
+from hf_slug.unlearn import default_evaluator
 
 TEXT_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
 VISION_FC1 = "vision_model.encoder.layers.0.mlp.fc1.weight"
@@ -274,8 +275,23 @@ SCORES = [
             ],
         ),
         ({"towers": ("vision",)}, ["vision.L0.fc1"]),
+        ({"every_mlp_output": False}, ["text.L0.v_proj", "text.L1.fc2", "vision.L0.fc1"]),
     ],
 )
 def test_null_space_towers_search_every_mlp_output_besides_the_front(settings, searched):
+    every = settings.pop("every_mlp_output", True)
     config = SLUGConfig(concept="zorb", **{"towers": ("text", "vision"), **settings})
-    assert [short_name(u) for u in _units_to_search(SCORES, config)] == searched
+    units = units_to_search(SCORES, config, every_mlp_output=every)
+    assert [short_name(u) for u in units] == searched
+
+
+def test_only_an_evaluator_that_reports_prompt_drift_widens_the_candidates(processor):
+    """The extra `fc2` candidates are chosen among by the least drift: the default evaluator
+    reports it (also under a stack), a plain callable does not."""
+    names = ["zorb", "quax"]
+    config = SLUGConfig(concept="zorb", candidate_labels=names, validation_share=0.0)
+    forget, retain = _pairs(["a photo of zorb."] * 2, seed=1), _pairs(["a photo of quax."] * 2)
+    default = default_evaluator(processor, forget, retain, config)
+    assert default.tracks_drift
+    assert StackedEvaluator(default, []).tracks_drift
+    assert not as_evaluator(lambda model: {"forget_acc": 0.0}).tracks_drift

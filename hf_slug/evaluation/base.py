@@ -75,6 +75,12 @@ class Evaluator:
     def __call__(self, model: nn.Module) -> Metrics:
         raise NotImplementedError
 
+    @property
+    def tracks_drift(self) -> bool:
+        """True when a text-tower search reports `PROMPT_DRIFT` (then `unlearn` also searches
+        every text block's `fc2`, chosen among by the least drift)."""
+        return False
+
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
         """Called at the original weights before trials that edit only `names`."""
 

@@ -56,6 +56,10 @@ class StackedEvaluator(Evaluator):
         with self._stacked(model):
             return self.evaluator.evaluate_forget(model, metric, ceiling)
 
+    @property
+    def tracks_drift(self) -> bool:
+        return self.evaluator.tracks_drift
+
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
         with self._stacked(model):
             self.evaluator.begin(model, names)

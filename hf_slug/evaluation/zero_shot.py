@@ -91,6 +91,11 @@ class ZeroShotEvaluator(Evaluator):
         self._drift_from: dict[int, torch.Tensor] = {}  # task -> its bystanders' unedited features
         self._unit: tuple[Any, list[tuple[nn.Parameter, torch.Tensor]], dict] | None = None
 
+    @property
+    def tracks_drift(self) -> bool:
+        """True when a text-tower search reports `PROMPT_DRIFT` (a task has `track_drift`)."""
+        return any(len(rows) for rows in self._bystander_rows)
+
     # -- the search protocol -------------------------------------------------------------
     def begin(self, model: nn.Module, names: Sequence[str]) -> None:
         tower = _tower_for(model, names[0])
