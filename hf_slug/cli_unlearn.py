@@ -76,7 +76,7 @@ def add_parser(sub: Any) -> None:
         type=number(float, 0.0, 1.99, "a cosine margin in [0, 1.99]"),
         default=DEFAULTS["margin"],
         help="cosine margin by which every phrasing must fail to name the concept "
-        "(default: the kind's, 0.2 for identities, 0.05 otherwise)",
+        "(default: the kind's, 0.3 for identities, 0.05 otherwise)",
     )
     p.add_argument(
         "--misspellings",

@@ -240,14 +240,14 @@ def test_own_evaluator_is_labelled_as_such(processor):
 
 @pytest.mark.parametrize(
     ("kind", "margin", "towers", "expected"),
-    [("identity", None, ("vision", "text"), 0.2), ("identity", None, ("text",), 0.2),
+    [("identity", None, ("vision", "text"), 0.3), ("identity", None, ("text",), 0.3),
      ("identity", None, ("vision",), 0.05), ("object", None, ("vision", "text"), 0.05),
      ("style", None, ("text",), 0.05), ("concept", None, ("vision", "text"), 0.05),
      ("identity", 0.0, ("vision", "text"), 0.0), ("identity", 0.15, ("vision",), 0.15),
      ("object", 0.2, ("text",), 0.2)],
 )  # fmt: skip
 def test_the_margin_in_force_is_the_kinds_unless_given(processor, kind, margin, towers, expected):
-    """Identities' 0.2 was chosen on text edits: a vision-only search keeps 0.05."""
+    """Identities' 0.3 was chosen on text edits: a vision-only search keeps 0.05."""
     config = SLUGConfig(
         concept="Ada Byron", candidate_labels=NAMES, concept_kind=kind, margin=margin,
         towers=towers,

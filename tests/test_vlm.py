@@ -565,7 +565,7 @@ def test_a_vlm_search_on_top_of_an_earlier_delta_sees_it(world):
 
 @pytest.mark.parametrize(("margin", "expected"), [(None, 0.05), (0.15, 0.15), (0.0, 0.0)])
 def test_a_vision_only_search_keeps_the_small_margin_unless_given(world, margin, expected):
-    """The identities' default margin (0.2) was chosen on text edits; on the embedded VLM
+    """The identities' default margin (0.3) was chosen on text edits; on the embedded VLM
     every vision block that met 0.15 lost more than the utility guard allows (the VLM demo's CLIP
     criterion then returned no delta)."""
     config = SLUGConfig(concept="Ada Byron", concept_kind="identity", margin=margin)
