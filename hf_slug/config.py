@@ -63,10 +63,11 @@ class SLUGConfig:
         layer: "auto" to pick over the Pareto front, or layer name(s) to force (full parameter
             names or short labels such as "vision.L3.fc1").
         group: None, "qkv" (q/k/v share one step) or "mlp" (fc1/fc2 share one step).
-        top_k: search only the `top_k` most important front layers per tower (None: all, and
-            in the null-space towers every block's MLP output matrix `fc2` besides the front:
-            the projected gradient moves what the Pareto front measured, and on the embedded
-            world the front missed the `fc2` that kept the other styles, benchmarks/generalisation.md).
+        top_k: search only the `top_k` most important front layers per tower (None: all and,
+            when the evaluator reports the prompt drift as the default one does, every block's
+            MLP output `fc2` of the null-space towers besides the front: the projection changes
+            what an edit costs, and on the embedded world the front missed the `fc2` that kept
+            the other styles; `hf_slug.selection.units_to_search`).
         include_projections: also consider the towers' projection matrices.
 
     Criterion (when a concept counts as forgotten, and what it may cost):

@@ -279,9 +279,9 @@ SCORES = [
     ],
 )
 def test_null_space_towers_search_every_mlp_output_besides_the_front(settings, searched):
-    every = settings.pop("every_mlp_output", True)
-    config = SLUGConfig(concept="zorb", **{"towers": ("text", "vision"), **settings})
-    units = units_to_search(SCORES, config, every_mlp_output=every)
+    fields = {k: v for k, v in settings.items() if k != "every_mlp_output"}
+    config = SLUGConfig(concept="zorb", **{"towers": ("text", "vision"), **fields})
+    units = units_to_search(SCORES, config, settings.get("every_mlp_output", True))
     assert [short_name(u) for u in units] == searched
 
 
@@ -295,3 +295,35 @@ def test_only_an_evaluator_that_reports_prompt_drift_widens_the_candidates(proce
     assert default.tracks_drift
     assert StackedEvaluator(default, []).tracks_drift
     assert not as_evaluator(lambda model: {"forget_acc": 0.0}).tracks_drift
+
+
+def _without_drift(model: torch.nn.Module) -> dict[str, float]:
+    return {"forget_acc": 0.0, "utility": 1.0}
+
+
+def test_unlearn_searches_the_extra_fc2_only_with_the_drift(model, processor):
+    """End to end: the default evaluator's search covers every text `fc2`; a user's evaluator
+    without the drift searches SLUG's front only."""
+    names = ["zorb", "quax", "blip"]
+    config = SLUGConfig(
+        concept="zorb",
+        towers=("text",),
+        candidate_labels=names,
+        validation_share=0.0,
+        forget_target=1.0,  # met at the first trial: one evaluation per unit
+    )
+    forget = _pairs(["a photo of zorb."] * 4, seed=1)
+    retain = _pairs([f"a photo of {n}." for n in names[1:] for _ in range(2)], seed=2)
+    searched = {}
+    for label, evaluator in [("default", None), ("user", _without_drift)]:
+        with pytest.warns(UserWarning, match="already meets"):
+            result = unlearn(
+                model, processor, forget, retain, config,
+                evaluator=evaluator, options=UnlearnOptions(progress=False),
+            )  # fmt: skip
+        searched[label] = {s.label for s in result.searches}
+    fc2 = {f"text.L{b}.fc2" for b in range(2)}  # the tiny model's two text blocks
+    front = {s.label for s in result.layers if s.on_front}
+    assert fc2 <= searched["default"]
+    assert searched["user"] == front
+    assert searched["default"] == front | fc2
