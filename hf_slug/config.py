@@ -46,6 +46,14 @@ held-out phrasing, FA@5 3.3 / 0.9 / 0.2 %, utility +0.1 / +0.0 / -0.2 on average
 chosen on text edits: a search of the vision tower alone keeps 0.05 (on the embedded VLM every
 vision block meeting 0.15 lost more than the utility guard allows)."""
 
+DEFAULT_MISSPELLINGS: dict[str, int] = {"identity": 4}
+"""How many misspellings of the name `SLUGConfig(misspellings=None)` checks and averages the
+forget gradient over, per `concept_kind`, when the text tower is searched; 0 otherwise.
+Identities: 4 (on 8 embedded identities' validation views, 12 one- and 12 two-typo spellings
+drawn apart from these: 0 / 2 / 4 / 8 left 3 / 1 / 0 / 0 spellings named above 5 %, utility
+within 0.8 points of 0; benchmarks/robustness.md); objects and styles keep 0 (their typos are
+often other words, "bat" for boat, and 2-4 misspellings cost styles 5-15 points of utility)."""
+
 
 @dataclass
 class SLUGConfig:
@@ -79,8 +87,10 @@ class SLUGConfig:
         misspellings: this many misspellings of the concept's name (`hf_slug.phrasings`) are
             checked by the criterion too, and the step goes along the forget gradient averaged
             over the captions written with each of them (layers are still scored on the name
-            as written), so a typo'd name is silenced too. Off by default: on the embedded
-            world it closes typo leaks but costs retain and utility (benchmarks/robustness.md).
+            as written), so a typo'd name is silenced too. None (the default): the kind's own,
+            `DEFAULT_MISSPELLINGS` — 4 for identities when the text tower is searched, else 0
+            (objects' and styles' typos are often other words and cost them utility;
+            benchmarks/robustness.md). `criterion_misspellings` is the number in force.
         margin: the default criterion counts an image as still recognised while, under any
             phrasing, the concept's cosine trails the best other label's by less than this.
             None (the default): the kind's own, `DEFAULT_MARGINS` — 0.3 for identities, 0.05
@@ -119,8 +129,9 @@ class SLUGConfig:
         >>> config = SLUGConfig(concept="Ada Byron", candidate_labels=["Ada Byron", "Alan Kay"])
         >>> config.margin is None, config.criterion_margin
         (True, 0.05)
-        >>> SLUGConfig(concept="Ada Byron", concept_kind="identity").criterion_margin
-        0.3
+        >>> person = SLUGConfig(concept="Ada Byron", concept_kind="identity")
+        >>> person.criterion_margin, person.criterion_misspellings
+        (0.3, 4)
     """
 
     concept: str
@@ -133,7 +144,7 @@ class SLUGConfig:
     templates: tuple[str, ...] = ()
     margin: float | None = None
     name_parts: bool = True
-    misspellings: int = 0
+    misspellings: int | None = None
     validation_share: float = 0.25
     split_seed: int = 0
     top_k: int | None = None
@@ -249,10 +260,13 @@ class SLUGConfig:
         if not isinstance(self.name_parts, bool):
             raise ConfigError(f"name_parts must be True or False, got {self.name_parts!r}.")
         count = self.misspellings
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SPELLS:
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SPELLS
+        ):
             raise ConfigError(
-                f"misspellings must be an int from 0 to {MAX_SPELLS}, got {count!r}: pass e.g. "
-                "misspellings=2, or 0 to check the name only as written."
+                f"misspellings must be None or an int from 0 to {MAX_SPELLS}, got {count!r}: pass "
+                "e.g. misspellings=2, 0 to check the name only as written, or None for the "
+                "kind's default."
             )
         share = finite_real(self.validation_share)
         if share is None or not 0 <= share < 1:
@@ -296,10 +310,21 @@ class SLUGConfig:
             return DEFAULT_MARGIN
         return DEFAULT_MARGINS.get(self.concept_kind, DEFAULT_MARGIN)
 
+    @property
+    def criterion_misspellings(self) -> int:
+        """The misspellings in force: `misspellings`, or when None the kind's
+        `DEFAULT_MISSPELLINGS` entry if the text tower is searched, else 0."""
+        if self.misspellings is not None:
+            return int(self.misspellings)
+        if "text" not in self.towers:
+            return 0
+        return DEFAULT_MISSPELLINGS.get(self.concept_kind, 0)
+
     def to_dict(self) -> dict[str, Any]:
-        """The fields as JSON-ready values, with the margin in force written out."""
+        """The fields as JSON-ready values, with the margin and misspellings in force."""
         data = asdict(self)
         data["margin"] = self.criterion_margin
+        data["misspellings"] = self.criterion_misspellings
         data["towers"] = list(self.towers)
         data["templates"] = list(self.templates)
         data["null_space_towers"] = list(self.null_space_towers)

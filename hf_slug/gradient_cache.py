@@ -190,10 +190,10 @@ def misspelt_average(
     given: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The forget gradients `grads` (of `pairs` as written) averaged with those of `pairs` whose
-    captions spell `config.concept` as each of its `config.misspellings` misspellings that are no
+    captions spell `config.concept` as each of its `config.criterion_misspellings` misspellings that are no
     other candidate label (`hf_slug.phrasings`). `grads` come back unchanged, with a warning,
     when they were `given` (no pass runs) or no caption holds the name."""
-    concept, count = config.concept, config.misspellings
+    concept, count = config.concept, config.criterion_misspellings
     if given:
         warnings.warn(
             "misspellings are checked by the criterion but not in the update direction: the "

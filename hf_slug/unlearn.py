@@ -138,8 +138,8 @@ class UnlearningResult:
         energy, towers = self.config.retain_null_space, self.config.null_space_towers
         edited_towers = {info.get("tower") for info in self.base_tensors.values()}
         spelt = (
-            f", averaged over the captions and {self.config.misspellings} misspellings of the name"
-            if self.config.misspellings
+            f", averaged over the captions and {self.config.criterion_misspellings} misspellings of the name"
+            if self.config.criterion_misspellings
             else ""
         )
         if energy is None or (edited_towers and not edited_towers & set(towers)):
@@ -329,7 +329,7 @@ def unlearn(
     # over the name's misspellings too, so a typo'd name is forgotten with it.
     start = time.perf_counter()
     plain = spelled = grads["forget"]
-    if config.misspellings:
+    if config.criterion_misspellings:
         given = options.forget_gradients is not None
         spelled = misspelt_average(
             model, processor, forget_pairs, plain, config, pass_options, given=given

@@ -144,7 +144,7 @@ def default_evaluator(
     templates = criterion_templates(config.concept_kind, config.templates)
     forget_images = [forget.image(i) for i in range(len(forget))]
     parts = config.name_parts and config.concept_kind == "identity"
-    spelled = parts or config.misspellings > 0
+    spelled = parts or config.criterion_misspellings > 0
     tasks = [
         ZeroShotTask(
             FORGET_TASK,
@@ -152,7 +152,9 @@ def default_evaluator(
             [config.concept] * len(forget_images),
             labels,
             prompts=(
-                criterion_prompts(labels, templates, config.concept, parts, config.misspellings)
+                criterion_prompts(
+                    labels, templates, config.concept, parts, config.criterion_misspellings
+                )
                 if spelled
                 else None
             ),

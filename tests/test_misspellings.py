@@ -17,6 +17,7 @@ from conftest import tiny_clip
 from hf_slug import ConfigError, SLUGConfig, UnlearnOptions, unlearn
 from hf_slug.audit.phrasings import name_variants
 from hf_slug.data import load_pairs
+from hf_slug.config import DEFAULT_MISSPELLINGS
 from hf_slug.phrasings import MAX_MISSPELLINGS, misspellings
 from hf_slug.testing import random_images
 from hf_slug.validation import criterion_prompts, default_evaluator
@@ -62,10 +63,30 @@ def test_criterion_misspellings_need_the_concept():
         criterion_prompts(["Ada", "Bob"], ["{}"], None, False, 2)
 
 
-@pytest.mark.parametrize("bad", [-1, MAX_MISSPELLINGS + 1, 1.5, True, "2", None])
+@pytest.mark.parametrize("bad", [-1, MAX_MISSPELLINGS + 1, 1.5, True, "2"])
 def test_bad_misspellings_are_config_errors(bad):
-    with pytest.raises(ConfigError, match="misspellings must be an int"):
+    with pytest.raises(ConfigError, match="misspellings must be None or an int"):
         SLUGConfig(concept="Ada Byron", misspellings=bad)
+
+
+@pytest.mark.parametrize(
+    "kind, towers, given, in_force",
+    [
+        ("identity", ("vision", "text"), None, DEFAULT_MISSPELLINGS["identity"]),
+        ("identity", ("text",), None, DEFAULT_MISSPELLINGS["identity"]),
+        ("identity", ("vision",), None, 0),  # a vision edit does not read the name
+        ("identity", ("vision", "text"), 0, 0),  # the user's number wins
+        ("identity", ("vision", "text"), 2, 2),
+        ("object", ("vision", "text"), None, 0),
+        ("style", ("vision", "text"), None, 0),
+        ("concept", ("vision", "text"), None, 0),
+        ("style", ("vision", "text"), 3, 3),
+    ],
+)
+def test_misspellings_in_force_follow_the_kind_unless_given(kind, towers, given, in_force):
+    config = SLUGConfig(concept="Ada Byron", concept_kind=kind, towers=towers, misspellings=given)
+    assert config.criterion_misspellings == in_force
+    assert config.to_dict()["misspellings"] == in_force  # a saved config pins the number
 
 
 def _pairs(n: int, caption: str, seed: int = 0):
@@ -86,7 +107,7 @@ def test_default_evaluator_checks_the_misspelt_concept(processor):
     assert not any("Alan" in t for t in texts)
 
 
-def _spied_unlearn(processor, monkeypatch, caption: str, count: int):
+def _spied_unlearn(processor, monkeypatch, caption: str, count: int | None, kind: str = "concept"):
     """Run unlearn on a tiny CLIP; return the forget captions and gradients of each gradient
     pass, and the forget gradients the layer scores and the step search got."""
     seen, compute = [], gradients_module.compute_gradients
@@ -116,6 +137,7 @@ def _spied_unlearn(processor, monkeypatch, caption: str, count: int):
         layer="text.L0.fc1",
         max_evaluations=2,
         misspellings=count,
+        concept_kind=kind,
         retain_null_space=None,
     )
     options = UnlearnOptions(progress=False)
@@ -138,6 +160,16 @@ def test_layers_are_scored_as_written_and_stepped_along_every_spelling(processor
     torch.testing.assert_close(got["searched"][name], mean)  # the update direction
 
 
+@pytest.mark.parametrize(
+    "kind, passes", [("identity", 1 + DEFAULT_MISSPELLINGS["identity"]), ("object", 1)]
+)
+def test_by_default_a_persons_name_is_misspelt_an_objects_not(processor, monkeypatch, kind, passes):
+    seen, _ = _spied_unlearn(processor, monkeypatch, "a photo of Ada Byron", None, kind)
+    assert [text for text, _ in seen][1:] == [
+        f"a photo of {t}" for t in misspellings("Ada Byron", passes - 1)
+    ]
+
+
 def test_captions_without_the_name_add_no_pass(processor, monkeypatch):
     seen, got = _spied_unlearn(processor, monkeypatch, "a photo of someone", 2)
     assert [text for text, _ in seen] == ["a photo of someone"]
@@ -146,7 +178,7 @@ def test_captions_without_the_name_add_no_pass(processor, monkeypatch):
 
 @pytest.mark.parametrize(
     "flags, misspelt, tolerance",
-    [([], 0, 0.1), (["--misspellings", "3", "--utility-tolerance", "none"], 3, None)],
+    [([], None, 0.1), (["--misspellings", "3", "--utility-tolerance", "none"], 3, None)],
     ids=["defaults", "given"],
 )
 def test_the_command_line_takes_misspellings_and_the_guard(flags, misspelt, tolerance):

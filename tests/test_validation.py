@@ -145,7 +145,11 @@ def test_name_parts_align_every_label_phrase_by_phrase(processor):
     ]
     assert prompts["Plato"][0::2] == ["a photo of Plato."] * 3  # one word: repeated in place
     config = SLUGConfig(
-        concept="Ada Byron", candidate_labels=NAMES, concept_kind="identity", name_parts=True
+        concept="Ada Byron",
+        candidate_labels=NAMES,
+        concept_kind="identity",
+        name_parts=True,
+        misspellings=0,  # the name parts come last only without misspellings
     )
     forget = default_evaluator(processor, _pairs(4), _retain(8), config).tasks[0]
     last = forget.texts_of("Ada Byron")[-1]

@@ -485,7 +485,9 @@ def denoiser_evaluator(
             check,
             templates=phrasings,
             name_parts=bool(parts),
-            misspellings=config.misspellings if check.misspellings is None else check.misspellings,
+            misspellings=(
+                config.criterion_misspellings if check.misspellings is None else check.misspellings
+            ),
         ),
         component,
         clip_skip,
