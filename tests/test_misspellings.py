@@ -16,8 +16,8 @@ from conftest import tiny_clip
 
 from hf_slug import ConfigError, SLUGConfig, UnlearnOptions, unlearn
 from hf_slug.audit.phrasings import name_variants
-from hf_slug.data import load_pairs
 from hf_slug.config import DEFAULT_MISSPELLINGS
+from hf_slug.data import load_pairs
 from hf_slug.phrasings import MAX_MISSPELLINGS, misspellings
 from hf_slug.testing import random_images
 from hf_slug.validation import criterion_prompts, default_evaluator
