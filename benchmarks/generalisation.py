@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import command_line, table, write_json  # noqa: E402
 from hf_slug import (  # noqa: E402
+    ConceptDelta,
     SLUGConfig,
     UnlearnOptions,
     ZeroShotEvaluator,
@@ -59,8 +60,10 @@ from hf_slug.demo.protocol import (  # noqa: E402
     retain_pairs,
 )
 from hf_slug.evaluation import PROMPT_DRIFT  # noqa: E402
+from hf_slug.gradient_cache import misspelt_average  # noqa: E402
 from hf_slug.gradients import compute_gradients  # noqa: E402
 from hf_slug.null_space import null_space_gradients  # noqa: E402
+from hf_slug.options import GradientOptions  # noqa: E402
 from hf_slug.search import edited, update  # noqa: E402
 from hf_slug.towers import block_index, candidate_names  # noqa: E402
 from hf_slug.validation import held_out_split  # noqa: E402
@@ -203,6 +206,8 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
         grads, covariances = searched_directions(
             model, processor, config, load_file(str(grads_file)), (forget, retain)
         )
+    if result.chosen is not None:
+        check_same_edit(model, result, grads)
     scores = {s.label: s for s in result.layers}
     layers = []
     for search in result.searches:
@@ -248,13 +253,27 @@ def run_target(model, processor, world, kind, target, settings, n_forget) -> dic
 
 
 def searched_directions(model, processor, config, grads: dict, data: tuple) -> tuple:
-    """The directions the search stepped along — the cached (raw) forget gradients, projected
-    off the gradient retain pairs' inputs as `unlearn` does when `config.retain_null_space` —
-    and those inputs' covariances (None without a null space). `data`: (forget, retain)."""
+    """The directions the search stepped along — the cached (raw) forget gradients, averaged
+    over the name's misspellings and projected off the gradient retain pairs' inputs as
+    `unlearn` does (`config.criterion_misspellings`, `config.retain_null_space`) — and those
+    inputs' covariances (None without a null space). `data`: (forget, retain)."""
+    forget, retain, _, _, _ = held_out_split(*map(load_pairs, data), config)  # as unlearn
+    if config.criterion_misspellings:
+        passes = dict(batch_size=config.batch_size, options=GradientOptions(), progress=False)
+        grads = misspelt_average(model, processor, forget, grads, config, passes)
     if config.retain_null_space is None:
         return grads, None
-    _, gradient_retain, _, _, _ = held_out_split(*map(load_pairs, data), config)  # as unlearn
-    return null_space_gradients(model, processor, gradient_retain, grads, config, progress=False)
+    return null_space_gradients(model, processor, retain, grads, config, progress=False)
+
+
+def check_same_edit(model, result, grads: dict) -> None:
+    """Fail loudly unless the chosen layer's test edit is the delta `unlearn` made (so a table
+    never reports an edit the default call would not make)."""
+    made = ConceptDelta.from_result(result).tensors
+    remade = update(model, result.chosen.names, grads, result.step)
+    for name, tensor in made.items():
+        if not torch.allclose(tensor.float(), remade[name], rtol=1e-4, atol=1e-6):
+            raise RuntimeError(f"the benchmark's edit of {name} is not the one unlearn made")
 
 
 def picks(layers: list[dict]) -> dict[str, str | None]:
