@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> None:
         type=number(int, 0, 8, "an int in [0, 8]"),
         default=DEFAULTS["misspellings"],
         help="misspelt names the criterion checks and the forget gradient is averaged over "
-        "(default: the kind's, 4 for identities, 0 otherwise)",
+        "(default: the kind's, 8 for identities, 0 otherwise)",
     )
     p.add_argument(
         "--retain-null-space",

@@ -46,13 +46,14 @@ held-out phrasing, FA@5 3.3 / 0.9 / 0.2 %, utility +0.1 / +0.0 / -0.2 on average
 chosen on text edits: a search of the vision tower alone keeps 0.05 (on the embedded VLM every
 vision block meeting 0.15 lost more than the utility guard allows)."""
 
-DEFAULT_MISSPELLINGS: dict[str, int] = {"identity": 4}
+DEFAULT_MISSPELLINGS: dict[str, int] = {"identity": 8}
 """How many misspellings of the name `SLUGConfig(misspellings=None)` checks and averages the
 forget gradient over, per `concept_kind`, when the text tower is searched; 0 otherwise.
-Identities: 4 (on 8 embedded identities' validation views, 12 one- and 12 two-typo spellings
-drawn apart from these: 0 / 2 / 4 / 8 left 3 / 1 / 0 / 0 spellings named above 5 %, utility
-within 0.8 points of 0; benchmarks/robustness.md); objects and styles keep 0 (their typos are
-often other words, "bat" for boat, and 2-4 misspellings cost styles 5-15 points of utility)."""
+Identities: 8 (on 8 embedded identities' validation views, 24 held-out one- and two-typo
+spellings each, drawn apart from these: 0 / 4 / 8 misspellings left 4 / 1 / 0 of the 186
+spellings the original names still named above 5 %, utility -0.1 / +0.0 / -0.1 points on
+average; `benchmarks/typo_sweep.py`, generalisation.md); objects and styles keep 0 (their typos
+are often other words, "bat" for boat, and 2-4 misspellings cost styles 5-15 points)."""
 
 
 @dataclass
@@ -88,7 +89,7 @@ class SLUGConfig:
             checked by the criterion too, and the step goes along the forget gradient averaged
             over the captions written with each of them (layers are still scored on the name
             as written), so a typo'd name is silenced too. None (the default): the kind's own,
-            `DEFAULT_MISSPELLINGS` — 4 for identities when the text tower is searched, else 0
+            `DEFAULT_MISSPELLINGS` — 8 for identities when the text tower is searched, else 0
             (objects' and styles' typos are often other words and cost them utility;
             benchmarks/robustness.md). `criterion_misspellings` is the number in force.
         margin: the default criterion counts an image as still recognised while, under any
@@ -131,7 +132,7 @@ class SLUGConfig:
         (True, 0.05)
         >>> person = SLUGConfig(concept="Ada Byron", concept_kind="identity")
         >>> person.criterion_margin, person.criterion_misspellings
-        (0.3, 4)
+        (0.3, 8)
     """
 
     concept: str
