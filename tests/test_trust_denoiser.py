@@ -195,6 +195,17 @@ def test_config_misspellings_are_asked_too(tiny):
         DenoiserCheck(misspellings=-1)
 
 
+def test_the_kinds_default_misspellings_shape_the_direction_but_are_not_asked(tiny):
+    clip, pipe = tiny
+    config = SLUGConfig(
+        PEOPLE[0], towers=("text",), candidate_labels=PEOPLE, concept_kind="identity"
+    )
+    assert config.criterion_misspellings > 0  # the gradient is averaged over them
+    asked = denoiser_evaluator(pipe, clip, config, check=SMALL).prompts[PEOPLE[0]]
+    spelt = [PEOPLE[0], *PEOPLE[0].split()]  # the name, its first and its last word
+    assert asked == [t.format(n) for n in spelt for t in SMALL.templates]
+
+
 def test_a_second_concept_reuses_the_unedited_directions_only_on_the_same_weights(
     tiny, monkeypatch
 ):
