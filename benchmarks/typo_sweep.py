@@ -188,7 +188,12 @@ def markdown(report: dict[str, Any]) -> str:
                 rows[0]["misspellings"] if kind == "identity" else "—",
                 sum(k for k, _ in counted),
                 sum(len(b) for _, b in counted),
-                "; ".join(f"{r['target']}: {', '.join(b)}" for r, (_, b) in zip(rows, counted) if b)
+                "; ".join(
+                    f"{r['target']}: {', '.join(b[:3])}"
+                    + (f" (+{len(b) - 3})" if len(b) > 3 else "")
+                    for r, (_, b) in zip(rows, counted)
+                    if b
+                )
                 or "none",
                 f"{statistics.mean(costs):+.1f} ({min(costs):+.1f})",
             ]
