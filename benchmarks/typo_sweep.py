@@ -185,7 +185,7 @@ def markdown(report: dict[str, Any]) -> str:
                 setting,
                 kind,
                 len(rows),
-                rows[0]["misspellings"] if kind == "identity" else "—",
+                rows[0]["misspellings"],
                 sum(k for k, _ in counted),
                 sum(len(b) for _, b in counted),
                 "; ".join(
