@@ -85,10 +85,9 @@ class DenoiserCheck:
             each compared with the other candidates' own first / last word; None: the config's
             `name_parts` for identities (`denoiser_evaluator`), as CLIP's criterion does.
         misspellings: also ask with this many misspellings of the target (the others spelt
-            right); None: the config's `misspellings` when given (`denoiser_evaluator`), else
-            none — the kind's default (`DEFAULT_MISSPELLINGS`, 8 for identities) still averages
-            the update direction over them, but each one asked would cost one UNet evaluation
-            per phrasing.
+            right); None: the config's `misspellings` if given, else none: the kind's default
+            (8 for identities) averages the update direction only, as each one asked costs one
+            UNet evaluation per phrasing.
         margin: a target phrasing counts as the target when its direction's cosine to the
             target's original is within `margin` of the best other name's (0: the nearest).
             The default 0.1 was chosen on four identities of the embedded pipeline that its
@@ -488,9 +487,7 @@ def denoiser_evaluator(
             check,
             templates=phrasings,
             name_parts=bool(parts),
-            # a misspelling asked costs a UNet evaluation per phrasing: only the user's own
-            # number is asked; the kind's default shapes the update direction alone
-            misspellings=(config.misspellings or 0)
+            misspellings=config.misspellings or 0  # the user's own number, not the kind's
             if check.misspellings is None
             else check.misspellings,
         ),
