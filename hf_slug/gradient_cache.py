@@ -190,9 +190,9 @@ def misspelt_average(
     given: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The forget gradients `grads` (of `pairs` as written) averaged with those of `pairs` whose
-    captions spell `config.concept` as each of its `config.criterion_misspellings` misspellings that are no
-    other candidate label (`hf_slug.phrasings`). `grads` come back unchanged, with a warning,
-    when they were `given` (no pass runs) or no caption holds the name."""
+    captions spell `config.concept` as each of its `config.criterion_misspellings` misspellings
+    that are no other candidate label (`hf_slug.phrasings`). `grads` come back unchanged, with a
+    warning, when they were `given` (no pass runs) or no caption holds the name."""
     concept, count = config.concept, config.criterion_misspellings
     if given:
         warnings.warn(
