@@ -79,7 +79,7 @@ class DenoiserCheck:
             as three timesteps × two latents for each of the four tuning identities, forgetting
             all four with the others at 94.8-100.7 % of their generations
             (`benchmarks/generative_pipeline_denoiser_check.json`); timed alone, its search takes
-            3.4-5.5x CLIP's, the previous check's 12.9-24.2x (`benchmarks/denoiser_cost.json`).
+            1.8-3.1x CLIP's, the previous check's 12.9-24.2x (`benchmarks/denoiser_cost.json`).
         seed: the first noise seed.
         name_parts: also ask with the target's first and last word alone ("Clara", "Alderwick"),
             each compared with the other candidates' own first / last word; None: the config's

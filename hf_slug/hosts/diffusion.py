@@ -269,8 +269,8 @@ class PipelineOptions:
             elsewhere, with a warning) or "generation" (each trial drawn by the pipeline and
             named by an unedited judge, `hf_slug.hosts.diffusion_criterion`). On the embedded
             pipeline's three benchmark targets (test generations, identity phrasings):
-            denoiser 25 / 0 / 0 %, clip 100 / 0 / 12.5 %, the others kept by both; the
-            denoiser search takes 3.4–5.5× CLIP's (benchmarks/generative_pipeline.md,
+            denoiser 0 / 12.5 / 0 %, clip 0 / 0 / 25 %, the others kept by both; the
+            denoiser search takes 1.8–3.1× CLIP's (benchmarks/generative_pipeline.md,
             benchmarks/denoiser_cost.json).
         generation: what the generation criterion draws (`GenerationCheck`: phrasings, seeds,
             pipeline keywords); keep it apart from the prompts and seeds you test on.
