@@ -487,7 +487,7 @@ def denoiser_evaluator(
             check,
             templates=phrasings,
             name_parts=bool(parts),
-            misspellings=config.misspellings or 0  # the user's own number, not the kind's
+            misspellings=(config.misspellings or 0)  # the user's own number, not the kind's
             if check.misspellings is None
             else check.misspellings,
         ),
