@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,14 +132,23 @@ class AuditReport:
         return "\n".join(lines) + "\n"
 
     def save(self, folder: str | Path, *, plot: bool = True) -> Path:
-        """Write `slug_audit.json`, `slug_audit.md` (and `slug_audit.png`) into `folder`."""
+        """Write `slug_audit.json`, `slug_audit.md` (and `slug_audit.png`) into `folder`.
+
+        All are written first and renamed into place only once each is complete, so a failure
+        (a plot that cannot be drawn) leaves the previous audit's files as they were.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / AUDIT_NAME, self.to_dict())
-        with atomic_path(folder / AUDIT_TABLE) as tmp:
-            tmp.write_text(self.to_markdown(), encoding="utf-8")
-        if plot:
-            self.plot(folder / AUDIT_PLOT)
+        figure = atomic_path(folder / AUDIT_PLOT) if plot else nullcontext(None)
+        with (
+            atomic_path(folder / AUDIT_NAME) as data,
+            atomic_path(folder / AUDIT_TABLE) as table,
+            figure as image,
+        ):
+            write_json(data, self.to_dict())
+            table.write_text(self.to_markdown(), encoding="utf-8")
+            if image is not None:
+                self.plot(image)
         return folder
 
     def plot(self, path: str | Path) -> Path:

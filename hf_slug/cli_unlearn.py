@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from typing import Any
 
@@ -145,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     from .config import CONFIG_NAME
     from .data import load_pairs
     from .errors import UnknownLayerError
+    from .io import atomic_folder, write_json
+    from .names import owned_entries
     from .towers import candidate_names, resolve_names
 
     forget = existing_folder(args.forget, "--forget")
@@ -182,10 +183,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    ConceptDelta.from_result(result, concept_kind=args.kind).save_pretrained(out)
-    result.plot_pareto(out / "pareto.png")
+    delta = ConceptDelta.from_result(result, concept_kind=args.kind)
     report = {**result.summary(), "trials": result.trials}
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    files = {"pareto.png", "report.json"}  # saved with the delta, all or nothing
+    with atomic_folder(out, lambda old: owned_entries(old) | files) as tmp:
+        delta.write_files(tmp)
+        result.plot_pareto(tmp / "pareto.png")
+        write_json(tmp / "report.json", report)
     print(f"wrote {out}/ (delta, pareto.png, report.json)")
     return EXIT_OK
 

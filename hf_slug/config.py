@@ -397,6 +397,13 @@ class UnlearningConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def checked_dict(self) -> dict[str, Any]:
+        """`to_dict()` after the checks a load applies, so nothing is saved that cannot load."""
+        data = self.to_dict()
+        for key, value in data.items():
+            FIELD_CHECKS[key](value, f"the config being saved: {key!r}")
+        return data
+
     @classmethod
     def from_dict(cls, data: Any, source: str | Path = "the slug config") -> UnlearningConfig:
         """Build from decoded JSON, checking every field's type, finiteness and range.
@@ -431,7 +438,7 @@ class UnlearningConfig:
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `slug_config.json` into `directory` (atomically); return its path."""
         path = Path(directory) / CONFIG_NAME
-        write_json(path, self.to_dict())
+        write_json(path, self.checked_dict())
         return path
 
     @classmethod

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .checks import finite_real
 from .errors import ConfigError, DeltaFormatError
 
@@ -82,10 +80,14 @@ def _rank(value: Any, where: str) -> int | None:
     return value
 
 
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+"""The dtypes a base tensor or a stored delta may have (what hf_slug writes and fingerprints)."""
+
+
 def _dtype_name(value: Any, where: str) -> str:
-    if isinstance(value, str) and isinstance(getattr(torch, value, None), torch.dtype):
+    if value in FLOAT_DTYPES:
         return value
-    raise _bad(where, "a torch dtype name such as 'float32'", value, "save the delta again")
+    raise _bad(where, f"one of {list(FLOAT_DTYPES)}", value, "save the delta again")
 
 
 def _depth(value: Any) -> int:

@@ -303,13 +303,13 @@ class ConceptDelta:
         stored = (
             str(next(iter(tensors.values())).dtype).removeprefix("torch.") if tensors else "float32"
         )
-        config = replace(self.config, delta_dtype=stored)
+        config = replace(self.config, delta_dtype=stored).checked_dict()  # before any write
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu") for k, v in tensors.items()}
         save_file(
             tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "hf_slug": "delta"}
         )
-        write_json(directory / CONFIG_NAME, config.to_dict())
+        write_json(directory / CONFIG_NAME, config)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **hub_kwargs: Any) -> ConceptDelta:
@@ -360,6 +360,11 @@ def low_rank_factors(
         raise ConfigError(
             f"rank must be None, a positive int or an energy fraction in (0, 1], got {rank!r}: "
             "pass e.g. rank=8 or rank=0.99."
+        )
+    if not torch.isfinite(delta).all():
+        raise NonFiniteGradientError(
+            "the delta holds NaN/inf, which no low-rank factors can represent: recompute it, "
+            "or load a good copy."
         )
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
     if rank is None:
@@ -434,10 +439,10 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _floating(name: str, tensor: torch.Tensor) -> None:
-    if not tensor.is_floating_point():
+    if tensor.dtype not in (*STORAGE_DTYPES, torch.float64):
         raise DeltaFormatError(
-            f"the delta tensor {name} has dtype {tensor.dtype}, not a floating-point dtype: the "
-            "file is not an hf_slug delta; save it again."
+            f"the delta tensor {name} has dtype {tensor.dtype}, not float32, float16, bfloat16 "
+            "or float64: the file is not an hf_slug delta; save it again in one of those."
         )
 
 

@@ -14,15 +14,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .delta import ConceptDelta, low_rank_factors
-from .errors import DeltaFormatError, NonFiniteGradientError
-from .io import write_json, write_safetensors
+from .delta import STORAGE_DTYPES, ConceptDelta, low_rank_factors
+from .errors import AdapterError, ConfigError, DeltaFormatError, NonFiniteGradientError
+from .io import atomic_folder, write_json, write_safetensors
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+LORA_FILES = {PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, "pytorch_lora_weights.safetensors"}
+"""What either LoRA export writes: a new export replaces all of them at once, so a folder never
+holds one export's weights beside another's config (other files in it are kept)."""
+
+
+def export_folder(directory: str | Path) -> Any:
+    """`atomic_folder(directory)` owning `LORA_FILES`: fill the yielded folder, then it swaps in."""
+    return atomic_folder(directory, lambda _old: set(LORA_FILES))
+
+
+def lora_dtype(dtype: Any) -> torch.dtype:
+    """`dtype` if LoRA factors can be stored in it (float32, float16, bfloat16), else ConfigError."""
+    if isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES:
+        return dtype
+    raise ConfigError(
+        f"a LoRA export is stored in float32, float16 or bfloat16, got {dtype!r}: pass e.g. "
+        "dtype=torch.float16 (a torch.dtype, not a string)."
+    )
+
+
+def require_deltas(deltas: dict[str, torch.Tensor]) -> None:
+    """AdapterError for an empty delta (nothing to export)."""
+    if not deltas:
+        raise AdapterError("nothing to export: the delta (or active adapter set) is empty.")
 
 
 @dataclass
@@ -86,9 +111,11 @@ def export_peft_lora(
         from peft import LoraConfig
     except ImportError as error:  # pragma: no cover - peft is a declared extra
         raise ImportError("exporting to PEFT needs peft: pip install 'hf_slug[peft]'.") from error
+    dtype = lora_dtype(dtype)
     if isinstance(delta, ConceptDelta):
         base_model_name_or_path = base_model_name_or_path or delta.config.base_model_name_or_path
         delta = delta.dense()
+    require_deltas(delta)
     factors, errors = lora_factors(delta, rank)
     ranks = {module: a.shape[0] for module, (a, _) in factors.items()}
     top = max(ranks.values())
@@ -109,8 +136,9 @@ def export_peft_lora(
         tensors[f"base_model.model.{module}.lora_B.weight"] = b.to(dtype)
     check_finite_deltas(tensors, f"in {dtype} (pass dtype=torch.float32)")
     directory = Path(directory)
-    write_safetensors(directory / PEFT_WEIGHTS_NAME, tensors, {"format": "pt"})
-    write_json(directory / PEFT_CONFIG_NAME, _jsonable(config.to_dict()))
+    with export_folder(directory) as tmp:
+        write_safetensors(tmp / PEFT_WEIGHTS_NAME, tensors, {"format": "pt"})
+        write_json(tmp / PEFT_CONFIG_NAME, _jsonable(config.to_dict()))
     size = sum((directory / n).stat().st_size for n in (PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME))
     return ExportReport(directory, ranks, errors, size)
 

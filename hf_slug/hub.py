@@ -19,6 +19,7 @@ import shutil
 import stat
 import string
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -256,7 +257,13 @@ def push_to_hub(
     card = model_card(folder, repo_id)
     with tempfile.TemporaryDirectory(prefix="hf_slug_push_") as staging:
         staged = Path(staging) / "upload"
-        _stage(folder, staged, folder)
+        skipped = _stage(folder, staged, folder)
+        if skipped:
+            warnings.warn(
+                f"not uploading hidden entries of {folder}: {skipped[:5]} (dot files such as "
+                ".env, and leftovers of interrupted saves); upload them yourself if you mean to.",
+                stacklevel=2,
+            )
         (staged / CARD_NAME).write_text(card, encoding="utf-8")
         concepts = ", ".join(c.concept for c in configs.values())
         api = HfApi(token=token)
@@ -293,16 +300,21 @@ def check_repo_id(repo_id: Any) -> str:
     return repo_id
 
 
-def _stage(source: Path, staged: Path, root: Path) -> None:
+def _stage(source: Path, staged: Path, root: Path) -> list[str]:
     """Copy the regular files and folders of `source` into `staged`; refuse anything else.
 
     A symlink could point outside the folder (a key, a home directory) and would be uploaded as
     the file it points to, so it is refused (HubError naming it), as are FIFOs and devices.
     Files are opened without following links, so one swapped in meanwhile is refused too.
+    Hidden entries (`.env`, `.git`, an interrupted save's `.x.tmp`) are skipped; returns them.
     """
     staged.mkdir()
+    skipped = []
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
         path = Path(entry.path)
+        if entry.name.startswith("."):
+            skipped.append(str(path.relative_to(root)))
+            continue
         if entry.is_symlink():
             raise HubError(
                 f"refusing to push {root}: {path} is a symbolic link (to {os.readlink(path)}), "
@@ -310,7 +322,7 @@ def _stage(source: Path, staged: Path, root: Path) -> None:
                 "the file, or delete it."
             )
         if entry.is_dir(follow_symlinks=False):
-            _stage(path, staged / entry.name, root)
+            skipped += _stage(path, staged / entry.name, root)
             continue
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
@@ -328,3 +340,4 @@ def _stage(source: Path, staged: Path, root: Path) -> None:
                 )
             with open(staged / entry.name, "wb") as out:
                 shutil.copyfileobj(handle, out)
+    return skipped

@@ -128,6 +128,8 @@ def adapter_weight(value: Any, what: str) -> float:
     number = finite_real(value)
     if number is not None:
         return number
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or array: its number
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise AdapterError(
             f"{what} must be a number, got {type(value).__name__} {value!r}: pass e.g. 1.0."
@@ -161,7 +163,7 @@ def saves_bare(name: str, weight: float, active: bool, concept: str) -> bool:
 def adapter_weights_list(weights: Any, names: list[str]) -> list[float]:
     """One finite weight per adapter from a number (shared by all) or a sequence (one each)."""
     shared = isinstance(weights, (str, bytes, bool)) or not hasattr(weights, "__iter__")
-    if shared or finite_real(weights) is not None:
+    if shared or getattr(weights, "ndim", None) == 0 or finite_real(weights) is not None:
         return [adapter_weight(weights, "weights")] * len(names)
     values = list(weights)
     if len(values) != len(names):

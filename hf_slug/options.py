@@ -58,11 +58,16 @@ class GradientOptions:
     accelerator: Any | None = None
 
     def __post_init__(self) -> None:
-        for name in ("autocast_dtype", "storage_dtype"):
+        allowed = {
+            "autocast_dtype": (None, torch.float16, torch.bfloat16),
+            "storage_dtype": (torch.float32, torch.float16, torch.bfloat16),
+        }
+        for name, choices in allowed.items():
             value = getattr(self, name)
-            if value is not None and not isinstance(value, torch.dtype):
+            if value not in choices:  # an int dtype would truncate every gradient to 0
                 raise ConfigError(
-                    f"{name} must be a torch.dtype, got {value!r}: pass e.g. torch.bfloat16."
+                    f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}: "
+                    "pass e.g. torch.bfloat16 (a torch.dtype, not a string)."
                 )
         if not isinstance(self.checkpointing, bool):
             raise ConfigError(f"checkpointing must be True or False, got {self.checkpointing!r}.")

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..audit_report import AUDIT_NAME, AuditReport, ProbeRow
+from ..checks import positive_int, positive_number
 from ..delta import ConceptDelta
 from ..errors import ConfigError
 from ..towers import require_clip
@@ -73,6 +74,31 @@ class AuditBudget:
     relearn_max_steps: int = 60
     relearn_lr: float = 1e-4
     seed: int = 0
+
+    def __post_init__(self) -> None:  # every field checked before any probe runs
+        for name in ("prompt_tokens", "prompt_steps", "pgd_steps", "relearn_max_steps"):
+            positive_int(getattr(self, name), f"AuditBudget.{name}", "10")
+        if self.templates is not None:
+            positive_int(self.templates, "AuditBudget.templates", "templates=10 or None (all)")
+        sizes = self.relearn_sizes
+        if isinstance(sizes, list):
+            object.__setattr__(self, "relearn_sizes", sizes := tuple(sizes))
+        if not isinstance(sizes, tuple) or not sizes:
+            raise ConfigError(
+                f"AuditBudget.relearn_sizes must be a non-empty tuple of ints, got {sizes!r}: "
+                "pass e.g. relearn_sizes=(1, 4)."
+            )
+        for size in sizes:
+            positive_int(size, "each of AuditBudget.relearn_sizes", "relearn_sizes=(1, 4)")
+        positive_number(self.relearn_lr, "AuditBudget.relearn_lr", "relearn_lr=1e-4")
+        epsilon = positive_number(self.pgd_epsilon, "AuditBudget.pgd_epsilon", "4 / 255")
+        if epsilon > 1:
+            raise ConfigError(
+                f"AuditBudget.pgd_epsilon is a pixel bound in (0, 1], got {epsilon!r}: pass "
+                "e.g. pgd_epsilon=4 / 255."
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"AuditBudget.seed must be an int, got {self.seed!r}.")
 
     @classmethod
     def quick(cls) -> AuditBudget:

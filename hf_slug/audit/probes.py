@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch import nn
 
+from ..checks import positive_int, positive_number
 from ..towers import encode_images, encode_texts
 
 
@@ -229,6 +230,10 @@ class RelearnSettings:
 
     max_steps: int = 30
     lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        positive_int(self.max_steps, "RelearnSettings.max_steps", "max_steps=30")
+        positive_number(self.lr, "RelearnSettings.lr", "lr=1e-4")
 
 
 def relearn_steps(

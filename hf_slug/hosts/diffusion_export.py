@@ -21,7 +21,7 @@ import torch
 
 from ..delta import ConceptDelta
 from ..errors import AdapterError, DeltaFormatError
-from ..export import ExportReport, lora_factors
+from ..export import ExportReport, export_folder, lora_dtype, lora_factors, require_deltas
 from ..io import write_safetensors
 from ..towers import block_index
 
@@ -140,9 +140,9 @@ def export_diffusers_lora(
         >>> export_diffusers_lora(out.delta, "snoopy_lora/")  # doctest: +SKIP
         >>> pipe.load_lora_weights("snoopy_lora/", adapter_name="no_snoopy")  # doctest: +SKIP
     """
+    dtype = lora_dtype(dtype)
     dense = _dense_deltas(source, adapter_names)
-    if not dense:
-        raise AdapterError("nothing to export: the delta (or active adapter set) is empty.")
+    require_deltas(dense)
     per_component: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in dense.items():
         component, relative = _split_component(key)
@@ -181,11 +181,12 @@ def export_diffusers_lora(
             }
         )
     directory = Path(directory)
-    write_safetensors(
-        directory / LORA_WEIGHT_NAME,
-        tensors,
-        {"format": "pt", LORA_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)},
-    )
+    with export_folder(directory) as tmp:
+        write_safetensors(
+            tmp / LORA_WEIGHT_NAME,
+            tensors,
+            {"format": "pt", LORA_METADATA_KEY: json.dumps(metadata, indent=2, sort_keys=True)},
+        )
     return ExportReport(directory, ranks, errors, (directory / LORA_WEIGHT_NAME).stat().st_size)
 
 
