@@ -131,3 +131,13 @@ def test_denoiser_cost_times_both_criteria_in_one_process(tmp_path: Path) -> Non
     assert timed["ratio_to_clip"] == pytest.approx(timed["seconds"] / row["clip_seconds"], 0.01)
     assert timed["layer"] and row["clip_layer"] and timed["trials"] > 0
     assert record["summary"]["0.5:1"]["median_ratio"] == timed["ratio_to_clip"]
+
+
+def test_generative_floor_shares_and_spread_count_every_generation() -> None:
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.generative_floor import floors
+
+    said = {"Tamsin": {"Ada": 3, "Bob": 1}, "Perrin": {"Bob": 4}}  # 8 generations in all
+    share, spread = floors(said, ["Ada", "Bob", "Cy"])
+    assert share == {"Ada": 3 / 8, "Bob": 5 / 8, "Cy": 0.0}
+    assert spread == {"Ada": (0.0, 0.75), "Bob": (0.25, 1.0), "Cy": (0.0, 0.0)}
