@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                     "floor %",
                 ],
                 [
-                    [Path(r["run"]).stem + (" (variant)" if r["variant"] else "")]
+                    [Path(r["run"]).stem + (f" / {r['variant'][:48]}…" if r["variant"] else "")]
                     + [r["criterion"], r["target"], r["generations"]]
                     + [100 * r["before"], 100 * r["after"], 100 * r["floor"]]
                     for r in rows
