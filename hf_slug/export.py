@@ -12,13 +12,14 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .delta import STORAGE_DTYPES, ConceptDelta, low_rank_factors
+from .delta import ConceptDelta, low_rank_factors, storage_dtype
 from .errors import AdapterError, ConfigError, DeltaFormatError, NonFiniteGradientError
 from .io import atomic_folder, write_json, write_safetensors
 
@@ -29,19 +30,16 @@ LORA_FILES = {PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, "pytorch_lora_weights.safeten
 holds one export's weights beside another's config (other files in it are kept)."""
 
 
-def export_folder(directory: str | Path) -> Any:
+def export_folder(directory: str | Path) -> AbstractContextManager[Path]:
     """`atomic_folder(directory)` owning `LORA_FILES`: fill the yielded folder, then it swaps in."""
     return atomic_folder(directory, lambda _old: set(LORA_FILES))
 
 
 def lora_dtype(dtype: Any) -> torch.dtype:
-    """`dtype` if LoRA factors can be stored in it (float32, float16, bfloat16), else ConfigError."""
-    if isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES:
-        return dtype
-    raise ConfigError(
-        f"a LoRA export is stored in float32, float16 or bfloat16, got {dtype!r}: pass e.g. "
-        "dtype=torch.float16 (a torch.dtype, not a string)."
-    )
+    """`dtype` if LoRA factors can be stored in it (`delta.STORAGE_DTYPES`), else ConfigError."""
+    if dtype is None:  # storage_dtype's "keep the tensors' own" means nothing for factors
+        raise ConfigError("a LoRA export needs a dtype: pass e.g. dtype=torch.float32.")
+    return storage_dtype(dtype)
 
 
 def require_deltas(deltas: dict[str, torch.Tensor]) -> None:

@@ -128,7 +128,8 @@ EXPORTS = {"peft": export_peft_lora, "diffusers": export_diffusers_lora}
     "args, error, match",
     [
         ({"delta": {}}, AdapterError, "nothing to export"),
-        ({"dtype": torch.int8}, ConfigError, "float32, float16 or bfloat16"),
+        ({"dtype": torch.int8}, ConfigError, "torch.float32, torch.float16, torch.bfloat16"),
+        ({"dtype": None}, ConfigError, "needs a dtype"),
         ({"dtype": "float16"}, ConfigError, "a torch.dtype, not a string"),
     ],
 )
