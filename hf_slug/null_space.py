@@ -144,10 +144,13 @@ def project_gradients(
     gradients: Mapping[str, torch.Tensor],
     covariances: Mapping[str, torch.Tensor],
     energy: float,
+    bases: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Each gradient with its rows projected off the top directions holding `energy` of its
-    covariance's trace; tensors without a covariance are returned as they are."""
-    out, bases = {}, {}  # q/k/v share one covariance object: one eigendecomposition
+    covariance's trace; tensors without a covariance are returned as they are. `bases` caches
+    each covariance object's directions: pass the same dict to project more gradients on it."""
+    out = {}
+    bases = {} if bases is None else bases  # q/k/v share one covariance: one eigendecomposition
     for name, grad in gradients.items():
         cov = covariances.get(name)
         if cov is not None and not torch.isfinite(cov).all():
@@ -194,10 +197,12 @@ def null_space_gradients(
     *,
     progress: bool = True,
     covariances: Mapping[str, torch.Tensor] | None = None,
+    bases: dict[int, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """(`gradients` projected as `config` says, the covariances used), or (`gradients`, None)
     when `config.retain_null_space` is None or no candidate is in `config.null_space_towers`.
-    `covariances` from an earlier call on the same retain pairs spare the forward pass.
+    `covariances` from an earlier call on the same retain pairs spare the forward pass, and the
+    same `bases` dict with them the eigendecompositions (`project_gradients`).
 
     Example:
         >>> grads, covs = null_space_gradients(model, processor, retain, grads, config)  # doctest: +SKIP
@@ -210,7 +215,7 @@ def null_space_gradients(
         covariances = input_covariances(
             model, processor, retain, names, batch_size=config.batch_size, progress=progress
         )
-    projected = project_gradients(gradients, covariances, energy)
+    projected = project_gradients(gradients, covariances, energy, bases)
     emptied = [
         name
         for name in names

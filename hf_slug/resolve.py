@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME
-from .errors import DeltaFormatError, HubError
+from .errors import ConfigError, DeltaFormatError, HubError
 from .io import FolderReplacedError, missing_folder_error
 from .names import folder_layout
 
@@ -34,11 +34,17 @@ def resolve_folder(
     revision: str | None = None,
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
+    **unknown: Any,
 ) -> Path:
     """A local folder for a path, or for a Hub repo id (downloaded, or read from the cache).
 
     `subfolder` must be a relative path that stays inside the folder or snapshot.
     """
+    if unknown:  # what load_adapter / from_pretrained pass on: say which keywords exist
+        raise ConfigError(
+            f"unknown keyword argument(s) {sorted(unknown)} for loading {path_or_repo_id}: the "
+            "Hub keywords are subfolder=, revision=, token= and cache_dir=."
+        )
     if subfolder is not None:
         subfolder = _checked_subfolder(subfolder)
     local = Path(path_or_repo_id)

@@ -337,13 +337,14 @@ def unlearn(
     timings["forget_gradients"] += time.perf_counter() - start
 
     start = time.perf_counter()
+    bases: dict[int, torch.Tensor] = {}  # each covariance's directions, found once
     grads["forget"], covariances = null_space_gradients(
-        model, processor, retain_pairs, plain, config, progress=progress
+        model, processor, retain_pairs, plain, config, progress=progress, bases=bases
     )
     direction = grads["forget"]
     if spelled is not plain:
         direction = null_space_gradients(
-            model, processor, retain_pairs, spelled, config, covariances=covariances
+            model, processor, retain_pairs, spelled, config, covariances=covariances, bases=bases
         )[0]
     timings["null_space"] = time.perf_counter() - start
 

@@ -72,6 +72,29 @@ def test_tensors_without_inputs_are_returned_as_they_are():
     assert out["a"] is grad and out["b"] is grad
 
 
+def test_a_shared_bases_dict_finds_each_covariance_s_directions_once(monkeypatch):
+    """`unlearn` projects the plain and the misspelt forget gradients on the same covariances:
+    the second projection reuses the first one's eigendecompositions, with the same result."""
+    import hf_slug.null_space as null_space
+
+    torch.manual_seed(2)
+    inputs = torch.randn(20, 5).double()
+    covs = {"q": inputs.T @ inputs}
+    covs["k"] = covs["q"]  # q/k/v share one covariance object
+    first, second = ({n: torch.randn(3, 5) for n in covs} for _ in range(2))
+    expected = project_gradients(second, covs, 0.9)
+    calls = []
+    real = null_space.principal_directions
+    monkeypatch.setattr(
+        null_space, "principal_directions", lambda c, e: calls.append(1) or real(c, e)
+    )
+    bases: dict = {}
+    project_gradients(first, covs, 0.9, bases)
+    again = project_gradients(second, covs, 0.9, bases)
+    assert len(calls) == 1
+    assert all(torch.equal(again[n], expected[n]) for n in covs)
+
+
 def test_padding_is_no_input(model, processor):
     """A caption's covariance does not depend on how far its batch pads it."""
     captions = ["a photo of zorb.", "a long caption that makes the batch pad the other one."]

@@ -234,3 +234,11 @@ def test_the_cli_writes_delta_plot_and_report_together(tmp_path, monkeypatch):
     assert main(args) == 0
     written = sorted(p.name for p in (tmp_path / "delta").iterdir())
     assert written == ["pareto.png", "report.json", "slug_config.json", "slug_model.safetensors"]
+
+
+def test_an_unknown_loading_keyword_names_the_ones_that_exist(delta, tmp_path):
+    folder = delta.save_pretrained(tmp_path / "d")
+    with pytest.raises(ConfigError, match="unknown keyword argument.*'revison'.*revision="):
+        SLUGModel(tiny_clip()).load_adapter(folder, revison="main")
+    with pytest.raises(ConfigError, match="'subfoldr'"):
+        ConceptDelta.from_pretrained(folder, subfoldr="x")
