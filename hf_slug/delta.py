@@ -28,6 +28,7 @@ from torch import nn
 
 from .adapter_weights import add_checked
 from .config import CONFIG_NAME, STACK_NAME, WEIGHTS_NAME, TargetInfo, UnlearningConfig
+from .config_fields import FLOAT_DTYPES
 from .errors import (
     AdapterError,
     ConfigError,
@@ -439,7 +440,7 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _floating(name: str, tensor: torch.Tensor) -> None:
-    if tensor.dtype not in (*STORAGE_DTYPES, torch.float64):
+    if str(tensor.dtype).removeprefix("torch.") not in FLOAT_DTYPES:  # as the config's dtypes
         raise DeltaFormatError(
             f"the delta tensor {name} has dtype {tensor.dtype}, not float32, float16, bfloat16 "
             "or float64: the file is not an hf_slug delta; save it again in one of those."
